@@ -1,0 +1,1 @@
+"""The side-by-side arena: two models, every assistant turn rated, verdicts, and the paper's Figure 7."""

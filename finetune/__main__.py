@@ -1,0 +1,102 @@
+"""``python -m finetune COMMAND``: the command line of the training side.
+
+Input mistakes end with one line per problem on stderr and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from finetune.errors import UserError
+
+
+def add_data_parser(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "data",
+        help="build and check the two training sets (zero-shot, dialogue) and the evaluation prompts",
+        description="Load LIMA (or the offline sample) and the dialogues, validate every file, and with --check "
+        "print a summary like the paper's Table 1. Without --check, print what the two sets hold.",
+    )
+    parser.add_argument("--check", action="store_true", help="validate everything and print the stats table")
+    parser.add_argument(
+        "--lima",
+        default="sample",
+        metavar="sample|hub|PATH",
+        help="single-turn data: 'sample' (offline, default: dialogues/sample_single_turn.jsonl stands in for "
+        "LIMA's 1,000), 'hub' (GAIR/lima, gated: needs HF_TOKEN and its terms accepted), or a LIMA-format "
+        "train.jsonl",
+    )
+    parser.add_argument(
+        "--dialogues",
+        default=None,
+        metavar="DIR|lima",
+        help="folder laid out like dialogues/ (default: the project's), or 'lima' for LIMA's own 30 dialogues",
+    )
+    parser.add_argument(
+        "--tokenizer",
+        default="bundled:gemma-3-270m",
+        help="tokenizer for the token counts: bundled:gemma-3-270m (default), a local dir, or a Hub id",
+    )
+    parser.add_argument("--max-length", type=int, default=2048, help="training length in tokens (default 2048)")
+    parser.add_argument("--json", action="store_true", help="with --check, print the table as one JSON object")
+    parser.add_argument("--out", type=Path, default=None, help="also write zero-shot.jsonl and dialogue.jsonl here")
+    parser.set_defaults(run=run_data)
+
+
+def run_data(args: argparse.Namespace) -> int:
+    from finetune import data
+
+    checked = data.load_data(args.lima, args.dialogues or data.DIALOGUES_DIR)
+    warnings = list(checked.warnings)
+    if args.check:
+        from finetune.base_models import load_tokenizer
+
+        tokenizer = load_tokenizer(args.tokenizer)
+
+        def count(texts: list[str]) -> list[int]:
+            if not texts:
+                return []
+            return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
+        warnings += data.oversized(checked.sets.dialogue, count, args.max_length)
+        table = data.stats_table(checked, count, args.max_length)
+    for warning in warnings:
+        print(warning, file=sys.stderr)
+    if args.out is not None:
+        for path in data.write_sets(checked.sets, args.out):
+            print(f"wrote {data.display_path(path)}", file=sys.stderr)
+    if not args.check:
+        print(checked.sets.describe())
+    elif args.json:
+        print(json.dumps(table))
+    else:
+        print(data.format_table(table, args.tokenizer))
+        print(f"\nvalid: {len(warnings)} warning(s)")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m finetune", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_data_parser(commands)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("finetune").setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    if not args.verbose:  # its retry warnings would repeat, at length, what our one line says
+        os.environ.setdefault("HF_HUB_VERBOSITY", "error")
+    try:
+        return args.run(args)
+    except UserError as exc:
+        for line in exc.lines:
+            print(line, file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,723 @@
+"""LIMA's data and ours, read into one format and checked.
+
+Every example becomes ``{"messages": [{"role", "content"}, ...], "source": str}`` (DESIGN.md, contract 1):
+starts with the user, alternates strictly, ends with the assistant, no empty content. LIMA's own rows
+(``{"conversations": [str, ...], "source": str}``) are converted here and nowhere else.
+
+The two training sets the paper compares:
+  zero-shot = LIMA's 1,000 single-turn examples (offline: our sample stands in, and says so)
+  dialogue  = the same + 30 multi-turn dialogues (ours from dialogues/train.jsonl, or LIMA's own 30)
+
+Validation collects every problem of every file in one pass; each problem is one line naming the file, the
+line and the field. Errors stop the run (exit 2); warnings (duplicates, overlap with evaluation prompts,
+examples longer than the training length) are printed and the data is kept.
+"""
+
+from __future__ import annotations
+
+import codecs
+import hashlib
+import json
+import logging
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from finetune.errors import UserError
+
+log = logging.getLogger(__name__)
+
+DIALOGUES_DIR = Path(__file__).resolve().parents[1] / "dialogues"
+TRAIN_FILE = "train.jsonl"
+SAMPLE_FILE = "sample_single_turn.jsonl"
+OPENERS_FILE = "eval_openers.jsonl"
+DEV_FILE = "dev.jsonl"
+
+LIMA_REPO = "GAIR/lima"
+LIMA_URL = f"https://huggingface.co/datasets/{LIMA_REPO}"
+ROLES = ("user", "assistant")
+
+# Training renders each message with a role header before it and the end-of-turn token after it. The
+# oversize check budgets this many template tokens per message on top of the content's own tokens.
+TEMPLATE_TOKENS_PER_MESSAGE = 4
+# GPT-3's contamination test: an evaluation prompt that shares a 13-word span with a training turn overlaps.
+OVERLAP_NGRAM = 13
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with the input, printable as one line: ``path:line: field: message``."""
+
+    path: str
+    line: int | None
+    field: str | None
+    message: str
+    severity: Literal["error", "warning"] = "error"
+
+    def __str__(self) -> str:
+        where = self.path if self.line is None else f"{self.path}:{self.line}"
+        what = f"{self.field}: {self.message}" if self.field else self.message
+        return f"{self.severity}: {where}: {what}"
+
+
+class DataError(UserError):
+    """Invalid input data: carries every error found, one line each."""
+
+    def __init__(self, problems: Sequence[Problem]):
+        self.problems = list(problems)
+        super().__init__(*self.problems)
+
+
+@dataclass
+class Example:
+    """A training example in our format, remembering where it came from."""
+
+    messages: list[dict[str, str]]
+    source: str
+    id: str | None = None
+    path: str = ""
+    line: int = 0
+
+    @property
+    def where(self) -> str:
+        return f"{self.path}:{self.line}"
+
+    @property
+    def user_turns(self) -> int:
+        return len(self.messages) // 2
+
+    def to_record(self) -> dict[str, Any]:
+        record: dict[str, Any] = {"messages": self.messages, "source": self.source}
+        if self.id is not None:
+            record["id"] = self.id
+        return record
+
+
+@dataclass
+class Prompt:
+    """An evaluation opener or a dev prompt: no answer, optional planned follow-ups."""
+
+    id: str
+    prompt: str
+    category: str | None = None
+    follow_ups: list[str] = field(default_factory=list)
+    path: str = ""
+    line: int = 0
+
+    @property
+    def where(self) -> str:
+        return f"{self.path}:{self.line}"
+
+
+def display_path(path: Path | str) -> str:
+    """A path as the user would type it: relative to the working directory when inside it."""
+    path = Path(path)
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+# ---------------------------------------------------------------------------------------------- reading
+
+
+def read_jsonl(path: Path) -> tuple[list[tuple[int, dict[str, Any]]], list[Problem]]:
+    """Parse a JSONL file into (line number, object) pairs, collecting problems instead of stopping.
+
+    A UTF-8 byte-order mark and CRLF line ends are accepted (editors on Windows write both); blank lines are
+    skipped. Lines are decoded one by one so that a bad byte is reported on its own line.
+    """
+    name = display_path(path)
+    if not path.is_file():
+        return [], [Problem(name, None, None, "file not found")]
+    raw = path.read_bytes()
+    if raw.startswith(codecs.BOM_UTF8):
+        raw = raw[len(codecs.BOM_UTF8) :]
+    rows: list[tuple[int, dict[str, Any]]] = []
+    problems: list[Problem] = []
+    for number, chunk in enumerate(raw.split(b"\n"), start=1):
+        chunk = chunk.rstrip(b"\r")
+        if not chunk.strip():
+            continue
+        try:
+            text = chunk.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            problems.append(Problem(name, number, None, f"not valid UTF-8 (bad byte at column {exc.start + 1})"))
+            continue
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as exc:
+            problems.append(Problem(name, number, None, f"not valid JSON: {exc.msg} at column {exc.colno}"))
+            continue
+        if not isinstance(obj, dict):
+            problems.append(Problem(name, number, None, f"expected a JSON object, got {_json_type(obj)}"))
+            continue
+        rows.append((number, obj))
+    if not rows and not problems:
+        problems.append(Problem(name, None, None, "file is empty: expected one JSON object per line"))
+    return rows, problems
+
+
+def _json_type(value: Any) -> str:
+    names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}
+    return names.get(type(value), "a number")
+
+
+def _text_problem(value: Any) -> str | None:
+    if not isinstance(value, str):
+        return f"must be a string, got {_json_type(value)}"
+    return "empty turn" if not value.strip() else None
+
+
+def parse_example(obj: dict[str, Any], path: str, line: int) -> tuple[Example | None, list[Problem]]:
+    """Check one row (ours or LIMA's format) and convert it to an Example. Returns every problem found."""
+    problems: list[Problem] = []
+
+    def bad(field_name: str | None, message: str) -> None:
+        problems.append(Problem(path, line, field_name, message))
+
+    messages: list[dict[str, str]] = []
+    if "messages" in obj:
+        raw = obj["messages"]
+        if not isinstance(raw, list):
+            bad("messages", f"must be a list of {{role, content}} objects, got {_json_type(raw)}")
+            raw = None
+        order_reported = False
+        for i, message in enumerate(raw or []):
+            where = f"messages[{i}]"
+            if not isinstance(message, dict):
+                bad(where, f"must be an object with 'role' and 'content', got {_json_type(message)}")
+                continue
+            role, content = message.get("role"), message.get("content")
+            expected = ROLES[i % 2]
+            if "role" not in message:
+                bad(f"{where}.role", "missing field")
+            elif role not in ROLES:
+                bad(f"{where}.role", f"unknown role {role!r}: expected 'user' or 'assistant'")
+            elif role != expected and not order_reported:  # later turns are off by one too: say it once
+                bad(f"{where}.role", f"wrong role order: expected {expected!r} (turns alternate, user first)")
+                order_reported = True
+            if "content" not in message:
+                bad(f"{where}.content", "missing field")
+            elif (issue := _text_problem(content)) is not None:
+                bad(f"{where}.content", issue)
+            messages.append({"role": expected, "content": content if isinstance(content, str) else ""})
+    elif "conversations" in obj:  # LIMA's format: alternating strings, the user first
+        raw = obj["conversations"]
+        if not isinstance(raw, list):
+            bad("conversations", f"must be a list of strings, got {_json_type(raw)}")
+            raw = None
+        for i, content in enumerate(raw or []):
+            if (issue := _text_problem(content)) is not None:
+                bad(f"conversations[{i}]", issue)
+            messages.append({"role": ROLES[i % 2], "content": content if isinstance(content, str) else ""})
+    else:
+        bad("messages", "missing field (or LIMA's 'conversations')")
+        raw = None
+
+    if raw is not None:  # a list of the wrong length (a list of the wrong type is reported above)
+        list_field = "messages" if "messages" in obj else "conversations"
+        if len(messages) < 2:
+            bad(list_field, f"has {len(messages)} turn(s): needs at least one user and one assistant turn")
+        elif len(messages) % 2 == 1:
+            bad(list_field, "ends on the user: the last turn must be the assistant's")
+
+    source = obj.get("source")
+    if "source" not in obj:
+        bad("source", "missing field")
+    elif not isinstance(source, str) or not source.strip():
+        bad("source", f"must be a non-empty string, got {_json_type(source) if source != '' else 'an empty one'}")
+    example_id = obj.get("id")
+    if example_id is not None and (not isinstance(example_id, str) or not example_id.strip()):
+        bad("id", "must be a non-empty string when present")
+
+    if problems:
+        return None, problems
+    return Example(messages=messages, source=source, id=example_id, path=path, line=line), []
+
+
+def load_examples(path: Path) -> tuple[list[Example], list[Problem]]:
+    """Read a file of examples (ours or LIMA's format). Returns the valid ones and every problem."""
+    name = display_path(path)
+    rows, problems = read_jsonl(path)
+    examples: list[Example] = []
+    for line, obj in rows:
+        example, found = parse_example(obj, name, line)
+        problems += found
+        if example is not None:
+            examples.append(example)
+    problems += _duplicate_ids([(e.id, e.line) for e in examples], name)
+    return examples, problems
+
+
+def load_prompts(path: Path, *, with_follow_ups: bool) -> tuple[list[Prompt], list[Problem]]:
+    """Read evaluation openers (``with_follow_ups``) or dev prompts: ``{"id", "prompt", "category"?}``."""
+    name = display_path(path)
+    rows, problems = read_jsonl(path)
+    prompts: list[Prompt] = []
+    for line, obj in rows:
+        found: list[Problem] = []
+
+        def bad(field_name: str, message: str, line: int = line, found: list[Problem] = found) -> None:
+            found.append(Problem(name, line, field_name, message))
+
+        for key in ("id", "prompt"):
+            if key not in obj:
+                bad(key, "missing field")
+            elif (issue := _text_problem(obj[key])) is not None:
+                bad(key, "empty" if issue == "empty turn" else issue)
+        category = obj.get("category")
+        if category is not None and not isinstance(category, str):
+            bad("category", f"must be a string, got {_json_type(category)}")
+        follow_ups = obj.get("follow_ups", [])
+        if with_follow_ups:
+            if "follow_ups" not in obj:
+                bad("follow_ups", "missing field (a list of planned follow-up messages)")
+            elif not isinstance(follow_ups, list):
+                bad("follow_ups", f"must be a list of strings, got {_json_type(follow_ups)}")
+                follow_ups = []
+            else:
+                for i, text in enumerate(follow_ups):
+                    if (issue := _text_problem(text)) is not None:
+                        bad(f"follow_ups[{i}]", "empty" if issue == "empty turn" else issue)
+        problems += found
+        if not found:
+            prompts.append(Prompt(obj["id"], obj["prompt"], category, list(follow_ups), name, line))
+    problems += _duplicate_ids([(p.id, p.line) for p in prompts], name)
+    return prompts, problems
+
+
+def _duplicate_ids(ids: Iterable[tuple[str | None, int]], path: str) -> list[Problem]:
+    first: dict[str, int] = {}
+    problems = []
+    for example_id, line in ids:
+        if example_id is None:
+            continue
+        if example_id in first:
+            problems.append(
+                Problem(path, line, "id", f"duplicate id {example_id!r} (first on line {first[example_id]})")
+            )
+        else:
+            first.setdefault(example_id, line)
+    return problems
+
+
+# ------------------------------------------------------------------------------------------------ LIMA
+
+
+def fetch_lima(token: str | None = None) -> Path:
+    """Download LIMA's train.jsonl from the Hub (gated), or say in one line what the user must do."""
+    import httpx
+    from huggingface_hub import get_token, hf_hub_download
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        OfflineModeIsEnabled,
+        RepositoryNotFoundError,
+    )
+
+    where = f"{LIMA_REPO} (Hub)"
+    token = token or get_token()
+    if not token:
+        raise UserError(
+            f"error: {where}: LIMA is gated and no Hugging Face token is set: accept its terms at {LIMA_URL}, "
+            "then run `hf auth login` or export HF_TOKEN (or pass --lima PATH to a local train.jsonl)"
+        )
+    try:
+        return Path(hf_hub_download(LIMA_REPO, "train.jsonl", repo_type="dataset", token=token))
+    except GatedRepoError:
+        raise UserError(
+            f"error: {where}: your token has no access yet: accept LIMA's terms (CC BY-NC-SA) at {LIMA_URL} "
+            "while logged in as the token's owner, then run again"
+        ) from None
+    except RepositoryNotFoundError:
+        raise UserError(
+            f"error: {where}: the Hub does not show this dataset to your token: check that HF_TOKEN belongs to "
+            f"the account that accepted the terms at {LIMA_URL}"
+        ) from None
+    except (LocalEntryNotFoundError, OfflineModeIsEnabled, httpx.TransportError) as exc:
+        raise UserError(
+            f"error: {where}: cannot reach the Hub ({type(exc).__name__}): connect to the network, or download "
+            "train.jsonl from it on another machine and pass --lima PATH"
+        ) from None
+    except HfHubHTTPError as exc:
+        status = exc.response.status_code if exc.response is not None else None
+        if status == 401:
+            raise UserError(
+                f"error: {where}: the Hub rejected the token (invalid or expired): make a new read token at "
+                "https://huggingface.co/settings/tokens and export HF_TOKEN"
+            ) from None
+        raise UserError(
+            f"error: {where}: the Hub answered HTTP {status}: try again later, or pass --lima PATH"
+        ) from None
+
+
+# --------------------------------------------------------------------------------------------- the sets
+
+
+@dataclass
+class TrainingSets:
+    """The two training sets of the paper, with what they were built from (for logs and model cards)."""
+
+    single_turn: list[Example]
+    dialogues: list[Example]
+    single_turn_label: str
+    dialogues_label: str
+    is_offline_sample: bool
+
+    @property
+    def zero_shot(self) -> list[Example]:
+        return list(self.single_turn)
+
+    @property
+    def dialogue(self) -> list[Example]:
+        return [*self.single_turn, *self.dialogues]
+
+    def describe(self) -> str:
+        return (
+            f"zero-shot: {len(self.single_turn)} examples ({self.single_turn_label}); "
+            f"dialogue: {len(self.single_turn) + len(self.dialogues)} examples "
+            f"(the same + {len(self.dialogues)} {self.dialogues_label})"
+        )
+
+
+@dataclass
+class CheckedData:
+    """Everything `data --check` looks at: the training sets, the evaluation prompts, and the warnings."""
+
+    sets: TrainingSets
+    openers: list[Prompt]
+    dev: list[Prompt]
+    warnings: list[Problem]
+
+
+def fingerprint(examples: Sequence[Example]) -> str:
+    """A short content hash of a training set, for model cards: same examples in the same order, same hash."""
+    digest = hashlib.sha256()
+    for example in examples:
+        digest.update(json.dumps(example.to_record(), sort_keys=True, ensure_ascii=False).encode())
+        digest.update(b"\n")
+    return digest.hexdigest()[:16]
+
+
+def _data_file(dialogues_dir: Path, name: str) -> Path:
+    """A file from the user's dialogues folder when it has one, else the project's own."""
+    own = dialogues_dir / name
+    return own if own.exists() else DIALOGUES_DIR / name
+
+
+def load_data(lima: str = "sample", dialogues: str | Path = DIALOGUES_DIR) -> CheckedData:
+    """Load and validate everything: raises DataError listing every error of every file.
+
+    lima: ``"sample"`` (offline: our sample stands in for LIMA's 1,000), ``"hub"`` (GAIR/lima, gated), or a
+    path to a train.jsonl in LIMA's format. dialogues: a folder laid out like ``dialogues/`` (its missing
+    files are taken from the project's), or ``"lima"`` for LIMA's own 30 multi-turn rows.
+    """
+    use_lima_dialogues = str(dialogues) == "lima"
+    dialogues_dir = DIALOGUES_DIR if use_lima_dialogues else Path(dialogues)
+    if not use_lima_dialogues and not dialogues_dir.is_dir():
+        raise UserError(f"error: {dialogues}: not a folder: pass a folder laid out like dialogues/, or 'lima'")
+    if use_lima_dialogues and lima == "sample":
+        raise UserError("error: --dialogues lima: LIMA's own dialogues need LIMA's data: add --lima hub or --lima PATH")
+
+    errors: list[Problem] = []
+    if lima == "sample":
+        single, found = load_examples(_data_file(dialogues_dir, SAMPLE_FILE))
+        errors += found
+        single_label = f"OFFLINE SAMPLE: {len(single)} authored single-turn examples standing in for LIMA's 1,000"
+        lima_multi: list[Example] = []
+    else:
+        lima_path = fetch_lima() if lima == "hub" else Path(lima)
+        rows, found = load_examples(lima_path)
+        errors += found
+        single = [e for e in rows if e.user_turns == 1]
+        lima_multi = [e for e in rows if e.user_turns > 1]
+        origin = LIMA_REPO if lima == "hub" else f"LIMA format, {display_path(lima_path)}"
+        single_label = f"LIMA single-turn examples ({origin})"
+        log.info("LIMA: %d single-turn and %d multi-turn rows", len(single), len(lima_multi))
+
+    if use_lima_dialogues:
+        multi, multi_label = lima_multi, "LIMA's own multi-turn dialogues"
+    else:
+        multi, found = load_examples(dialogues_dir / TRAIN_FILE)
+        errors += found
+        multi_label = f"multi-turn dialogues from {display_path(dialogues_dir / TRAIN_FILE)}"
+
+    if lima == "sample":
+        errors += [
+            Problem(e.path, e.line, "messages", f"has {e.user_turns} user turns: this file holds single-turn examples")
+            for e in single
+            if e.user_turns != 1
+        ]
+    errors += [
+        Problem(e.path, e.line, "messages", "has 1 user turn: a training dialogue needs at least 2")
+        for e in multi
+        if e.user_turns < 2
+    ]
+
+    openers, found = load_prompts(_data_file(dialogues_dir, OPENERS_FILE), with_follow_ups=True)
+    errors += found
+    dev, found = load_prompts(_data_file(dialogues_dir, DEV_FILE), with_follow_ups=False)
+    errors += found
+    if errors:
+        raise DataError(errors)
+
+    sets = TrainingSets(single, multi, single_label, multi_label, is_offline_sample=lima == "sample")
+    warnings = find_duplicates(sets.dialogue) + find_overlap(sets.dialogue, openers, dev)
+    return CheckedData(sets, openers, dev, warnings)
+
+
+def load_training_sets(lima: str = "sample", dialogues: str | Path = DIALOGUES_DIR) -> TrainingSets:
+    """The two training sets, validated; warnings are logged."""
+    data = load_data(lima, dialogues)
+    for warning in data.warnings:
+        log.warning("%s", warning)
+    log.info("%s", data.sets.describe())
+    return data.sets
+
+
+# ------------------------------------------------------------------------------------ duplicates, overlap
+
+
+def normalize(text: str) -> str:
+    """Lower case, punctuation dropped, whitespace collapsed: what two copies of a prompt share."""
+    return " ".join(re.findall(r"\w+", text.lower()))
+
+
+def find_duplicates(examples: Sequence[Example]) -> list[Problem]:
+    """Warn on examples that repeat another one whole, or repeat its opening prompt."""
+    warnings = []
+    whole: dict[str, Example] = {}
+    first_prompt: dict[str, Example] = {}
+    for example in examples:
+        key = "\x00".join(normalize(m["content"]) for m in example.messages)
+        prompt = normalize(example.messages[0]["content"])
+        if key in whole:
+            message = f"duplicate of the example at {whole[key].where}"
+        elif prompt in first_prompt:
+            message = f"same opening prompt as the example at {first_prompt[prompt].where}"
+        else:
+            whole[key] = example
+            first_prompt[prompt] = example
+            continue
+        warnings.append(Problem(example.path, example.line, "messages", message, "warning"))
+    return warnings
+
+
+def _ngrams(words: list[str], n: int) -> set[tuple[str, ...]]:
+    return {tuple(words[i : i + n]) for i in range(len(words) - n + 1)}
+
+
+def find_overlap(train: Sequence[Example], openers: Sequence[Prompt], dev: Sequence[Prompt]) -> list[Problem]:
+    """Warn where an evaluation or dev prompt repeats training text, or a dev prompt repeats an opener.
+
+    Overlap is an exact match after normalising, or a shared span of OVERLAP_NGRAM words.
+    """
+    warnings = []
+
+    def index(texts: Iterable[tuple[str, str]]) -> tuple[dict[str, str], dict[tuple[str, ...], str]]:
+        exact: dict[str, str] = {}
+        spans: dict[tuple[str, ...], str] = {}
+        for text, where in texts:
+            words = normalize(text).split()
+            exact.setdefault(" ".join(words), where)
+            for gram in _ngrams(words, OVERLAP_NGRAM):
+                spans.setdefault(gram, where)
+        return exact, spans
+
+    def check(prompts: Sequence[Prompt], against: tuple[dict, dict], what: str) -> None:
+        exact, spans = against
+        for prompt in prompts:
+            for field_name, text in [("prompt", prompt.prompt)] + [
+                (f"follow_ups[{i}]", t) for i, t in enumerate(prompt.follow_ups)
+            ]:
+                words = normalize(text).split()
+                hit = exact.get(" ".join(words)) or next(
+                    (spans[g] for g in _ngrams(words, OVERLAP_NGRAM) if g in spans), None
+                )
+                if hit:
+                    warnings.append(
+                        Problem(prompt.path, prompt.line, field_name, f"overlaps {what} at {hit}", "warning")
+                    )
+
+    train_index = index((m["content"], e.where) for e in train for m in e.messages if m["role"] == "user")
+    check(openers, train_index, "training data")
+    check(dev, train_index, "training data")
+    check(dev, index((t, p.where) for p in openers for t in [p.prompt, *p.follow_ups]), "an evaluation opener")
+    return warnings
+
+
+# ------------------------------------------------------------------------------------------------ stats
+
+Tokenize = Callable[[list[str]], list[int]]
+"""Token counts for a batch of texts (no special tokens)."""
+
+
+@dataclass
+class Row:
+    """One line of the Table 1-style summary."""
+
+    name: str
+    examples: int
+    turns_per_example: float
+    user_tokens_mean: float
+    user_tokens_max: int
+    assistant_tokens_mean: float
+    assistant_tokens_max: int
+    assistant_words_mean: float
+    over_max_length: int
+
+
+def _mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values) if values else 0.0
+
+
+def stats_row(name: str, examples: Sequence[Example], count: Tokenize, max_length: int) -> Row:
+    user = [m["content"] for e in examples for m in e.messages if m["role"] == "user"]
+    assistant = [m["content"] for e in examples for m in e.messages if m["role"] == "assistant"]
+    user_tokens, assistant_tokens = count(user), count(assistant)
+    return Row(
+        name=name,
+        examples=len(examples),
+        turns_per_example=round(_mean([e.user_turns for e in examples]), 2),
+        user_tokens_mean=round(_mean(user_tokens), 1),
+        user_tokens_max=max(user_tokens, default=0),
+        assistant_tokens_mean=round(_mean(assistant_tokens), 1),
+        assistant_tokens_max=max(assistant_tokens, default=0),
+        assistant_words_mean=round(_mean([len(t.split()) for t in assistant]), 1),
+        over_max_length=sum(example_tokens(e, count) > max_length for e in examples),
+    )
+
+
+def example_tokens(example: Example, count: Tokenize) -> int:
+    """Tokens the example takes once rendered for training (content + role headers + end-of-turn tokens)."""
+    return sum(count([m["content"] for m in example.messages])) + TEMPLATE_TOKENS_PER_MESSAGE * len(example.messages)
+
+
+def oversized(examples: Sequence[Example], count: Tokenize, max_length: int) -> list[Problem]:
+    """Flag examples longer than the training length: they are kept and truncated at train time."""
+    return [
+        Problem(
+            e.path,
+            e.line,
+            "messages",
+            f"{n} tokens > max length {max_length}: kept, truncated to {max_length} at train time",
+            "warning",
+        )
+        for e in examples
+        if (n := example_tokens(e, count)) > max_length
+    ]
+
+
+def stats_table(data: CheckedData, count: Tokenize, max_length: int) -> dict[str, Any]:
+    """The numbers behind the paper's Table 1, for our two sets and the evaluation prompts."""
+    sets = data.sets
+    by_source: dict[str, list[Example]] = {}
+    for example in sets.single_turn:
+        by_source.setdefault(example.source, []).append(example)
+    training = [stats_row(source, group, count, max_length) for source, group in sorted(by_source.items())]
+    zero_shot_name = "zero-shot set (offline sample)" if sets.is_offline_sample else "zero-shot set"
+    training.append(stats_row(zero_shot_name, sets.zero_shot, count, max_length))
+    dialogue_sources: dict[str, list[Example]] = {}
+    for example in sets.dialogues:
+        dialogue_sources.setdefault(example.source, []).append(example)
+    training += [stats_row(source, group, count, max_length) for source, group in sorted(dialogue_sources.items())]
+    training.append(stats_row("dialogue set", sets.dialogue, count, max_length))
+
+    prompts = []
+    for name, items in ((OPENERS_FILE, data.openers), (DEV_FILE, data.dev)):
+        lengths = count([p.prompt for p in items])
+        prompts.append(
+            {
+                "name": name,
+                "prompts": len(items),
+                "follow_ups_per_prompt": round(_mean([len(p.follow_ups) for p in items]), 2),
+                "prompt_tokens_mean": round(_mean(lengths), 1),
+                "prompt_tokens_max": max(lengths, default=0),
+            }
+        )
+    return {
+        "zero_shot": {
+            "examples": len(sets.zero_shot),
+            "label": sets.single_turn_label,
+            "fingerprint": fingerprint(sets.zero_shot),
+        },
+        "dialogue": {
+            "examples": len(sets.dialogue),
+            "label": sets.dialogues_label,
+            "fingerprint": fingerprint(sets.dialogue),
+        },
+        "max_length": max_length,
+        "training": [row.__dict__ for row in training],
+        "prompts": prompts,
+        "warnings": len(data.warnings),
+    }
+
+
+def format_table(table: dict[str, Any], tokenizer_name: str) -> str:
+    """Render the stats as fixed-width text, like the paper's Table 1."""
+    head = (
+        f"{'source':<32}{'examples':>9}{'turns/ex':>10}{'user tok mean/max':>20}"
+        f"{'asst tok mean/max':>20}{'asst words':>12}{'> max len':>11}"
+    )
+    lines = [
+        f"Training data (tokens by {tokenizer_name}; max length {table['max_length']})",
+        head,
+        "-" * len(head),
+    ]
+    for row in table["training"]:
+        total = row["name"].endswith("set") or row["name"].endswith("sample)")
+        lines.append(
+            f"{row['name']:<32}{row['examples']:>9}{row['turns_per_example']:>10.2f}"
+            f"{row['user_tokens_mean']:>13.1f} / {row['user_tokens_max']:<4}"
+            f"{row['assistant_tokens_mean']:>13.1f} / {row['assistant_tokens_max']:<4}"
+            f"{row['assistant_words_mean']:>12.1f}{row['over_max_length']:>11}"
+        )
+        if total:
+            lines.append("-" * len(head))
+    lines += ["", f"{'evaluation prompts':<32}{'prompts':>9}{'follow-ups/prompt':>19}{'prompt tok mean/max':>22}"]
+    for row in table["prompts"]:
+        lines.append(
+            f"{row['name']:<32}{row['prompts']:>9}{row['follow_ups_per_prompt']:>19.2f}"
+            f"{row['prompt_tokens_mean']:>15.1f} / {row['prompt_tokens_max']:<4}"
+        )
+    lines += [
+        "",
+        f"zero-shot: {table['zero_shot']['examples']} examples, {table['zero_shot']['label']} "
+        f"[{table['zero_shot']['fingerprint']}]",
+        f"dialogue:  {table['dialogue']['examples']} examples, zero-shot + {table['dialogue']['label']} "
+        f"[{table['dialogue']['fingerprint']}]",
+    ]
+    return "\n".join(lines)
+
+
+def write_sets(sets: TrainingSets, out_dir: Path) -> list[Path]:
+    """Write both sets as JSONL in our format, with a manifest naming what they were built from."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, examples in (("zero-shot", sets.zero_shot), ("dialogue", sets.dialogue)):
+        path = out_dir / f"{name}.jsonl"
+        with open(path, "w", encoding="utf-8") as handle:
+            for example in examples:
+                handle.write(json.dumps(example.to_record(), ensure_ascii=False) + "\n")
+        written.append(path)
+    manifest = {
+        "zero-shot": {
+            "examples": len(sets.zero_shot),
+            "fingerprint": fingerprint(sets.zero_shot),
+            "built_from": sets.single_turn_label,
+        },
+        "dialogue": {
+            "examples": len(sets.dialogue),
+            "fingerprint": fingerprint(sets.dialogue),
+            "built_from": f"zero-shot + {sets.dialogues_label}",
+        },
+        "offline_sample": sets.is_offline_sample,
+    }
+    manifest_path = out_dir / "manifest.json"
+    manifest_path.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    written.append(manifest_path)
+    return written

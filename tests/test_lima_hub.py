@@ -1,0 +1,132 @@
+"""Fetching LIMA from the Hub, against a real local HTTP server that answers like the Hub does.
+
+The Hub's file protocol (HEAD for metadata, then GET; errors named by the X-Error-Code header) is served by a
+small ThreadingHTTPServer; huggingface_hub is pointed at it with HF_ENDPOINT, in a fresh interpreter each time
+because the library reads its endpoint at import.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import socket
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from conftest import FIXTURES, run_cli
+
+LIMA_FIXTURE = (FIXTURES / "lima" / "train.jsonl").read_bytes()
+FILE_PATH = "/datasets/GAIR/lima/resolve/main/train.jsonl"
+
+
+class HubHandler(BaseHTTPRequestHandler):
+    mode = "ok"  # set per server: ok | gated | bad-token
+
+    def log_message(self, *args):  # keep test output clean
+        pass
+
+    def _answer(self, with_body: bool) -> None:
+        if self.path != FILE_PATH:
+            self.send_response(404)
+            self.send_header("X-Error-Code", "EntryNotFound")
+            self.end_headers()
+            return
+        if self.server.mode == "gated":
+            self.send_response(403)
+            self.send_header("X-Error-Code", "GatedRepo")
+            self.send_header("X-Error-Message", "Access to dataset GAIR/lima is restricted.")
+            self.end_headers()
+            return
+        if self.server.mode == "bad-token":
+            self.send_response(401)
+            self.send_header("X-Error-Message", "Invalid credentials in Authorization header")
+            self.end_headers()
+            return
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(LIMA_FIXTURE)))
+        self.send_header("ETag", '"' + hashlib.sha256(LIMA_FIXTURE).hexdigest() + '"')
+        self.send_header("X-Repo-Commit", "0" * 40)
+        self.end_headers()
+        if with_body:
+            self.wfile.write(LIMA_FIXTURE)
+
+    def do_HEAD(self):
+        self._answer(with_body=False)
+
+    def do_GET(self):
+        self._answer(with_body=True)
+
+
+@pytest.fixture
+def hub():
+    servers = []
+
+    def start(mode: str) -> str:
+        server = ThreadingHTTPServer(("127.0.0.1", 0), HubHandler)
+        server.mode = mode
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_address[1]}"
+
+    yield start
+    for server in servers:
+        server.shutdown()
+
+
+def data_from_hub(tmp_path, endpoint: str, token: str | None):
+    env = {"HF_ENDPOINT": endpoint, "HF_HOME": str(tmp_path / "hf"), "HF_TOKEN": token or "", "HF_HUB_DISABLE_XET": "1"}
+    return run_cli("-m", "finetune", "data", "--lima", "hub", "--dialogues", "lima", env=env)
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_hub_download_loads_lima(tmp_path, hub):
+    result = data_from_hub(tmp_path, hub("ok"), token="hf_test")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == (
+        "zero-shot: 4 examples (LIMA single-turn examples (GAIR/lima)); "
+        "dialogue: 6 examples (the same + 2 LIMA's own multi-turn dialogues)"
+    )
+
+
+def test_no_token(tmp_path, hub):
+    result = data_from_hub(tmp_path, hub("ok"), token=None)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().startswith("error: GAIR/lima (Hub): LIMA is gated and no Hugging Face token is set")
+
+
+def test_terms_not_accepted(tmp_path, hub):
+    result = data_from_hub(tmp_path, hub("gated"), token="hf_test")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().startswith("error: GAIR/lima (Hub): your token has no access yet: accept LIMA's terms")
+
+
+def test_token_rejected(tmp_path, hub):
+    result = data_from_hub(tmp_path, hub("bad-token"), token="hf_wrong")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "error: GAIR/lima (Hub): the Hub" in result.stderr and "HF_TOKEN" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_no_network(tmp_path):
+    result = data_from_hub(tmp_path, f"http://127.0.0.1:{closed_port()}", token="hf_test")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().startswith("error: GAIR/lima (Hub): cannot reach the Hub")
+    assert result.stderr.strip().endswith("pass --lima PATH")
+
+
+def test_offline_mode(tmp_path):
+    result = run_cli(
+        "-m",
+        "finetune",
+        "data",
+        "--lima",
+        "hub",
+        env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "HF_TOKEN": "hf_test"},
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().startswith("error: GAIR/lima (Hub): cannot reach the Hub")
