@@ -73,3 +73,29 @@ def load_tokenizer(spec: str):
     except (OSError, ValueError) as exc:
         kind = "local directory" if Path(spec).exists() else "Hub id (offline, unknown, or gated?)"
         raise UserError(f"error: tokenizer {spec!r}: cannot load it as a {kind}: {str(exc).splitlines()[0]}") from None
+
+
+def bundled_model_dir(name: str) -> Path:
+    """The bundled model as a plain HF directory (bf16 safetensors + tokenizer), converted once from the GGUF."""
+    target = cache_root() / "bundled" / name
+    if (target / "config.json").is_file() and (target / "tokenizer_config.json").is_file():
+        return target
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = bundled_gguf(name)
+    log.info("converting %s from %s into %s (once, ~1 min)", name, gguf.name, target)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.bfloat16)
+    # A GGUF-loaded model is marked quantized and refuses to save; its weights are already dequantized.
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
+    model.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    shutil.rmtree(target, ignore_errors=True)
+    staging.rename(target)
+    return target
