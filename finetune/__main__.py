@@ -80,11 +80,58 @@ def run_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_train_parser(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "train",
+        help="train the zero-shot (lima-1000) and dialogue (lima-1030) models with a LIMA recipe",
+        description="Train both models from one base with a recipe from finetune/recipes/ (or a YAML path). "
+        "Writes RUNS/<recipe>/lima-1000 and lima-1030, each with servable epoch-N folders and `selected`.",
+    )
+    parser.add_argument("--recipe", required=True, help="recipe name (quick-cpu, single-gpu, lima-7b, ...) or YAML")
+    parser.add_argument("--model", choices=["zero-shot", "dialogue", "both"], default="both")
+    parser.add_argument("--base", help="override the recipe's base: bundled:gemma-3-270m, a model folder, a Hub id")
+    parser.add_argument("--lima", metavar="sample|hub|PATH", help="override the recipe's single-turn data")
+    parser.add_argument("--dialogues", metavar="DIR|lima", help="override the recipe's multi-turn dialogues")
+    parser.add_argument("--output", type=Path, default=Path("runs"), help="where runs go (default: runs/)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe key")
+    parser.add_argument("--resume", action="store_true", help="continue an interrupted run from its last epoch")
+    parser.set_defaults(run=run_train)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from finetune.recipe import load_recipe
+
+    overrides = [f"{key}={value}" for key in ("base", "lima", "dialogues") if (value := getattr(args, key))]
+    recipe = load_recipe(args.recipe, [*args.set, *overrides])
+    from finetune.train import train
+
+    models = ["zero-shot", "dialogue"] if args.model == "both" else [args.model]
+    for run_dir in train(recipe, models, args.output, resume=args.resume):
+        print(f"{run_dir}: selected {(run_dir / 'selected').read_text().strip()}")
+    return 0
+
+
+def add_select_parser(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("select", help="choose which kept epoch of a run is served")
+    parser.add_argument("run_dir", type=Path, help="a run folder, e.g. runs/quick-cpu/lima-1030")
+    parser.add_argument("--epoch", type=int, required=True, help="a kept epoch (5..10 in the paper)")
+    parser.set_defaults(run=run_select)
+
+
+def run_select(args: argparse.Namespace) -> int:
+    from finetune.train import select
+
+    print(f"{args.run_dir}: selected {select(args.run_dir, args.epoch).name}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m finetune", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_data_parser(commands)
+    add_train_parser(commands)
+    add_select_parser(commands)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("finetune").setLevel(logging.DEBUG if args.verbose else logging.INFO)

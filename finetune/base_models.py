@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 
 from finetune.errors import UserError
+from finetune.hub import explain_hub_errors
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,28 @@ def bundled_tokenizer_dir(name: str) -> Path:
     return target
 
 
+def resolve_base(spec: str) -> Path:
+    """A base model as a local directory: ``bundled:NAME``, ``tiny:llama``, a local directory, or a Hub id."""
+    if spec.startswith(BUNDLED_PREFIX):
+        return bundled_model_dir(spec.removeprefix(BUNDLED_PREFIX))
+    if spec == TINY:
+        return tiny_model_dir()
+    local = Path(spec).expanduser()
+    if local.is_dir():
+        if not (local / "config.json").is_file():
+            raise UserError(f"error: base {spec}: the folder has no config.json: pass a saved transformers model")
+        return local
+    if local.exists() or spec.startswith((".", "/", "~")) or spec.count("/") != 1:
+        raise UserError(
+            f"error: base {spec}: not found: pass bundled:gemma-3-270m, a local model folder, or a Hub id like org/name"
+        )
+    from huggingface_hub import snapshot_download
+
+    patterns = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "tokenizer*"]
+    with explain_hub_errors(f"base {spec} (Hub)", f"https://huggingface.co/{spec}", "pass a local model folder"):
+        return Path(snapshot_download(spec, allow_patterns=patterns))
+
+
 def load_tokenizer(spec: str):
     """A tokenizer from ``bundled:NAME``, a local directory, or a Hub id; a one-line error when not found."""
     from transformers import AutoTokenizer
@@ -94,6 +117,58 @@ def bundled_model_dir(name: str) -> Path:
         del model.config.quantization_config
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
+    model.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    shutil.rmtree(target, ignore_errors=True)
+    staging.rename(target)
+    return target
+
+
+TINY = "tiny:llama"
+
+
+def tiny_model_dir() -> Path:
+    """A tiny random Llama (2 layers, hidden 64) with a BPE tokenizer trained on dialogues/: tests in seconds.
+
+    It learns nothing useful; it exercises every code path of a real model (templates, EOT, dropout hooks,
+    saving, generation) fast. Built once per cache, deterministically.
+    """
+    target = cache_root() / "tiny" / "llama"
+    if (target / "config.json").is_file():
+        return target
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    from finetune.data import DIALOGUES_DIR
+
+    corpus = [line for path in sorted(DIALOGUES_DIR.glob("*.jsonl")) for line in path.read_text("utf-8").splitlines()]
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    special = ["<pad>", "<bos>", "<eos>"]
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    bpe.train_from_iterator(
+        corpus, trainers.BpeTrainer(vocab_size=1024, special_tokens=special, initial_alphabet=alphabet)
+    )
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, pad_token="<pad>", bos_token="<bos>", eos_token="<eos>")
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=False,
+    )
+    model = LlamaForCausalLM(config)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".llama-", dir=target.parent))
     model.save_pretrained(staging)
     tokenizer.save_pretrained(staging)
     shutil.rmtree(target, ignore_errors=True)

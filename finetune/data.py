@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from finetune.errors import UserError
+from finetune.hub import explain_hub_errors
 
 log = logging.getLogger(__name__)
 
@@ -309,15 +310,7 @@ def _duplicate_ids(ids: Iterable[tuple[str | None, int]], path: str) -> list[Pro
 
 def fetch_lima(token: str | None = None) -> Path:
     """Download LIMA's train.jsonl from the Hub (gated), or say in one line what the user must do."""
-    import httpx
     from huggingface_hub import get_token, hf_hub_download
-    from huggingface_hub.errors import (
-        GatedRepoError,
-        HfHubHTTPError,
-        LocalEntryNotFoundError,
-        OfflineModeIsEnabled,
-        RepositoryNotFoundError,
-    )
 
     where = f"{LIMA_REPO} (Hub)"
     token = token or get_token()
@@ -326,33 +319,9 @@ def fetch_lima(token: str | None = None) -> Path:
             f"error: {where}: LIMA is gated and no Hugging Face token is set: accept its terms at {LIMA_URL}, "
             "then run `hf auth login` or export HF_TOKEN (or pass --lima PATH to a local train.jsonl)"
         )
-    try:
+    fallback = "download train.jsonl from it on another machine and pass --lima PATH"
+    with explain_hub_errors(where, f"{LIMA_URL} (licence CC BY-NC-SA)", fallback):
         return Path(hf_hub_download(LIMA_REPO, "train.jsonl", repo_type="dataset", token=token))
-    except GatedRepoError:
-        raise UserError(
-            f"error: {where}: your token has no access yet: accept LIMA's terms (CC BY-NC-SA) at {LIMA_URL} "
-            "while logged in as the token's owner, then run again"
-        ) from None
-    except RepositoryNotFoundError:
-        raise UserError(
-            f"error: {where}: the Hub does not show this dataset to your token: check that HF_TOKEN belongs to "
-            f"the account that accepted the terms at {LIMA_URL}"
-        ) from None
-    except (LocalEntryNotFoundError, OfflineModeIsEnabled, httpx.TransportError) as exc:
-        raise UserError(
-            f"error: {where}: cannot reach the Hub ({type(exc).__name__}): connect to the network, or download "
-            "train.jsonl from it on another machine and pass --lima PATH"
-        ) from None
-    except HfHubHTTPError as exc:
-        status = exc.response.status_code if exc.response is not None else None
-        if status == 401:
-            raise UserError(
-                f"error: {where}: the Hub rejected the token (invalid or expired): make a new read token at "
-                "https://huggingface.co/settings/tokens and export HF_TOKEN"
-            ) from None
-        raise UserError(
-            f"error: {where}: the Hub answered HTTP {status}: try again later, or pass --lima PATH"
-        ) from None
 
 
 # --------------------------------------------------------------------------------------------- the sets

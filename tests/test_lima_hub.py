@@ -102,7 +102,7 @@ def test_no_token(tmp_path, hub):
 def test_terms_not_accepted(tmp_path, hub):
     result = data_from_hub(tmp_path, hub("gated"), token="hf_test")
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert result.stderr.strip().startswith("error: GAIR/lima (Hub): your token has no access yet: accept LIMA's terms")
+    assert result.stderr.strip().startswith("error: GAIR/lima (Hub): your token has no access yet: accept the terms")
 
 
 def test_token_rejected(tmp_path, hub):

@@ -1,0 +1,442 @@
+"""Train LIMA's zero-shot model (lima-1000) and dialogue model (lima-1030) from one base.
+
+Read top to bottom: `train` loads the data once and trains each model with `train_model`, which
+  1. loads the base and adds the end-of-turn token (chat_format.py),
+  2. renders every example with the chat template and masks the loss to assistant turns + EOT,
+     truncating at max_length and dropping examples left with no assistant token,
+  3. installs residual dropout (residual_dropout.py),
+  4. hands everything to TRL's SFTTrainer with the recipe's optimiser, schedule, batch and length grouping,
+  5. saves a servable model directory (DESIGN.md, contract 2) at the end of each epoch in the keep window,
+     and names the chosen one in `selected`.
+Only what LIMA adds is written here; the training loop, collator, optimiser and scheduler are the libraries'.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import platform
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+from transformers.optimization import get_polynomial_decay_schedule_with_warmup
+from trl import SFTConfig, SFTTrainer
+
+from finetune import chat_format
+from finetune.base_models import resolve_base
+from finetune.data import DIALOGUES_DIR, Example, TrainingSets, fingerprint, load_training_sets
+from finetune.errors import UserError
+from finetune.recipe import Recipe
+from finetune.residual_dropout import add_residual_dropout
+
+log = logging.getLogger(__name__)
+
+MODEL_DIRS = {"zero-shot": "lima-1000", "dialogue": "lima-1030"}
+SELECTED = "selected"
+RUN_FILE = "run.yaml"
+
+
+# ------------------------------------------------------------------------------------------- the data
+
+
+@dataclass
+class Encoded:
+    rows: list[dict[str, Any]]  # input_ids, labels (-100 outside assistant turns + EOT)
+    truncated: int
+    dropped: int
+
+
+def encode(examples: list[Example], tokenizer, max_length: int) -> Encoded:
+    """Render each example with the training template; labels keep assistant tokens + EOT only."""
+    rows, truncated, dropped = [], 0, 0
+    for example in examples:
+        rendered = tokenizer.apply_chat_template(
+            example.messages,
+            chat_template=chat_format.CHAT_TEMPLATE,
+            tokenize=True,
+            return_dict=True,
+            return_assistant_tokens_mask=True,
+        )
+        ids = list(rendered["input_ids"])
+        labels = [token if keep else -100 for token, keep in zip(ids, rendered["assistant_masks"], strict=True)]
+        if len(ids) > max_length:
+            truncated += 1
+            ids, labels = ids[:max_length], labels[:max_length]
+        if all(label == -100 for label in labels):  # nothing left to learn from
+            dropped += 1
+            continue
+        rows.append({"input_ids": ids, "labels": labels, "multi_turn": example.user_turns > 1})
+    return Encoded(rows, truncated, dropped)
+
+
+def choose(rows: list[dict[str, Any]], single_turn: int | None, dialogues: int | None) -> list[dict[str, Any]]:
+    """Quick presets train on the N shortest examples of each kind (whole, so every one ends in EOT)."""
+
+    def pick(kind: list[dict[str, Any]], n: int | None) -> list[dict[str, Any]]:
+        if n is None:
+            return kind
+        return sorted(kind, key=lambda row: len(row["input_ids"]))[:n]
+
+    return pick([r for r in rows if not r["multi_turn"]], single_turn) + pick(
+        [r for r in rows if r["multi_turn"]], dialogues
+    )
+
+
+# ---------------------------------------------------------------------------------------- the trainer
+
+
+class LimaTrainer(SFTTrainer):
+    """SFTTrainer with LIMA's schedule landing exactly on its final rate.
+
+    transformers' polynomial schedule reaches lr_end only after the last step; decaying over one step fewer
+    makes the first step use learning_rate and the last step final_learning_rate, linear between.
+    """
+
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        if self.lr_scheduler is None:
+            lr_end = self.args.lr_scheduler_kwargs["lr_end"]
+            self.lr_scheduler = lima_schedule(
+                optimizer or self.optimizer, num_training_steps, lr_end, self.args.warmup_steps
+            )
+        return self.lr_scheduler
+
+
+def lima_schedule(optimizer, steps: int, lr_end: float, warmup_steps: int = 0):
+    """Linear decay from the optimizer's lr at step 0 to lr_end at step `steps - 1` (the last), then flat."""
+    return get_polynomial_decay_schedule_with_warmup(
+        optimizer, num_warmup_steps=warmup_steps, num_training_steps=max(steps - 1, 1), lr_end=lr_end, power=1.0
+    )
+
+
+class TokenCounter:
+    """Wraps the collator to count real and padded tokens, for the real-token fraction in the log."""
+
+    def __init__(self, collator):
+        self.collator = collator
+        self.real = 0
+        self.total = 0
+
+    def __call__(self, features):
+        batch = self.collator(features)
+        self.real += int(batch["attention_mask"].sum()) if "attention_mask" in batch else batch["input_ids"].numel()
+        self.total += batch["input_ids"].numel()
+        return batch
+
+    @property
+    def fraction(self) -> float:
+        return self.real / self.total if self.total else 1.0
+
+
+class KeepEpochs(TrainerCallback):
+    """At the end of each epoch in the keep window, save a servable model directory (not optimizer state)."""
+
+    def __init__(self, save):
+        self.save = save
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        self.save(round(state.epoch))
+
+
+# ------------------------------------------------------------------------------------------- the runs
+
+
+def train(
+    recipe: Recipe, models: list[str], output: Path, resume: bool = False, sets: TrainingSets | None = None
+) -> list[Path]:
+    """Train each requested model ('zero-shot', 'dialogue') and return their run directories."""
+    sets = sets or load_training_sets(recipe.lima, recipe.dialogues or DIALOGUES_DIR)
+    base_dir = resolve_base(recipe.base)
+    run_dirs = []
+    for which in models:
+        examples = sets.zero_shot if which == "zero-shot" else sets.dialogue
+        run_dir = output / recipe.name / MODEL_DIRS[which]
+        train_model(recipe, which, examples, sets, base_dir, run_dir, resume)
+        run_dirs.append(run_dir)
+    return run_dirs
+
+
+def train_model(
+    recipe: Recipe,
+    which: str,
+    examples: list[Example],
+    sets: TrainingSets,
+    base_dir: Path,
+    run_dir: Path,
+    resume: bool,
+) -> None:
+    data_label = (
+        sets.single_turn_label if which == "zero-shot" else f"{sets.single_turn_label} + {sets.dialogues_label}"
+    )
+    identity = {
+        "recipe": recipe.to_dict(),
+        "model": which,
+        "base": str(recipe.base),
+        "data": {"fingerprint": fingerprint(examples), "examples": len(examples), "built_from": data_label},
+    }
+    if _claim_run_dir(run_dir, identity, resume) == "complete":
+        log.info("%s: already complete, nothing to do", run_dir)
+        return
+    file_log = _log_to_file(run_dir / "train.log")
+    try:
+        _train(recipe, which, examples, data_label, identity, base_dir, run_dir, resume)
+    finally:
+        logging.getLogger().removeHandler(file_log)
+        file_log.close()
+
+
+def _train(recipe, which, examples, data_label, identity, base_dir, run_dir, resume) -> None:
+    log.info("training %s (%s) on %d examples: %s", which, run_dir, len(examples), data_label)
+    on_cuda = torch.cuda.is_available()
+    bf16 = recipe.precision == "bf16" and (not on_cuda or torch.cuda.is_bf16_supported())
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    # Weights stay fp32 on the CPU (bf16 runs as autocast) and bf16 on GPUs (AdamW keeps its fp32 state).
+    dtype = torch.bfloat16 if bf16 and on_cuda and recipe.lora is None else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=dtype)
+    eot_id = chat_format.add_end_of_turn(model, tokenizer)
+
+    encoded = encode(examples, tokenizer, recipe.max_length)
+    rows = choose(encoded.rows, recipe.single_turn_examples, recipe.dialogue_examples)
+    if not rows:
+        raise UserError(f"error: {which}: no example left to train on after truncation at {recipe.max_length} tokens")
+    log.info(
+        "%d examples (%d multi-turn), %d tokens; %d truncated at %d tokens, %d dropped (no assistant token left)",
+        len(rows),
+        sum(r["multi_turn"] for r in rows),
+        sum(len(r["input_ids"]) for r in rows),
+        encoded.truncated,
+        recipe.max_length,
+        encoded.dropped,
+    )
+    from datasets import Dataset
+
+    dataset = Dataset.from_list([{"input_ids": r["input_ids"], "labels": r["labels"]} for r in rows])
+    tokenizer.chat_template = chat_format.SERVING_TEMPLATE  # what every saved model carries
+
+    rates = add_residual_dropout(model, recipe.residual_dropout)
+    log.info("residual dropout by layer: %s", ", ".join(f"{r:.3f}" for r in rates))
+    peft_config = _lora_config(recipe.lora, eot_id) if recipe.lora else None
+
+    world = max(torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1, 1)
+    per_step = recipe.per_device_batch_size * world
+    if recipe.batch_size % per_step:
+        raise UserError(
+            f"error: batch_size {recipe.batch_size} is not a multiple of per_device_batch_size x devices = {per_step}"
+        )
+    checkpoints = run_dir / "checkpoints"
+    args = SFTConfig(
+        output_dir=str(checkpoints),
+        num_train_epochs=recipe.epochs,
+        per_device_train_batch_size=recipe.per_device_batch_size,
+        gradient_accumulation_steps=recipe.batch_size // per_step,
+        learning_rate=recipe.learning_rate,
+        lr_scheduler_type="polynomial",
+        lr_scheduler_kwargs={"lr_end": recipe.final_learning_rate, "power": 1.0},
+        warmup_steps=recipe.warmup_steps,
+        optim="adamw_torch",
+        adam_beta1=recipe.adam_beta1,
+        adam_beta2=recipe.adam_beta2,
+        weight_decay=recipe.weight_decay,
+        max_length=recipe.max_length,
+        bf16=bf16,
+        activation_checkpointing=recipe.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False},
+        dataloader_pin_memory=on_cuda,
+        train_sampling_strategy="group_by_length" if recipe.group_by_length else "random",
+        save_strategy="epoch",
+        save_total_limit=1,  # the last epoch's full state, for --resume; removed when the run completes
+        logging_steps=recipe.logging_steps,
+        report_to="none",  # TensorBoard is added below, writing beside the models rather than the checkpoints
+        seed=recipe.seed,
+        dataset_num_proc=None,
+        disable_tqdm=False,
+    )
+    trainer = LimaTrainer(
+        model=model, args=args, train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config
+    )
+    counter = TokenCounter(trainer.data_collator)
+    trainer.data_collator = counter
+    started = time.time()
+
+    def save_epoch(epoch: int) -> None:
+        if epoch not in recipe.keep_range():
+            return
+        figures = {
+            "epoch": epoch,
+            "steps": trainer.state.global_step,
+            "train_loss": _last_loss(trainer.state.log_history),
+            "real_token_fraction": round(counter.fraction, 4),
+            "train_seconds": round(time.time() - started, 1),
+            "examples": len(rows),
+            "truncated": encoded.truncated,
+            "dropped": encoded.dropped,
+            "device": _device_name(),
+        }
+        save_servable(trainer, tokenizer, run_dir / f"epoch-{epoch}", identity, figures)
+
+    trainer.add_callback(KeepEpochs(save_epoch))
+    if trainer.is_world_process_zero():
+        from torch.utils.tensorboard import SummaryWriter
+        from transformers.integrations import TensorBoardCallback
+
+        trainer.add_callback(TensorBoardCallback(SummaryWriter(log_dir=str(run_dir / "tensorboard"))))
+    last = max(checkpoints.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]), default=None)
+    if resume and last is not None:
+        log.info("resuming from %s", last.name)
+    trainer.train(resume_from_checkpoint=str(last) if resume and last is not None else None)
+    log.info("%s: real-token fraction %.3f (real tokens / all tokens in batches)", which, counter.fraction)
+
+    if trainer.is_world_process_zero():
+        (run_dir / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1) + "\n")
+        if not (run_dir / SELECTED).exists():
+            (run_dir / SELECTED).write_text(f"epoch-{recipe.keep_epochs[1]}\n")
+        _write_run_file(run_dir, {**identity, "status": "complete"})
+        shutil.rmtree(checkpoints, ignore_errors=True)
+
+
+def _lora_config(settings: dict[str, Any], eot_id: int):
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=int(settings.get("r", 16)),
+        lora_alpha=int(settings.get("alpha", 32)),
+        lora_dropout=float(settings.get("dropout", 0.0)),
+        target_modules="all-linear",
+        trainable_token_indices=[eot_id],  # the new EOT row must learn; the rest of the vocabulary stays
+        task_type="CAUSAL_LM",
+    )
+
+
+def save_servable(trainer, tokenizer, path: Path, identity: dict, figures: dict) -> None:
+    """Write a model directory that AutoModelForCausalLM, TGI and vLLM load as is, with its model card."""
+    model = trainer.model
+    if hasattr(model, "merge_and_unload"):  # LoRA: serve merged weights, keep training the adapter
+        if trainer.is_world_process_zero():
+            merged = copy.deepcopy(trainer.accelerator.unwrap_model(model)).merge_and_unload()
+            merged.save_pretrained(path)
+    else:
+        trainer.save_model(str(path))  # gathers FSDP / ZeRO-3 shards; writes on the main process only
+    if not trainer.is_world_process_zero():
+        return
+    tokenizer.save_pretrained(path, save_jinja_files=False)  # the template inside tokenizer_config.json (TGI)
+    (path / "chat_template.jinja").unlink(missing_ok=True)
+    (path / "training_args.bin").unlink(missing_ok=True)
+    (path / "README.md").write_text(model_card(identity, figures), encoding="utf-8")
+    log.info("saved %s", path)
+
+
+def model_card(identity: dict, figures: dict) -> str:
+    recipe = identity["recipe"]
+    sample_note = (
+        "\n> **Offline sample.** This model was trained on the project's authored sample, which stands in for "
+        "LIMA's 1,000 examples. It demonstrates the pipeline; it is not a reproduction of the paper's data.\n"
+        if "OFFLINE SAMPLE" in identity["data"]["built_from"]
+        else ""
+    )
+    return "\n".join(
+        [
+            "---",
+            yaml.safe_dump(
+                {"base_model": identity["base"], "library_name": "transformers", "tags": ["lima", "sft"]},
+                sort_keys=False,
+            ).strip(),
+            "---",
+            f"# {MODEL_DIRS[identity['model']]} ({identity['model']}), epoch {figures['epoch']}",
+            "",
+            "Fine-tuned with the LIMA multi-turn arena (LIMA: Less Is More for Alignment, arXiv 2305.11206).",
+            sample_note,
+            f"- Base model: `{identity['base']}`",
+            f"- Data: {identity['data']['examples']} examples, {identity['data']['built_from']} "
+            f"(fingerprint `{identity['data']['fingerprint']}`)",
+            f"- Recipe: `{recipe['name']}`; AdamW ({recipe['adam_beta1']}, {recipe['adam_beta2']}), weight decay "
+            f"{recipe['weight_decay']}, lr {recipe['learning_rate']} linear to {recipe['final_learning_rate']}, "
+            f"batch {recipe['batch_size']}, {recipe['epochs']} epochs, max length {recipe['max_length']}, "
+            f"residual dropout 0.0 to {recipe['residual_dropout']}"
+            + (f", LoRA {recipe['lora']}" if recipe["lora"] else ""),
+            f"- Conversation format: every utterance ends with `{chat_format.EOT}`, which stops generation "
+            "(chat template in tokenizer_config.json).",
+            "",
+            "## Training figures",
+            "",
+            *(f"- {key}: {value}" for key, value in figures.items()),
+            "",
+            "## Full recipe",
+            "",
+            "```yaml",
+            yaml.safe_dump(recipe, sort_keys=False).strip(),
+            "```",
+            "",
+        ]
+    )
+
+
+# ------------------------------------------------------------------------------------------- helpers
+
+
+def _claim_run_dir(run_dir: Path, identity: dict, resume: bool) -> str:
+    """Refuse to mix runs in one directory; returns 'new', 'resume' or 'complete'."""
+    run_file = run_dir / RUN_FILE
+    if not run_file.exists():
+        if run_dir.exists() and any(run_dir.iterdir()):
+            raise UserError(
+                f"error: {run_dir}: holds files that are not a run of ours: choose another --output or empty it"
+            )
+        _write_run_file(run_dir, {**identity, "status": "running"})
+        return "new"
+    previous = yaml.safe_load(run_file.read_text(encoding="utf-8")) or {}
+    status = previous.pop("status", "running")
+    if previous != json.loads(json.dumps(identity)):
+        changed = sorted(
+            key
+            for key in set(previous.get("recipe", {})) | set(identity["recipe"])
+            if previous.get("recipe", {}).get(key) != identity["recipe"].get(key)
+        )
+        what = f"recipe keys {', '.join(changed)}" if changed else "its base model or data"
+        raise UserError(
+            f"error: {run_dir}: holds a different run (differs in {what}): choose another --output or remove it"
+        )
+    if not resume:
+        raise UserError(
+            f"error: {run_dir}: already holds this run ({status}): pass --resume to continue it, or remove it "
+            "to start over"
+        )
+    return "complete" if status == "complete" else "resume"
+
+
+def _write_run_file(run_dir: Path, content: dict) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / RUN_FILE).write_text(yaml.safe_dump(json.loads(json.dumps(content)), sort_keys=False))
+
+
+def _log_to_file(path: Path) -> logging.Handler:
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger().addHandler(handler)
+    return handler
+
+
+def _last_loss(history: list[dict]) -> float | None:
+    losses = [entry["loss"] for entry in history if "loss" in entry]
+    return round(losses[-1], 4) if losses else None
+
+
+def _device_name() -> str:
+    if torch.cuda.is_available():
+        return f"{torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}"
+    return f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def select(run_dir: Path, epoch: int) -> Path:
+    """Name epoch N as the run's chosen model (`selected`)."""
+    target = run_dir / f"epoch-{epoch}"
+    if not (target / "config.json").is_file():
+        kept = sorted(p.name for p in run_dir.glob("epoch-*")) if run_dir.is_dir() else []
+        raise UserError(f"error: {run_dir}: has no epoch-{epoch} model: kept epochs are {', '.join(kept) or 'none'}")
+    (run_dir / SELECTED).write_text(f"epoch-{epoch}\n")
+    return target
