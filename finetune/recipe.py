@@ -128,8 +128,20 @@ def _set(values: dict[str, Any], key: str, value: Any) -> None:
     values[top] = {**current, rest: value}
 
 
+def _coerce(key: str, value: Any, where: str) -> Any:
+    """Numbers as numbers: YAML reads `1e-5` (no dot) as a string, and --set values arrive as text."""
+    default = FIELDS[key].default
+    kind = type(default) if default is not dataclasses.MISSING and default is not None else None
+    if kind in (int, float) and not isinstance(value, bool) and isinstance(value, str | int | float):
+        try:
+            return kind(value) if kind is float or float(value).is_integer() else float(value)
+        except ValueError:
+            raise UserError(f"error: {where}: {key}: expected a number, got {value!r}") from None
+    return value
+
+
 def _build(values: dict[str, Any], where: str) -> Recipe:
-    recipe = Recipe(**values)
+    recipe = Recipe(**{key: _coerce(key, value, where) for key, value in values.items()})
     problems = []
     if not 0 <= recipe.residual_dropout < 1:
         problems.append("residual_dropout must be in [0, 1)")

@@ -1,0 +1,419 @@
+"""Training: label mask, schedule, residual dropout, the checkpoint window, servable output, bad input.
+
+Everything runs on real transformers models: the tiny random Llama of the `test` recipe (seconds on a CPU).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from conftest import REPO, run_cli
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+from finetune import chat_format
+from finetune.base_models import tiny_model_dir
+from finetune.data import Example
+from finetune.recipe import load_recipe
+from finetune.residual_dropout import add_residual_dropout, installed_rates, residual_branches
+from finetune.train import encode, lima_schedule, select
+
+DIALOGUE = [
+    {"role": "user", "content": "Name a prime."},
+    {"role": "assistant", "content": "Seven is prime."},
+    {"role": "user", "content": "And an even one?"},
+    {"role": "assistant", "content": "Two, the only even prime."},
+]
+
+
+@pytest.fixture(scope="module")
+def tiny() -> tuple:
+    base = tiny_model_dir()
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    model = AutoModelForCausalLM.from_pretrained(base)
+    eot = chat_format.add_end_of_turn(model, tokenizer)
+    return model, tokenizer, eot
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    """Both tiny models, trained once by the real command."""
+    out = tmp_path_factory.mktemp("runs")
+    result = run_cli("-m", "finetune", "train", "--recipe", "test", "--output", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out / "test"
+
+
+# ------------------------------------------------------------------------------------------ the format
+
+
+def test_eot_is_new_mean_initialised_and_stops_generation(tiny):
+    model, tokenizer, eot = tiny
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir())
+    assert eot == base.config.vocab_size  # a new row, not the base's EOS
+    assert eot != tokenizer.eos_token_id
+    old = base.get_input_embeddings().weight
+    assert torch.allclose(model.get_input_embeddings().weight[eot], old.mean(dim=0), atol=1e-6)
+    assert torch.allclose(model.get_output_embeddings().weight[eot], base.get_output_embeddings().weight.mean(0))
+    assert model.generation_config.eos_token_id[0] == eot
+
+
+def test_label_mask_covers_exactly_assistant_turns_and_eot(tiny):
+    _, tokenizer, eot = tiny
+    encoded = encode([Example(DIALOGUE, "test")], tokenizer, max_length=2048)
+    (row,) = encoded.rows
+    kept = [t for t, label in zip(row["input_ids"], row["labels"], strict=True) if label != -100]
+    expected = tokenizer("Seven is prime.", add_special_tokens=False)["input_ids"] + [eot]
+    expected += tokenizer("Two, the only even prime.", add_special_tokens=False)["input_ids"] + [eot]
+    assert kept == expected
+    assert row["labels"].count(-100) == len(row["input_ids"]) - len(expected)
+    # every user turn, header and EOT after a user turn stays out of the loss
+    masked_text = tokenizer.decode(
+        [t for t, label in zip(row["input_ids"], row["labels"], strict=True) if label == -100]
+    )
+    assert "Name a prime." in masked_text and "And an even one?" in masked_text
+
+
+def test_truncation_cuts_and_drops_examples_without_assistant_tokens(tiny):
+    _, tokenizer, _ = tiny
+    long_prompt = [{"role": "user", "content": "word " * 400}, {"role": "assistant", "content": "ok"}]
+    encoded = encode([Example(DIALOGUE, "t"), Example(long_prompt, "t")], tokenizer, max_length=64)
+    assert (len(encoded.rows), encoded.truncated, encoded.dropped) == (1, 1, 1)
+    assert len(encoded.rows[0]["input_ids"]) <= 64
+
+
+def test_training_and_serving_templates_render_the_same(tiny):
+    _, tokenizer, _ = tiny
+    for prompt in (False, True):
+        train = tokenizer.apply_chat_template(
+            DIALOGUE, chat_template=chat_format.CHAT_TEMPLATE, tokenize=False, add_generation_prompt=prompt
+        )
+        serve = tokenizer.apply_chat_template(
+            DIALOGUE, chat_template=chat_format.SERVING_TEMPLATE, tokenize=False, add_generation_prompt=prompt
+        )
+        assert train == serve
+    assert "{%- generation" not in chat_format.SERVING_TEMPLATE and "endgeneration" not in chat_format.SERVING_TEMPLATE
+
+
+# ------------------------------------------------------------------------------------------ the schedule
+
+
+def test_lr_is_1e5_at_first_step_1e6_at_last_linear_between():
+    param = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.AdamW([param], lr=1e-5)
+    steps = 11
+    schedule = lima_schedule(optimizer, steps, lr_end=1e-6)
+    used = []
+    for _ in range(steps):
+        used.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    assert used[0] == pytest.approx(1e-5)
+    assert used[-1] == pytest.approx(1e-6)
+    assert used == pytest.approx([1e-5 - i * 0.9e-6 for i in range(steps)])
+
+
+def test_trainer_uses_the_recipes_optimiser_and_schedule(trained):
+    history = json.loads((trained / "lima-1000" / "log_history.json").read_text())
+    logged = [entry["learning_rate"] for entry in history if "learning_rate" in entry]
+    # the Trainer logs the rate of the next step; the last is the final rate (after the last step, flat)
+    assert logged[-1] == pytest.approx(1e-6)
+    assert all(a > b for a, b in itertools.pairwise(logged))
+    recipe = yaml.safe_load((trained / "lima-1000" / "run.yaml").read_text())["recipe"]
+    assert (recipe["adam_beta1"], recipe["adam_beta2"], recipe["weight_decay"]) == (0.9, 0.95, 0.1)
+
+
+# ---------------------------------------------------------------------------------------- residual dropout
+
+
+def test_residual_dropout_rates_rise_linearly_by_layer():
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=64,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=4,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+        )
+    )
+    rates = add_residual_dropout(model, 0.3)
+    assert rates == pytest.approx([0.0, 0.1, 0.2, 0.3])
+    assert installed_rates(model) == [(r, r) for r in rates]
+    layer = model.model.layers[0]
+    assert residual_branches(layer) == (layer.self_attn, layer.mlp)
+
+
+def test_gemma_style_layers_drop_after_their_post_norms():
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    config = Gemma3TextConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
+    )
+    layer = Gemma3ForCausalLM(config).model.layers[0]
+    assert residual_branches(layer) == (layer.post_attention_layernorm, layer.post_feedforward_layernorm)
+
+
+def test_dropout_acts_in_training_only_and_survives_gradient_checkpointing():
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+    )
+    model = LlamaForCausalLM(config)
+    add_residual_dropout(model, 0.3)
+    ids = torch.randint(0, 64, (2, 16))
+
+    model.eval()
+    assert torch.equal(model(ids).logits, model(ids).logits)  # no dropout in eval
+    model.train()
+    assert not torch.equal(model(ids).logits, model(ids).logits)  # dropout in training
+
+    top = residual_branches(model.model.layers[-1])[1]
+    seen = []
+    top.register_forward_hook(lambda module, args, out: seen.append(out))
+    model(ids)
+    zero_fraction = (seen[-1] == 0).float().mean().item()
+    assert 0.2 < zero_fraction < 0.4  # the top layer drops about 30%
+
+    # Same seed, with and without checkpointing: the recomputation replays the same masks, so same gradients.
+    grads = []
+    for checkpointing in (False, True):
+        model.zero_grad()
+        if checkpointing:
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        torch.manual_seed(1)
+        model(ids, labels=ids).loss.backward()
+        grads.append(model.model.layers[0].mlp.down_proj.weight.grad.clone())
+    assert torch.allclose(grads[0], grads[1], atol=1e-6)
+
+
+# -------------------------------------------------------------------------------------- the saved runs
+
+
+def test_both_models_keep_only_the_window_of_epochs(trained):
+    for name in ("lima-1000", "lima-1030"):
+        run = trained / name
+        assert sorted(p.name for p in run.glob("epoch-*")) == ["epoch-2", "epoch-3"]  # test window: 2..3 of 3
+        assert (run / "selected").read_text().strip() == "epoch-3"
+        assert not (run / "checkpoints").exists()  # no optimizer state left once complete
+        assert (run / "train.log").is_file() and any((run / "tensorboard").iterdir())
+        assert yaml.safe_load((run / "run.yaml").read_text())["status"] == "complete"
+        for epoch in run.glob("epoch-*"):
+            assert not list(epoch.glob("optimizer*"))
+            card = (epoch / "README.md").read_text()
+            assert "OFFLINE SAMPLE" not in card or "Offline sample" in card
+            assert f"epoch {epoch.name.split('-')[1]}" in card
+    log = (trained / "lima-1030" / "train.log").read_text()
+    assert "real-token fraction" in log and "multi-turn" in log
+
+
+def test_saved_dir_reloads_renders_generates_and_stops_at_eot(trained):
+    path = trained / "lima-1030" / "epoch-3"
+    config = json.loads((path / "tokenizer_config.json").read_text())
+    assert config["chat_template"] == chat_format.SERVING_TEMPLATE  # where TGI reads it
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path)
+    eot = tokenizer.convert_tokens_to_ids(chat_format.EOT)
+    assert model.generation_config.eos_token_id[0] == eot
+    prompt = tokenizer.apply_chat_template(DIALOGUE[:1], add_generation_prompt=True, tokenize=False)
+    assert prompt.endswith("User:\nName a prime." + chat_format.EOT + "\nAssistant:\n")
+
+    ids = tokenizer.apply_chat_template(DIALOGUE[:1], add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    # The tiny model is random: make it say EOT at its third token, and see generation stop there by itself.
+    model.generation_config.do_sample = False
+    free = model.generate(**ids, max_new_tokens=2)
+    bias = {(*tuple(free[0, ids["input_ids"].shape[1] :].tolist()), eot): 1e4}
+    out = model.generate(**ids, max_new_tokens=20, sequence_bias=bias)
+    new = out[0, ids["input_ids"].shape[1] :].tolist()
+    assert new[-1] == eot and len(new) == 3
+
+
+def test_select_names_a_kept_epoch(trained, tmp_path):
+    run = trained / "lima-1000"
+    assert select(run, 2).name == "epoch-2"
+    assert (run / "selected").read_text().strip() == "epoch-2"
+    result = run_cli("-m", "finetune", "select", str(run), "--epoch", "7")
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"error: {run}: has no epoch-7 model: kept epochs are epoch-2, epoch-3"
+    assert (run / "selected").read_text().strip() == "epoch-2"
+    result = run_cli("-m", "finetune", "select", str(run), "--epoch", "3")
+    assert result.returncode == 0 and (run / "selected").read_text().strip() == "epoch-3"
+
+
+# ------------------------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (
+            ["--recipe", "nope"],
+            "error: --recipe nope: no such recipe: use one of lima-65b, lima-7b, quick-cpu, "
+            "single-gpu, test or a path to a YAML file",
+        ),
+        (["--recipe", "test", "--set", "epoch=3"], "error: --set epoch: unknown recipe key 'epoch': known keys are"),
+        (["--recipe", "test", "--set", "learning_rate=fast"], "error: "),
+        (
+            ["--recipe", "test", "--base", "./no/such/model"],
+            "error: base ./no/such/model: not found: pass bundled:gemma-3-270m, a local model folder",
+        ),
+    ],
+    ids=["unknown recipe", "unknown key", "not a number", "missing base"],
+)
+def test_bad_input_is_one_line_exit_2(tmp_path, args, expected):
+    result = run_cli("-m", "finetune", "train", *args, "--output", str(tmp_path))
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.strip().splitlines() if not line.startswith("INFO ")]
+    assert len(errors) == 1 and errors[0].startswith(expected)
+    assert not any(tmp_path.iterdir())  # nothing written
+
+
+def test_hub_base_offline_is_one_line(tmp_path):
+    result = run_cli(
+        "-m",
+        "finetune",
+        "train",
+        "--recipe",
+        "test",
+        "--base",
+        "someorg/some-model",
+        "--output",
+        str(tmp_path),
+        env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")},
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert (
+        result.stderr.strip().splitlines()[-1].startswith("error: base someorg/some-model (Hub): cannot reach the Hub")
+    )
+
+
+def test_output_holding_another_run_is_refused_and_untouched(trained, tmp_path):
+    output = trained.parent
+    before = {p: p.stat().st_mtime_ns for p in trained.rglob("*") if p.is_file()}
+    result = run_cli(
+        "-m",
+        "finetune",
+        "train",
+        "--recipe",
+        "test",
+        "--set",
+        "epochs=4",
+        "--set",
+        "keep_epochs=[3,4]",
+        "--output",
+        str(output),
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: {trained / 'lima-1000'}: holds a different run (differs in recipe keys epochs, keep_epochs): "
+        "choose another --output or remove it"
+    )
+    same = run_cli("-m", "finetune", "train", "--recipe", "test", "--output", str(output))
+    assert same.returncode == 2 and "already holds this run (complete): pass --resume" in same.stderr
+    assert before == {p: p.stat().st_mtime_ns for p in trained.rglob("*") if p.is_file()}
+
+
+def test_a_killed_run_resumes_from_its_last_epoch(tmp_path):
+    cmd = [
+        sys.executable,
+        "-m",
+        "finetune",
+        "train",
+        "--recipe",
+        "test",
+        "--model",
+        "dialogue",
+        "--set",
+        "epochs=6",
+        "--set",
+        "keep_epochs=[5,6]",
+        "--output",
+        str(tmp_path),
+    ]
+    run = tmp_path / "test" / "lima-1030"
+    process = subprocess.Popen(
+        cmd,
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**__import__("os").environ, "PYTHONPATH": str(REPO)},
+    )
+    deadline = time.time() + 300
+    while not list((run / "checkpoints").glob("checkpoint-*/trainer_state.json")) and time.time() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert list((run / "checkpoints").glob("checkpoint-*")), "the run never reached its first checkpoint"
+    assert yaml.safe_load((run / "run.yaml").read_text())["status"] == "running"
+
+    refused = run_cli(*cmd[1:])
+    assert refused.returncode == 2 and "already holds this run (running): pass --resume" in refused.stderr
+    resumed = run_cli(*cmd[1:], "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming from checkpoint-" in resumed.stderr
+    assert sorted(p.name for p in run.glob("epoch-*")) == ["epoch-5", "epoch-6"]
+    assert yaml.safe_load((run / "run.yaml").read_text())["status"] == "complete"
+
+
+# ------------------------------------------------------------------------------------------- recipes
+
+
+def test_every_recipe_states_the_papers_recipe():
+    for name in ("lima-65b", "lima-7b", "single-gpu", "quick-cpu", "test"):
+        text = (REPO / "finetune" / "recipes" / f"{name}.yaml").read_text()
+        recipe = load_recipe(name)
+        for key in (
+            "adam_beta1",
+            "adam_beta2",
+            "weight_decay",
+            "learning_rate",
+            "final_learning_rate",
+            "batch_size",
+            "epochs",
+            "max_length",
+            "residual_dropout",
+            "keep_epochs",
+        ):
+            assert f"\n{key}:" in text, f"{name}.yaml does not state {key}"
+        assert (recipe.adam_beta1, recipe.adam_beta2, recipe.weight_decay, recipe.warmup_steps) == (0.9, 0.95, 0.1, 0)
+        assert recipe.final_learning_rate == pytest.approx(recipe.learning_rate / 10)
+    for name in ("lima-65b", "lima-7b", "single-gpu"):
+        recipe = load_recipe(name)
+        assert (recipe.learning_rate, recipe.epochs, recipe.max_length, recipe.keep_epochs) == (1e-5, 15, 2048, [5, 10])
+        assert recipe.lora is None and recipe.single_turn_examples is None
+    assert (load_recipe("lima-65b").batch_size, load_recipe("lima-65b").residual_dropout) == (32, 0.3)
+    assert (load_recipe("lima-7b").batch_size, load_recipe("lima-7b").residual_dropout) == (64, 0.2)
+    assert load_recipe("quick-cpu").base == "bundled:gemma-3-270m"
+
+
+@pytest.mark.parametrize("name", ["fsdp", "zero3", "multi-node"])
+def test_accelerate_configs_parse(name):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    config = load_config_from_file(str(REPO / "finetune" / "accelerate" / f"{name}.yaml"))
+    assert config.mixed_precision == "bf16"
+    assert config.num_processes == (32 if name == "multi-node" else 8)
+    if name != "zero3":
+        assert config.fsdp_config["fsdp_state_dict_type"] == "FULL_STATE_DICT"
+    else:
+        assert config.deepspeed_config["zero_stage"] == 3
