@@ -2,7 +2,7 @@
 
 Same base, same data (a fixed random draw from the single-turn sample + our 30 dialogues, so LIMA-shaped
 lengths: mostly a few hundred tokens, some dialogues near 2,048), same effective batch, same precision and
-optimiser. Each measures real (non-padding) tokens per second over its timed steps, after one warm-up step.
+optimiser. Each measures real (non-padding) tokens per second over all its optimiser steps.
 
   ours         LIMA's trainer (finetune/train.py): micro-batches of 1 on CPUs (no padding at all) or length
                grouping on GPUs, gradient accumulation to the batch, the plain LM head on CPUs
@@ -40,22 +40,20 @@ from finetune.train import TokenCounter, build_trainer, encode, load_for_trainin
 
 
 class StepTimer(TrainerCallback):
-    """Times the steps after the first (warm-up) and counts the tokens collated for them."""
+    """Times the optimiser steps of a run; the collator wrapper counts the tokens they saw."""
 
     def __init__(self, counter: TokenCounter):
         self.counter = counter
-        self.start = self.real = self.total = None
-        self.seconds = 0.0
+        self.started = self.seconds = 0.0
 
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step == 1:
-            self.start, self.real, self.total = time.perf_counter(), self.counter.real, self.counter.total
-        elif state.global_step == state.max_steps:
-            self.seconds = time.perf_counter() - self.start
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.started = time.perf_counter()
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.seconds = time.perf_counter() - self.started
 
     def result(self) -> tuple[float, float]:
-        real = self.counter.real - self.real
-        return real / self.seconds, real / (self.counter.total - self.total)
+        return self.counter.real / self.seconds, self.counter.fraction
 
 
 def rows_for(base: str, batch: int, steps: int, seed: int = 0):
@@ -111,10 +109,8 @@ def run_naive(base: str, batch: int, steps: int) -> float:
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, betas=(0.9, 0.95), weight_decay=0.1)
     pad = tokenizer.pad_token_id
     real = 0
-    started = None
+    started = time.perf_counter()
     for step in range(steps):
-        if step == 1:
-            started, real = time.perf_counter(), 0
         for row in rows[step * batch : (step + 1) * batch]:
             n = len(row["input_ids"])
             ids = torch.tensor([row["input_ids"] + [pad] * (2048 - n)], device=device)
@@ -133,7 +129,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base", default="bundled:gemma-3-270m")
     parser.add_argument("--batch", type=int, default=8, help="effective batch (examples per optimiser step)")
-    parser.add_argument("--steps", type=int, default=2, help="optimiser steps per method; the first is warm-up")
+    parser.add_argument("--steps", type=int, default=2, help="optimiser steps per method")
     args = parser.parse_args()
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
@@ -144,7 +140,7 @@ def main() -> None:
         "base": args.base,
         "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu x{torch.get_num_threads()}",
         "effective_batch": args.batch,
-        "timed_steps": args.steps - 1,
+        "steps": args.steps,
         "ours_tok_s": round(ours, 1),
         "trl_default_tok_s": round(trl, 1),
         "naive_tok_s": round(naive, 1),

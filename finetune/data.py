@@ -40,9 +40,9 @@ LIMA_REPO = "GAIR/lima"
 LIMA_URL = f"https://huggingface.co/datasets/{LIMA_REPO}"
 ROLES = ("user", "assistant")
 
-# Training renders each message with a role header before it and the end-of-turn token after it. The
-# oversize check budgets this many template tokens per message on top of the content's own tokens.
-TEMPLATE_TOKENS_PER_MESSAGE = 4
+# Training renders each message as "Role:\n" + content + EOT + "\n" (finetune/chat_format.py): 5 tokens
+# around the content with Gemma's and Llama's tokenizers. The oversize check adds them to the content's own.
+TEMPLATE_TOKENS_PER_MESSAGE = 5
 # GPT-3's contamination test: an evaluation prompt that shares a 13-word span with a training turn overlaps.
 OVERLAP_NGRAM = 13
 

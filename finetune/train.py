@@ -48,14 +48,13 @@ RUN_FILE = "run.yaml"
 
 @dataclass
 class Encoded:
-    rows: list[dict[str, Any]]  # input_ids, labels (-100 outside assistant turns + EOT)
-    truncated: int
-    dropped: int
+    rows: list[dict[str, Any]]  # input_ids, labels (-100 outside assistant turns + EOT), length before the cut
+    dropped: int  # examples left with no assistant token by the cut
 
 
 def encode(examples: list[Example], tokenizer, max_length: int) -> Encoded:
     """Render each example with the training template; labels keep assistant tokens + EOT only."""
-    rows, truncated, dropped = [], 0, 0
+    rows, dropped = [], 0
     for example in examples:
         rendered = tokenizer.apply_chat_template(
             example.messages,
@@ -65,24 +64,23 @@ def encode(examples: list[Example], tokenizer, max_length: int) -> Encoded:
             return_assistant_tokens_mask=True,
         )
         ids = list(rendered["input_ids"])
+        full = len(ids)
         labels = [token if keep else -100 for token, keep in zip(ids, rendered["assistant_masks"], strict=True)]
-        if len(ids) > max_length:
-            truncated += 1
-            ids, labels = ids[:max_length], labels[:max_length]
+        ids, labels = ids[:max_length], labels[:max_length]
         if all(label == -100 for label in labels):  # nothing left to learn from
             dropped += 1
             continue
-        rows.append({"input_ids": ids, "labels": labels, "multi_turn": example.user_turns > 1})
-    return Encoded(rows, truncated, dropped)
+        rows.append({"input_ids": ids, "labels": labels, "multi_turn": example.user_turns > 1, "length": full})
+    return Encoded(rows, dropped)
 
 
 def choose(rows: list[dict[str, Any]], single_turn: int | None, dialogues: int | None) -> list[dict[str, Any]]:
-    """Quick presets train on the N shortest examples of each kind (whole, so every one ends in EOT)."""
+    """Quick presets train on the N shortest examples of each kind (by length before truncation)."""
 
     def pick(kind: list[dict[str, Any]], n: int | None) -> list[dict[str, Any]]:
         if n is None:
             return kind
-        return sorted(kind, key=lambda row: len(row["input_ids"]))[:n]
+        return sorted(kind, key=lambda row: row["length"])[:n]
 
     return pick([r for r in rows if not r["multi_turn"]], single_turn) + pick(
         [r for r in rows if r["multi_turn"]], dialogues
@@ -99,14 +97,14 @@ class LimaTrainer(SFTTrainer):
     makes the first step use learning_rate and the last step final_learning_rate, linear between.
     """
 
+    eot_lr_scale: float = 1.0  # LoRA presets: how much faster the new EOT row learns than the adapters
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         # TRL scores tokens with a fused, chunked LM head that saves GPU memory; on CPUs it runs ~2.4x slower
         # than the plain head (66 vs 157 tokens/s for Gemma 3 270M here), so CPU runs use transformers' loss.
         if self.args.device.type == "cpu":
             return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
         return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-
-    eot_lr_scale: float = 1.0
 
     def create_optimizer(self, model=None):
         optimizer = super().create_optimizer(model)
@@ -116,6 +114,7 @@ class LimaTrainer(SFTTrainer):
             rows = [p for n, p in self.model.named_parameters() if "trainable_tokens_delta" in n and p.requires_grad]
             for group in optimizer.param_groups:
                 group["params"] = [p for p in group["params"] if all(p is not row for row in rows)]
+            # No weight decay on it: at this rate, decoupled decay would shrink the row by 1% a step.
             optimizer.add_param_group(
                 {"params": rows, "lr": self.args.learning_rate * self.eot_lr_scale, "weight_decay": 0.0}
             )
@@ -264,7 +263,7 @@ def build_trainer(recipe: Recipe, model, tokenizer, eot_id: int, rows: list[dict
         disable_tqdm=False,
     )
     dataset = Dataset.from_list([{"input_ids": r["input_ids"], "labels": r["labels"]} for r in rows])
-    peft_config = _lora_config(recipe.lora, eot_id, on_cpu=not on_cuda) if recipe.lora else None
+    peft_config = _lora_config(model, recipe.lora, eot_id, on_cpu=not on_cuda) if recipe.lora else None
     trainer = LimaTrainer(
         model=model,
         args=SFTConfig(**{**settings, **overrides}),
@@ -285,12 +284,13 @@ def _train(recipe, which, examples, data_label, identity, base_dir, run_dir, res
     rows = choose(encoded.rows, recipe.single_turn_examples, recipe.dialogue_examples)
     if not rows:
         raise UserError(f"error: {which}: no example left to train on after truncation at {recipe.max_length} tokens")
+    truncated = sum(r["length"] > len(r["input_ids"]) for r in rows)
     log.info(
-        "%d examples (%d multi-turn), %d tokens; %d truncated at %d tokens, %d dropped (no assistant token left)",
+        "%d examples (%d multi-turn), %d tokens; %d of them cut at %d tokens, %d dropped (no assistant token left)",
         len(rows),
         sum(r["multi_turn"] for r in rows),
         sum(len(r["input_ids"]) for r in rows),
-        encoded.truncated,
+        truncated,
         recipe.max_length,
         encoded.dropped,
     )
@@ -310,7 +310,7 @@ def _train(recipe, which, examples, data_label, identity, base_dir, run_dir, res
             "real_token_fraction": round(counter.fraction, 4),
             "train_seconds": round(time.time() - started, 1),
             "examples": len(rows),
-            "truncated": encoded.truncated,
+            "truncated": truncated,
             "dropped": encoded.dropped,
             "device": _device_name(),
         }
@@ -338,18 +338,28 @@ def _train(recipe, which, examples, data_label, identity, base_dir, run_dir, res
         shutil.rmtree(checkpoints, ignore_errors=True)
 
 
-def _lora_config(settings: dict[str, Any], eot_id: int, on_cpu: bool):
-    from peft import LoraConfig
+def _lora_config(model, settings: dict[str, Any], eot_id: int, on_cpu: bool):
+    """LoRA on every linear layer, plus a way for the new EOT token to become predictable.
 
-    # The new EOT token must become predictable, so its embedding row trains with the adapters. On CPUs that is
-    # peft's trainable-token row (cheap: no gradient for the 262k-row head). TRL's fused GPU head reads
-    # lm_head.weight directly and would miss that row, so on GPUs the whole head trains instead.
+    On CPUs: peft's trainable-token row on the output head only (no gradient for the other 262k rows). The head
+    is untied from the input embeddings first, because a tied EOT row is pulled both ways: as the target at each
+    answer's end and as an input after every utterance, which in dialogues won (measured: EOT ranked last of
+    the vocabulary at held-out answer ends). TRL's fused GPU head reads lm_head.weight directly and would miss
+    that row, so on GPUs the whole head trains instead.
+    """
+    from peft import LoraConfig
+    from torch import nn
+
+    if on_cpu and model.get_output_embeddings().weight is model.get_input_embeddings().weight:
+        model.get_output_embeddings().weight = nn.Parameter(model.get_input_embeddings().weight.detach().clone())
+        model.config.get_text_config().tie_word_embeddings = False
+        model.config.tie_word_embeddings = False
     return LoraConfig(
         r=int(settings.get("r", 16)),
         lora_alpha=int(settings.get("alpha", 32)),
         lora_dropout=float(settings.get("dropout", 0.0)),
         target_modules="all-linear",
-        trainable_token_indices=[eot_id] if on_cpu else None,
+        trainable_token_indices={"lm_head": [eot_id]} if on_cpu else None,
         modules_to_save=None if on_cpu else ["lm_head"],
         task_type="CAUSAL_LM",
     )
@@ -358,16 +368,22 @@ def _lora_config(settings: dict[str, Any], eot_id: int, on_cpu: bool):
 def save_servable(trainer, tokenizer, path: Path, identity: dict, figures: dict) -> None:
     """Write a model directory that AutoModelForCausalLM, TGI and vLLM load as is, with its model card."""
     model = trainer.model
-    if hasattr(model, "merge_and_unload"):  # LoRA: serve merged weights, keep training the adapter
-        if trainer.is_world_process_zero():
-            merged = copy.deepcopy(trainer.accelerator.unwrap_model(model)).merge_and_unload()
+    dtype = torch.bfloat16 if identity["recipe"]["precision"] == "bf16" else torch.float32
+    state = None if hasattr(model, "merge_and_unload") else trainer.accelerator.get_state_dict(model)  # collective
+    if trainer.is_world_process_zero():
+        unwrapped = trainer.accelerator.unwrap_model(model)
+        if state is None:  # LoRA: serve merged weights, keep training the adapter
+            merged = copy.deepcopy(unwrapped).merge_and_unload()
             if merged.get_output_embeddings().weight is not merged.get_input_embeddings().weight:
                 # A head trained on its own (modules_to_save): saved as tied, it would be replaced on load.
                 merged.config.get_text_config().tie_word_embeddings = False
                 merged.config.tie_word_embeddings = False
-            merged.save_pretrained(path)
-    else:
-        trainer.save_model(str(path))  # gathers FSDP / ZeRO-3 shards; writes on the main process only
+            merged.to(dtype).save_pretrained(path)
+        else:  # master weights stay fp32 for training; the served copy is written in the run's precision
+            previous, unwrapped.config.dtype = unwrapped.config.dtype, dtype
+            state = {key: value.to(dtype) if value.is_floating_point() else value for key, value in state.items()}
+            unwrapped.save_pretrained(path, state_dict=state)
+            unwrapped.config.dtype = previous
     if not trainer.is_world_process_zero():
         return
     tokenizer.save_pretrained(path, save_jinja_files=False)  # the template inside tokenizer_config.json (TGI)

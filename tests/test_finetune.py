@@ -85,9 +85,14 @@ def test_label_mask_covers_exactly_assistant_turns_and_eot(tiny):
 def test_truncation_cuts_and_drops_examples_without_assistant_tokens(tiny):
     _, tokenizer, _ = tiny
     long_prompt = [{"role": "user", "content": "word " * 400}, {"role": "assistant", "content": "ok"}]
-    encoded = encode([Example(DIALOGUE, "t"), Example(long_prompt, "t")], tokenizer, max_length=64)
-    assert (len(encoded.rows), encoded.truncated, encoded.dropped) == (1, 1, 1)
-    assert len(encoded.rows[0]["input_ids"]) <= 64
+    long_answer = [{"role": "user", "content": "Talk."}, {"role": "assistant", "content": "word " * 400}]
+    examples = [Example(DIALOGUE, "t"), Example(long_prompt, "t"), Example(long_answer, "t")]
+    encoded = encode(examples, tokenizer, max_length=64)
+    assert encoded.dropped == 1  # the long prompt: nothing of its answer survives the cut
+    short, cut = encoded.rows
+    assert len(short["input_ids"]) == short["length"] < 64
+    assert len(cut["input_ids"]) == len(cut["labels"]) == 64 < cut["length"]
+    assert any(label != -100 for label in cut["labels"])
 
 
 def test_training_and_serving_templates_render_the_same(tiny):
@@ -417,3 +422,21 @@ def test_accelerate_configs_parse(name):
         assert config.fsdp_config["fsdp_state_dict_type"] == "FULL_STATE_DICT"
     else:
         assert config.deepspeed_config["zero_stage"] == 3
+
+
+def test_throughput_benchmark_prints_its_json_line():
+    result = run_cli("bench/train_throughput.py", "--base", "tiny:llama", "--batch", "4", "--steps", "2")
+    assert result.returncode == 0, result.stderr[-2000:]
+    line = json.loads(result.stdout.strip().splitlines()[-1])
+    keys = {
+        "ours_tok_s",
+        "trl_default_tok_s",
+        "naive_tok_s",
+        "ours_real_token_fraction",
+        "trl_default_real_token_fraction",
+        "peak_rss_mb",
+    }
+    assert keys <= set(line)
+    assert all(line[key] > 0 for key in keys)
+    assert line["ours_real_token_fraction"] == 1.0  # micro-batches of one on a CPU: no padding at all
+    assert 0 < line["trl_default_real_token_fraction"] < 1.0
