@@ -16,23 +16,11 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
 @pytest.fixture(scope="session")
-def tiny_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A real byte-level BPE tokenizer trained in well under a second on our own dialogues."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+def tiny_tokenizer_dir() -> Path:
+    """A real byte-level BPE tokenizer trained on our dialogues: the tiny test model's (finetune.base_models)."""
+    from finetune.base_models import tiny_model_dir
 
-    corpus = [line for path in sorted(DIALOGUES.glob("*.jsonl")) for line in path.read_text("utf-8").splitlines()]
-    tokenizer = Tokenizer(models.BPE(unk_token=None))
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=512, special_tokens=["<pad>", "<eos>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
-    )
-    tokenizer.train_from_iterator(corpus, trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>", eos_token="<eos>")
-    out = tmp_path_factory.mktemp("tiny-tokenizer")
-    fast.save_pretrained(out)
-    return out
+    return tiny_model_dir()
 
 
 @pytest.fixture

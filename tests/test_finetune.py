@@ -139,17 +139,13 @@ def test_trainer_uses_the_recipes_optimiser_and_schedule(trained):
 # ---------------------------------------------------------------------------------------- residual dropout
 
 
+def small_llama(layers: int) -> LlamaForCausalLM:
+    shape = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_attention_heads=2, num_key_value_heads=2)
+    return LlamaForCausalLM(LlamaConfig(num_hidden_layers=layers, **shape))
+
+
 def test_residual_dropout_rates_rise_linearly_by_layer():
-    model = LlamaForCausalLM(
-        LlamaConfig(
-            vocab_size=64,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=4,
-            num_attention_heads=2,
-            num_key_value_heads=2,
-        )
-    )
+    model = small_llama(4)
     rates = add_residual_dropout(model, 0.3)
     assert rates == pytest.approx([0.0, 0.1, 0.2, 0.3])
     assert installed_rates(model) == [(r, r) for r in rates]
@@ -175,15 +171,7 @@ def test_gemma_style_layers_drop_after_their_post_norms():
 
 def test_dropout_acts_in_training_only_and_survives_gradient_checkpointing():
     torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=3,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-    )
-    model = LlamaForCausalLM(config)
+    model = small_llama(3)
     add_residual_dropout(model, 0.3)
     ids = torch.randint(0, 64, (2, 16))
 
