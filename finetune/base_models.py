@@ -29,6 +29,18 @@ def cache_root() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "lima-arena"
 
 
+def _publish(target: Path, *savables) -> Path:
+    """Save each (model, tokenizer) into a staging folder beside `target`, then rename it into place, so an
+    interrupted conversion never leaves a half-written cache entry."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    for savable in savables:
+        savable.save_pretrained(staging)
+    shutil.rmtree(target, ignore_errors=True)
+    staging.rename(target)
+    return target
+
+
 def bundled_gguf(name: str) -> Path:
     """Assemble the bundled GGUF from its installed part packages (sha256-checked) and return its path."""
     import importlib
@@ -54,13 +66,7 @@ def bundled_tokenizer_dir(name: str) -> Path:
     gguf = bundled_gguf(name)
     log.info("converting the tokenizer of %s from %s (once, ~20 s)", name, gguf.name)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # Write beside the target and rename, so an interrupted conversion never leaves a half directory.
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
-    tokenizer.save_pretrained(staging)
-    shutil.rmtree(target, ignore_errors=True)
-    staging.rename(target)
-    return target
+    return _publish(target, tokenizer)
 
 
 def resolve_base(spec: str) -> Path:
@@ -106,22 +112,16 @@ def bundled_model_dir(name: str) -> Path:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    tokenizer = AutoTokenizer.from_pretrained(bundled_tokenizer_dir(name))  # converted once, shared
     gguf = bundled_gguf(name)
     log.info("converting %s from %s into %s (once, ~1 min)", name, gguf.name, target)
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.bfloat16)
     # A GGUF-loaded model is marked quantized and refuses to save; its weights are already dequantized.
     model.hf_quantizer = None
     model.is_quantized = False
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
-    model.save_pretrained(staging)
-    tokenizer.save_pretrained(staging)
-    shutil.rmtree(target, ignore_errors=True)
-    staging.rename(target)
-    return target
+    return _publish(target, model, tokenizer)
 
 
 TINY = "tiny:llama"
@@ -166,11 +166,4 @@ def tiny_model_dir() -> Path:
         eos_token_id=tokenizer.eos_token_id,
         tie_word_embeddings=False,
     )
-    model = LlamaForCausalLM(config)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".llama-", dir=target.parent))
-    model.save_pretrained(staging)
-    tokenizer.save_pretrained(staging)
-    shutil.rmtree(target, ignore_errors=True)
-    staging.rename(target)
-    return target
+    return _publish(target, LlamaForCausalLM(config), tokenizer)
