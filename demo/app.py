@@ -1,0 +1,408 @@
+"""The LIMA multi-turn arena: two models side by side, every assistant turn rated, then a verdict.
+
+    python demo/app.py [--left SRC] [--right SRC] [--db PATH] [--host H] [--port P] [--share]
+
+This file is the UI only: layout and event wiring. Conversation state lives in ``arena``, models in
+``backends``, ratings in ``ratings``, settings in ``settings``. The two sides are separate Gradio events, so
+they stream concurrently and a slow or dead side never holds up the other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+import threading
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as `python demo/app.py`: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import gradio as gr
+
+from demo import arena, backends, ratings, settings
+
+log = logging.getLogger("demo.app")
+
+OPENERS_FILE = Path(__file__).resolve().parents[1] / "dialogues" / "eval_openers.jsonl"
+WARMUP_RETRIES = 6  # a server scaled to zero answers 503 while it wakes: ask again, visibly, for ~30 s
+WARMUP_WAIT_S = 5.0
+SIDES = ("a", "b")
+
+
+def load_openers(path: Path = OPENERS_FILE) -> list[dict]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def _session(request: gr.Request | None) -> str:
+    return getattr(request, "session_hash", None) or "anonymous"
+
+
+def _rater(name: str | None, request: gr.Request | None) -> str:
+    """The logged-in Hugging Face user on a Space with OAuth, else the typed name."""
+    return getattr(request, "username", None) or (name or "").strip() or "anonymous"
+
+
+def build(
+    models: list[backends.LocalBackend | backends.RemoteBackend],
+    store: ratings.Store,
+    blind: bool = True,
+    turn_limit: int = arena.DEFAULT_TURN_LIMIT,
+    max_new_tokens: int = 512,
+) -> gr.Blocks:
+    """The arena's Blocks for two models (configured left and right) and a ratings store."""
+    openers = load_openers()
+
+    # -- handlers: one per idea ----------------------------------------------------------------------------
+    def new_conversation() -> tuple:
+        conv = arena.new_conversation(blind)
+        empty = [arena.Side(), arena.Side()]
+        verdict_off = [gr.update(interactive=False)] * 3
+        return (
+            conv,
+            *empty,
+            [],
+            [],
+            (),
+            (),
+            *(arena.label(s, models[conv.models[i]].name, conv) for i, s in enumerate(SIDES)),
+            *verdict_off,
+            "",
+            "",
+        )
+
+    async def probe() -> str:
+        statuses = await asyncio.gather(*(m.probe() for m in models))
+        lines = [
+            f"{'🟢' if st.ok else '🔴'} **{where}**: `{st.model}`: {st.detail}"
+            for where, st in zip(("left", "right"), statuses, strict=True)
+        ]
+        if blind:
+            lines.append("Blind mode: which one sits on A is drawn per conversation and shown after your verdict.")
+        return "  \n".join(lines)
+
+    def make_respond(side_key: str, again: bool):
+        index = SIDES.index(side_key)
+
+        async def respond(
+            message: str,
+            conv: arena.Conversation | None,
+            side: arena.Side,
+            temperature: float,
+            top_p: float,
+            repetition_penalty: float,
+            max_tokens: float,
+            rater_name: str,
+            request: gr.Request,
+        ):
+            skip = gr.skip()
+            if conv is None:
+                raise gr.Error("Start a new conversation first.")
+            if side.busy:
+                gr.Warning(f"Model {side_key.upper()} is still answering.")
+                return
+            if again:
+                if not side.turns:
+                    gr.Warning("Nothing to regenerate yet.")
+                    return
+                text = side.turns.pop().user  # the old answer (and its rating) stays in the store
+            else:
+                try:
+                    text = arena.check_message(message)
+                except ValueError as err:
+                    gr.Warning(str(err))
+                    return
+                if len(side.turns) >= turn_limit:
+                    gr.Warning(f"This conversation reached its limit of {turn_limit} turns; start a new one.")
+                    return
+            session, rater = _session(request), _rater(rater_name, request)
+            backend = models[conv.models[index]]
+            names = [models[i].name for i in conv.models]
+            store.ensure_conversation(conv.id, session, names[0], names[1], conv.blind, rater, conv.opener_id)
+            decoding = backends.Decoding(float(temperature), float(top_p), float(repetition_penalty), int(max_tokens))
+            turn = arena.TurnView(user=text)
+            side.turns.append(turn)
+            side.busy = True
+            try:
+                yield arena.chat_messages(side), side, skip, gr.update(interactive=False)
+                answer, started, first_token_s = "", time.time(), None
+                for attempt in range(WARMUP_RETRIES + 1):
+                    try:
+                        async for chunk in backend.stream(side.history(), decoding):
+                            if first_token_s is None:
+                                first_token_s = time.time() - started
+                            answer += chunk
+                            yield arena.chat_messages(side, answer), skip, skip, skip
+                        break
+                    except backends.BackendError as err:
+                        if err.warming_up and not answer and attempt < WARMUP_RETRIES:
+                            waiting = f"{err} · retrying in {WARMUP_WAIT_S:.0f} s ({attempt + 1}/{WARMUP_RETRIES})"
+                            yield arena.chat_messages(side, f"_{waiting}_"), skip, skip, skip
+                            await asyncio.sleep(WARMUP_WAIT_S)
+                            continue
+                        turn.error = str(err)
+                        break
+                turn.assistant = answer
+                stored = store.add_turn(
+                    conv.id,
+                    session,
+                    side_key,
+                    len(side.turns),
+                    backend.name,
+                    text,
+                    answer,
+                    decoding.as_dict(),
+                    started,
+                    first_token_s,
+                    status="error" if turn.error else "complete",
+                    error=turn.error,
+                )
+                turn.turn_id = stored.id
+            finally:
+                side.busy = False
+            again_label = "↻ Retry" if turn.error else "↻ Regenerate"
+            yield arena.chat_messages(side), side, side.rateable(), gr.update(value=again_label, interactive=True)
+
+        return respond
+
+    def make_rate(turn_id: str):
+        def rate(rating: str, rater_name: str, conv: arena.Conversation | None, request: gr.Request) -> tuple:
+            try:
+                store.rate(turn_id, rating, _session(request), _rater(rater_name, request))
+            except (ratings.NotAllowed, ValueError) as err:
+                raise gr.Error(str(err)) from None
+            return _verdict_controls(conv)
+
+        return rate
+
+    def _verdict_controls(conv: arena.Conversation | None) -> tuple:
+        unlocked = conv is not None and conv.verdict is None and store.rated_sides(conv.id) == set(SIDES)
+        hint = "" if unlocked or conv is None or conv.verdict else "Rate at least one answer on each side to judge."
+        return (*[gr.update(interactive=unlocked)] * 3, hint)
+
+    def make_verdict(verdict: str):
+        def judge(conv: arena.Conversation | None, rater_name: str, request: gr.Request) -> tuple:
+            if conv is None:
+                raise gr.Error("Start a new conversation first.")
+            try:
+                store.set_verdict(conv.id, verdict, _session(request), _rater(rater_name, request))
+            except (ratings.NotAllowed, ValueError) as err:
+                raise gr.Error(str(err)) from None
+            conv.verdict = verdict
+            names = [models[i].name for i in conv.models]
+            said = {"a": "A is better", "b": "B is better", "tie": "a tie"}[verdict]
+            note = f"Verdict saved: **{said}**. A was `{names[0]}`, B was `{names[1]}`. Start a new conversation."
+            labels = [arena.label(s, names[i], conv) for i, s in enumerate(SIDES)]
+            return (*labels, *[gr.update(interactive=False)] * 3, note)
+
+        return judge
+
+    def pick_opener(index: int, conv: arena.Conversation | None, request: gr.Request) -> tuple:
+        opener = openers[index]
+        if conv is not None:
+            conv.opener_id = opener["id"]
+            if store.conversation(conv.id):
+                store.set_opener(conv.id, _session(request), opener["id"])
+        follow_ups = "\n".join(f"{n}. {arena.safe_markdown(f)}" for n, f in enumerate(opener["follow_ups"], 1))
+        return opener["prompt"], f"**Planned follow-ups** (adapt them to what each side said):\n\n{follow_ups}"
+
+    def fill_rater(request: gr.Request) -> dict:
+        user = getattr(request, "username", None)
+        return gr.update(value=user, interactive=False) if user else gr.skip()
+
+    def current_conversation(conv: arena.Conversation | None, request: gr.Request) -> dict:
+        """The session's current conversation as stored: turn ids, texts, ratings, verdict (for API clients)."""
+        if conv is None or store.conversation(conv.id) is None:
+            return {"id": conv.id if conv else None, "turns": [], "ratings": {}, "verdict": None}
+        record = store.conversation(conv.id)
+        if record["session"] != _session(request):
+            raise gr.Error("this conversation does not belong to your session")
+        turns = [
+            {"turn_id": t.id, "side": t.side, "turn_index": t.turn_index, "attempt": t.attempt, "status": t.status}
+            for t in store.turns(conv.id)
+        ]
+        return {"id": conv.id, "turns": turns, "ratings": store.ratings(conv.id), "verdict": record["verdict"]}
+
+    def rate_by_id(turn_id: str, rating: str, rater_name: str, request: gr.Request) -> str:
+        """API: rate a turn of one's own conversation by id (the server checks the id belongs to the session)."""
+        try:
+            store.rate(turn_id, rating, _session(request), _rater(rater_name, request))
+        except (ratings.NotAllowed, ValueError) as err:
+            raise gr.Error(str(err)) from None
+        return "saved"
+
+    # -- layout --------------------------------------------------------------------------------------------
+    with gr.Blocks(title="LIMA multi-turn arena") as demo:
+        conv = gr.State(None)
+        side_states = [gr.State(arena.Side()), gr.State(arena.Side())]
+        rate_keys = [gr.State(()), gr.State(())]
+
+        gr.Markdown("# LIMA multi-turn arena\nTalk to both models, rate every answer, then say which was better.")
+        status = gr.Markdown("Checking the models…", elem_id="status")
+        with gr.Row():
+            rater = gr.Textbox(label="Your name (rater)", placeholder="who is rating", scale=2, elem_id="rater")
+            new_btn = gr.Button("New conversation", scale=1, elem_id="new-conversation")
+        gr.Markdown(arena.RATING_HELP)
+
+        chats, labels, side_inputs, side_sends, again_btns = [], [], [], [], []
+        with gr.Row(equal_height=False):
+            for i, s in enumerate(SIDES):
+                with gr.Column(elem_id=f"side-{s}"):
+                    labels.append(gr.Markdown(arena.label(s, "", None), elem_id=f"label-{s}"))
+                    chats.append(
+                        gr.Chatbot(
+                            label=f"Model {s.upper()}",
+                            elem_id=f"chat-{s}",
+                            height=420,
+                            feedback_options=None,
+                            sanitize_html=True,
+                            allow_tags=False,
+                        )
+                    )
+                    with gr.Row():
+                        side_inputs.append(
+                            gr.Textbox(
+                                placeholder=f"Follow-up to {s.upper()} only",
+                                show_label=False,
+                                scale=4,
+                                elem_id=f"input-{s}",
+                                max_length=arena.MAX_MESSAGE_CHARS,
+                            )
+                        )
+                        side_sends.append(gr.Button(f"Send to {s.upper()}", scale=1, elem_id=f"send-{s}"))
+                    again_btns.append(gr.Button("↻ Regenerate", size="sm", interactive=False, elem_id=f"again-{s}"))
+
+                    @gr.render(inputs=[rate_keys[i]])
+                    def rating_controls(keys: tuple, s: str = s) -> None:
+                        current = store.ratings_of([turn_id for _, turn_id in keys])
+                        for n, turn_id in keys:
+                            radio = gr.Radio(
+                                list(ratings.RATINGS),
+                                value=current.get(turn_id),
+                                label=f"{s.upper()} · turn {n}",
+                                key=f"rate-{turn_id}",
+                                elem_classes=["turn-rating"],
+                                elem_id=f"rate-{s}-{n}",
+                            )
+                            radio.input(
+                                make_rate(turn_id),
+                                inputs=[radio, rater, conv],
+                                outputs=[*verdict_btns, verdict_note],
+                                api_visibility="private",
+                            )
+
+        with gr.Row():
+            shared = gr.Textbox(
+                placeholder="Message to both models",
+                show_label=False,
+                scale=5,
+                elem_id="input-both",
+                max_length=arena.MAX_MESSAGE_CHARS,
+            )
+            send_both = gr.Button("Send to both", variant="primary", scale=1, elem_id="send-both")
+        follow_ups = gr.Markdown("", elem_id="follow-ups")
+        with gr.Row():
+            verdict_btns = [
+                gr.Button("A is better", interactive=False, elem_id="verdict-a"),
+                gr.Button("Tie", interactive=False, elem_id="verdict-tie"),
+                gr.Button("B is better", interactive=False, elem_id="verdict-b"),
+            ]
+        verdict_note = gr.Markdown("", elem_id="verdict-note")
+        if openers:
+            opener_list = gr.Dataset(
+                components=[gr.Textbox(visible=False)],
+                samples=[[f"{o['category']}: {o['prompt']}"] for o in openers],
+                label="Evaluation openers (click to use)",
+                type="index",
+                samples_per_page=10,
+                elem_id="openers",
+            )
+        with gr.Accordion("Decoding (LIMA: top-p 0.9, temperature 0.7, repetition penalty 1.2)", open=False):
+            temperature = gr.Slider(0.0, 2.0, value=0.7, step=0.05, label="temperature")
+            top_p = gr.Slider(0.05, 1.0, value=0.9, step=0.05, label="top-p")
+            repetition_penalty = gr.Slider(1.0, 2.0, value=1.2, step=0.05, label="repetition penalty")
+            max_tokens = gr.Slider(
+                16, backends.TOTAL_TOKEN_BUDGET, value=max_new_tokens, step=16, label="max new tokens"
+            )
+
+        # -- wiring ----------------------------------------------------------------------------------------
+        decoding_inputs = [temperature, top_p, repetition_penalty, max_tokens, rater]
+        reset_outputs = [conv, *side_states, *chats, *rate_keys, *labels, *verdict_btns, verdict_note, follow_ups]
+        demo.load(new_conversation, outputs=reset_outputs, api_name="new_conversation")
+        demo.load(probe, outputs=status, api_visibility="private")
+        demo.load(fill_rater, outputs=rater, api_visibility="private")
+        new_btn.click(new_conversation, outputs=reset_outputs, api_visibility="private")
+
+        for i, s in enumerate(SIDES):
+            outputs = [chats[i], side_states[i], rate_keys[i], again_btns[i]]
+            inputs = [conv, side_states[i], *decoding_inputs]
+            # One event per side and no concurrency cap: each side streams on its own.
+            common = {"outputs": outputs, "concurrency_limit": None}
+            send_both.click(make_respond(s, False), inputs=[shared, *inputs], api_name=f"send_{s}", **common)
+            shared.submit(make_respond(s, False), inputs=[shared, *inputs], api_visibility="private", **common)
+            side_sends[i].click(
+                make_respond(s, False), inputs=[side_inputs[i], *inputs], api_visibility="private", **common
+            )
+            side_inputs[i].submit(
+                make_respond(s, False), inputs=[side_inputs[i], *inputs], api_visibility="private", **common
+            )
+            again_btns[i].click(
+                make_respond(s, True), inputs=[side_inputs[i], *inputs], api_name=f"again_{s}", **common
+            )
+            for trigger in (side_sends[i].click, side_inputs[i].submit):
+                trigger(lambda: "", outputs=side_inputs[i], api_visibility="private")
+        for trigger in (send_both.click, shared.submit):
+            trigger(lambda: "", outputs=shared, api_visibility="private")
+
+        for button, verdict in zip(verdict_btns, ("a", "tie", "b"), strict=True):
+            button.click(
+                make_verdict(verdict),
+                inputs=[conv, rater],
+                outputs=[*labels, *verdict_btns, verdict_note],
+                api_name=f"verdict_{verdict}",
+            )
+        if openers:
+            opener_list.click(
+                pick_opener, inputs=[opener_list, conv], outputs=[shared, follow_ups], api_visibility="private"
+            )
+        # API-only endpoints (hidden components): the session's conversation as stored, and rating by turn id.
+        api_btn = gr.Button(visible=False)
+        api_btn.click(current_conversation, inputs=[conv], outputs=gr.JSON(visible=False), api_name="conversation")
+        rate_inputs = [gr.Textbox(visible=False), gr.Textbox(visible=False), rater]
+        api_btn.click(rate_by_id, inputs=rate_inputs, outputs=gr.Textbox(visible=False), api_name="rate")
+    return demo
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        config = settings.parse(argv)
+        sources = settings.resolve_sides(config)
+    except settings.SettingsError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    models = [backends.make_backend(src) for src in sources]
+    local_on_cpu = any(isinstance(m, backends.LocalBackend) for m in models)
+    max_new = config.max_new_tokens or (256 if local_on_cpu and not _cuda() else backends.TOTAL_TOKEN_BUDGET // 2)
+    for model in models:  # load in-process models while the server starts
+        if isinstance(model, backends.LocalBackend):
+            threading.Thread(target=model.load, daemon=True).start()
+    store = ratings.Store(config.db)
+    demo = build(models, store, blind=config.blind, turn_limit=config.turn_limit, max_new_tokens=max_new)
+    demo.queue(default_concurrency_limit=8)
+    demo.launch(server_name=config.host, server_port=config.port, share=config.share, footer_links=["api"])
+    return 0
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

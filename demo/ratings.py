@@ -1,0 +1,327 @@
+"""The ratings store: conversations, every turn's full text, turn ratings and verdicts, in one SQLite file.
+
+Contract 3 (DESIGN.md): one current rating per (turn, rater), a second rating replacing the first, over an
+append-only log of every rating ever given; one verdict per conversation, also logged. Durability is the
+point: the database runs in WAL mode with ``synchronous=FULL``, and every write goes through one connection
+under one lock and is committed before the call returns, so a rating the UI acknowledged survives a
+``kill -9`` right after. Ownership is checked here, not in the UI: a session may only rate turns and judge
+conversations that it created.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+RATINGS = ("fail", "pass", "excellent")
+VERDICTS = ("a", "b", "tie")
+SIDES = ("a", "b")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS conversations (
+    id          TEXT PRIMARY KEY,
+    session     TEXT NOT NULL,            -- the browser (or API client) session that owns it
+    rater       TEXT NOT NULL DEFAULT '',
+    model_a     TEXT NOT NULL,            -- identity of the model shown on side A (left)
+    model_b     TEXT NOT NULL,
+    blind       INTEGER NOT NULL,
+    opener_id   TEXT,
+    created_at  REAL NOT NULL,
+    verdict     TEXT CHECK (verdict IN ('a', 'b', 'tie')),
+    verdict_at  REAL
+);
+CREATE TABLE IF NOT EXISTS turns (
+    id             TEXT PRIMARY KEY,
+    conversation_id TEXT NOT NULL REFERENCES conversations(id),
+    side           TEXT NOT NULL CHECK (side IN ('a', 'b')),
+    turn_index     INTEGER NOT NULL,      -- 1 for the first exchange on that side
+    attempt        INTEGER NOT NULL,      -- 2, 3, ... for regenerated answers to the same user message
+    model          TEXT NOT NULL,
+    user_text      TEXT NOT NULL,
+    assistant_text TEXT NOT NULL,
+    status         TEXT NOT NULL CHECK (status IN ('complete', 'error')),
+    error          TEXT,
+    decoding       TEXT NOT NULL,         -- JSON of the decoding parameters used
+    started_at     REAL NOT NULL,
+    first_token_s  REAL,
+    finished_at    REAL NOT NULL,
+    UNIQUE (conversation_id, side, turn_index, attempt)
+);
+CREATE TABLE IF NOT EXISTS ratings (          -- the current view: one row per (turn, rater)
+    turn_id     TEXT NOT NULL REFERENCES turns(id),
+    rater       TEXT NOT NULL,
+    rating      TEXT NOT NULL CHECK (rating IN ('fail', 'pass', 'excellent')),
+    first_at    REAL NOT NULL,
+    updated_at  REAL NOT NULL,
+    PRIMARY KEY (turn_id, rater)
+);
+CREATE TABLE IF NOT EXISTS rating_log (       -- append-only: every rating ever given, changes included
+    seq      INTEGER PRIMARY KEY AUTOINCREMENT,
+    turn_id  TEXT NOT NULL,
+    rater    TEXT NOT NULL,
+    rating   TEXT NOT NULL,
+    at       REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS verdict_log (
+    seq              INTEGER PRIMARY KEY AUTOINCREMENT,
+    conversation_id  TEXT NOT NULL,
+    rater            TEXT NOT NULL,
+    verdict          TEXT NOT NULL,
+    at               REAL NOT NULL
+);
+CREATE VIEW IF NOT EXISTS rated_turns AS      -- contract 3, one row per rated (conversation, side, turn)
+    SELECT t.conversation_id, t.side, t.turn_index, t.attempt, t.model, t.user_text, t.assistant_text,
+           t.decoding, r.rating, r.rater, r.first_at, r.updated_at, t.id AS turn_id
+    FROM ratings r JOIN turns t ON t.id = r.turn_id;
+"""
+
+
+class NotAllowed(Exception):
+    """A request names a conversation or turn that does not exist or belongs to another session."""
+
+
+@dataclass(frozen=True)
+class Turn:
+    id: str
+    conversation_id: str
+    side: str
+    turn_index: int
+    attempt: int
+    model: str
+    user_text: str
+    assistant_text: str
+    status: str
+    error: str | None
+
+
+class Store:
+    """The one writer path to the ratings database; safe to share between threads."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")  # a commit is on disk before we acknowledge it
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._db.executescript(SCHEMA)
+        # Called after each committed rating / verdict (issue 5 mirrors them to the Hub); never inside the lock.
+        self.listeners: list[Callable[[str, dict], None]] = []
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def _write(self, statements: list[tuple[str, tuple]]) -> None:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for sql, args in statements:
+                    self._db.execute(sql, args)
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _one(self, sql: str, args: tuple = ()) -> sqlite3.Row | None:
+        with self._lock:
+            return self._db.execute(sql, args).fetchone()
+
+    def _all(self, sql: str, args: tuple = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            return self._db.execute(sql, args).fetchall()
+
+    def _notify(self, kind: str, record: dict) -> None:
+        for listener in self.listeners:
+            listener(kind, record)
+
+    # -- conversations and turns ---------------------------------------------------------------------------
+    def ensure_conversation(
+        self,
+        conversation_id: str,
+        session: str,
+        model_a: str,
+        model_b: str,
+        blind: bool,
+        rater: str = "",
+        opener_id: str | None = None,
+    ) -> None:
+        """Create the conversation if it is new (both sides may race to do so); refuse another session's id."""
+        self._write(
+            [
+                (
+                    "INSERT OR IGNORE INTO conversations (id, session, rater, model_a, model_b, blind, opener_id,"
+                    " created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (conversation_id, session, rater, model_a, model_b, int(blind), opener_id, time.time()),
+                )
+            ]
+        )
+        self._owned(conversation_id, session)
+
+    def set_opener(self, conversation_id: str, session: str, opener_id: str | None) -> None:
+        self._owned(conversation_id, session)
+        self._write([("UPDATE conversations SET opener_id = ? WHERE id = ?", (opener_id, conversation_id))])
+
+    def add_turn(
+        self,
+        conversation_id: str,
+        session: str,
+        side: str,
+        turn_index: int,
+        model: str,
+        user_text: str,
+        assistant_text: str,
+        decoding: dict,
+        started_at: float,
+        first_token_s: float | None,
+        status: str = "complete",
+        error: str | None = None,
+    ) -> Turn:
+        """Record a finished turn (a regenerated answer becomes the next attempt of the same turn index)."""
+        if side not in SIDES:
+            raise ValueError(f"side must be one of {SIDES}, got {side!r}")
+        self._owned(conversation_id, session)
+        turn_id = uuid.uuid4().hex
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                row = self._db.execute(
+                    "SELECT COALESCE(MAX(attempt), 0) FROM turns WHERE conversation_id = ? AND side = ? AND"
+                    " turn_index = ?",
+                    (conversation_id, side, turn_index),
+                ).fetchone()
+                attempt = row[0] + 1
+                self._db.execute(
+                    "INSERT INTO turns (id, conversation_id, side, turn_index, attempt, model, user_text,"
+                    " assistant_text, status, error, decoding, started_at, first_token_s, finished_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        turn_id,
+                        conversation_id,
+                        side,
+                        turn_index,
+                        attempt,
+                        model,
+                        user_text,
+                        assistant_text,
+                        status,
+                        error,
+                        json.dumps(decoding, sort_keys=True),
+                        started_at,
+                        first_token_s,
+                        time.time(),
+                    ),
+                )
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+        return Turn(
+            turn_id, conversation_id, side, turn_index, attempt, model, user_text, assistant_text, status, error
+        )
+
+    # -- ratings and verdicts ------------------------------------------------------------------------------
+    def rate(self, turn_id: str, rating: str, session: str, rater: str) -> None:
+        """Store a rating; the same rater rating the same turn again replaces the current value."""
+        if rating not in RATINGS:
+            raise ValueError(f"rating must be one of {', '.join(RATINGS)}, got {rating!r}")
+        row = self._one(
+            "SELECT t.status, c.session, c.id FROM turns t JOIN conversations c ON c.id = t.conversation_id"
+            " WHERE t.id = ?",
+            (str(turn_id),),
+        )
+        if row is None or row["session"] != session:
+            raise NotAllowed("this turn does not belong to your session")
+        if row["status"] != "complete":
+            raise NotAllowed("a turn that ended in an error cannot be rated; retry it first")
+        now = time.time()
+        self._write(
+            [
+                (
+                    "INSERT INTO rating_log (turn_id, rater, rating, at) VALUES (?, ?, ?, ?)",
+                    (turn_id, rater, rating, now),
+                ),
+                (
+                    "INSERT INTO ratings (turn_id, rater, rating, first_at, updated_at) VALUES (?, ?, ?, ?, ?)"
+                    " ON CONFLICT (turn_id, rater) DO UPDATE SET rating = excluded.rating,"
+                    " updated_at = excluded.updated_at",
+                    (turn_id, rater, rating, now, now),
+                ),
+                ("UPDATE conversations SET rater = ? WHERE id = ? AND rater = ''", (rater, row["id"])),
+            ]
+        )
+        self._notify("rating", {"turn_id": turn_id, "rater": rater, "rating": rating, "at": now})
+
+    def set_verdict(self, conversation_id: str, verdict: str, session: str, rater: str) -> None:
+        if verdict not in VERDICTS:
+            raise ValueError(f"verdict must be one of {', '.join(VERDICTS)}, got {verdict!r}")
+        self._owned(conversation_id, session)
+        if self.rated_sides(conversation_id) != set(SIDES):
+            raise NotAllowed("rate at least one turn on each side before giving a verdict")
+        now = time.time()
+        self._write(
+            [
+                (
+                    "INSERT INTO verdict_log (conversation_id, rater, verdict, at) VALUES (?, ?, ?, ?)",
+                    (conversation_id, rater, verdict, now),
+                ),
+                (
+                    "UPDATE conversations SET verdict = ?, verdict_at = ?, rater = CASE WHEN rater = '' THEN ?"
+                    " ELSE rater END WHERE id = ?",
+                    (verdict, now, rater, conversation_id),
+                ),
+            ]
+        )
+        self._notify("verdict", {"conversation_id": conversation_id, "rater": rater, "verdict": verdict, "at": now})
+
+    # -- reading -------------------------------------------------------------------------------------------
+    def _owned(self, conversation_id: str, session: str) -> None:
+        row = self._one("SELECT session FROM conversations WHERE id = ?", (str(conversation_id),))
+        if row is None or row["session"] != session:
+            raise NotAllowed("this conversation does not belong to your session")
+
+    def rated_sides(self, conversation_id: str) -> set[str]:
+        rows = self._all(
+            "SELECT DISTINCT t.side FROM ratings r JOIN turns t ON t.id = r.turn_id WHERE t.conversation_id = ?",
+            (conversation_id,),
+        )
+        return {row["side"] for row in rows}
+
+    def ratings(self, conversation_id: str) -> dict[str, str]:
+        """Current rating of each rated turn of a conversation, by turn id (the owner's own ratings)."""
+        rows = self._all(
+            "SELECT r.turn_id, r.rating FROM ratings r JOIN turns t ON t.id = r.turn_id"
+            " JOIN conversations c ON c.id = t.conversation_id WHERE t.conversation_id = ? ORDER BY r.updated_at",
+            (conversation_id,),
+        )
+        return {row["turn_id"]: row["rating"] for row in rows}
+
+    def conversation(self, conversation_id: str) -> dict | None:
+        row = self._one("SELECT * FROM conversations WHERE id = ?", (conversation_id,))
+        return dict(row) if row else None
+
+    def turns(self, conversation_id: str) -> list[Turn]:
+        rows = self._all(
+            "SELECT id, conversation_id, side, turn_index, attempt, model, user_text, assistant_text, status, error"
+            " FROM turns WHERE conversation_id = ? ORDER BY side, turn_index, attempt",
+            (conversation_id,),
+        )
+        return [Turn(**dict(row)) for row in rows]
+
+    def ratings_of(self, turn_ids: list[str]) -> dict[str, str]:
+        """The latest rating given to each of these turns, by turn id."""
+        if not turn_ids:
+            return {}
+        marks = ",".join("?" * len(turn_ids))
+        rows = self._all(
+            f"SELECT turn_id, rating FROM ratings WHERE turn_id IN ({marks}) ORDER BY updated_at", tuple(turn_ids)
+        )
+        return {row["turn_id"]: row["rating"] for row in rows}

@@ -1,0 +1,178 @@
+"""The arena's settings: CLI flag > environment variable (for Spaces) > YAML file > default.
+
+With no sides given, the arena shows the selected epochs of the latest ``runs/*/lima-1000`` and
+``runs/*/lima-1030``; where none exist, it trains the quick CPU pair first (once).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import yaml
+
+log = logging.getLogger(__name__)
+
+ENV_PREFIX = "LIMA_ARENA_"
+REPO = Path(__file__).resolve().parents[1]
+
+
+class SettingsError(Exception):
+    """A setting that cannot work, said in one line."""
+
+
+@dataclass
+class Settings:
+    left: str | None = None  # SOURCE or NAME=SOURCE: model dir, Hub id, or http(s) URL of a TGI server
+    right: str | None = None
+    db: str = "ratings.db"
+    host: str = "127.0.0.1"
+    port: int = 7860
+    share: bool = False
+    blind: bool = True
+    turn_limit: int = 8
+    max_new_tokens: int | None = None  # default: 2048 for servers, 256 in-process on CPU
+    runs: str = "runs"
+    first_launch_recipe: str = "quick-cpu"
+
+
+_HELP = {
+    "left": "left model: a servable model dir, a Hub id, or a TGI URL; NAME=SOURCE names it",
+    "right": "right model (same forms as --left)",
+    "db": "SQLite file for ratings (default ratings.db)",
+    "host": "address to listen on (0.0.0.0 to serve others)",
+    "port": "port (default 7860)",
+    "share": "also open a public gradio.live link",
+    "blind": "hide which model is which until the verdict (default on; --no-blind turns it off)",
+    "turn_limit": "most user turns per side in one conversation (default 8)",
+    "max_new_tokens": "default cap on new tokens per answer",
+    "runs": "where trained runs live (default runs/)",
+    "first_launch_recipe": "recipe trained when no runs exist (default quick-cpu)",
+}
+
+
+def _coerce(name: str, value: object, where: str) -> object:
+    kind = {f.name: f.type for f in fields(Settings)}[name]
+    if value is None:
+        return None
+    try:
+        if "bool" in kind:
+            if isinstance(value, bool):
+                return value
+            lowered = str(value).strip().lower()
+            if lowered in {"1", "true", "yes", "on"}:
+                return True
+            if lowered in {"0", "false", "no", "off"}:
+                return False
+            raise ValueError
+        if "int" in kind:
+            return int(value)
+    except (TypeError, ValueError):
+        raise SettingsError(f"{where}: {value!r} is not a valid value for {name}") from None
+    return str(value)
+
+
+def parse(argv: list[str] | None = None, environ: dict[str, str] | None = None) -> Settings:
+    environ = dict(os.environ if environ is None else environ)
+    parser = argparse.ArgumentParser(
+        prog="python demo/app.py", description="Rate two models side by side, every turn (the LIMA multi-turn arena)."
+    )
+    parser.add_argument("--config", help=f"YAML file of settings (or {ENV_PREFIX}CONFIG)")
+    for f in fields(Settings):
+        flag = "--" + f.name.replace("_", "-")
+        if f.type.startswith("bool"):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=_HELP[f.name])
+        else:
+            parser.add_argument(flag, default=None, help=_HELP[f.name])
+    args = parser.parse_args(argv)
+
+    values = {f.name: f.default for f in fields(Settings)}
+    config = args.config or environ.get(ENV_PREFIX + "CONFIG")
+    if config:
+        values.update(_read_yaml(Path(config)))
+    for f in fields(Settings):
+        env = environ.get(ENV_PREFIX + f.name.upper())
+        if env not in (None, ""):
+            values[f.name] = _coerce(f.name, env, f"environment variable {ENV_PREFIX}{f.name.upper()}")
+        cli = getattr(args, f.name)
+        if cli is not None:
+            values[f.name] = _coerce(f.name, cli, "--" + f.name.replace("_", "-"))
+    settings = Settings(**values)
+    if settings.turn_limit < 1:
+        raise SettingsError(f"turn_limit must be at least 1, got {settings.turn_limit}")
+    if not 0 < settings.port < 65536:
+        raise SettingsError(f"port must be 1-65535, got {settings.port}")
+    return settings
+
+
+def _read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise SettingsError(f"{path}: no such settings file")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise SettingsError(f"{where}: not valid YAML") from None
+    if not isinstance(data, dict):
+        raise SettingsError(f"{path}: expected a mapping of settings")
+    known = {f.name for f in fields(Settings)}
+    out = {}
+    for key, value in data.items():
+        name = str(key).replace("-", "_")
+        if name not in known:
+            raise SettingsError(f"{path}: unknown setting {key!r} (known: {', '.join(sorted(known))})")
+        out[name] = _coerce(name, value, f"{path}: {key}")
+    return out
+
+
+# -- the embedded default: the latest trained pair ---------------------------------------------------------
+def latest_pair(runs: Path) -> tuple[Path, Path] | None:
+    """Selected epoch dirs of the newest recipe folder that holds both models, or None."""
+    pairs = []
+    for recipe_dir in runs.glob("*"):
+        chosen = [_selected(recipe_dir / model) for model in ("lima-1000", "lima-1030")]
+        if all(chosen):
+            newest = max((recipe_dir / m / "selected").stat().st_mtime for m in ("lima-1000", "lima-1030"))
+            pairs.append((newest, chosen[0], chosen[1]))
+    if not pairs:
+        return None
+    _, zero_shot, dialogue = max(pairs)
+    return zero_shot, dialogue
+
+
+def _selected(run_dir: Path) -> Path | None:
+    marker = run_dir / "selected"
+    if not marker.is_file():
+        return None
+    epoch_dir = run_dir / marker.read_text(encoding="utf-8").strip()
+    return epoch_dir if (epoch_dir / "config.json").is_file() else None
+
+
+def resolve_sides(settings: Settings) -> tuple[str, str]:
+    """The two sources; trains the first-launch pair (terminal progress bars) when no runs exist yet."""
+    if settings.left and settings.right:
+        return settings.left, settings.right
+    runs = Path(settings.runs)
+    pair = latest_pair(runs)
+    if pair is None:
+        log.warning(
+            "no trained models in %s/: training the %s pair first (one time; later launches open at once)",
+            runs,
+            settings.first_launch_recipe,
+        )
+        command = [sys.executable, "-m", "finetune", "train", "--recipe", settings.first_launch_recipe]
+        command += ["--output", str(runs)]
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+        if subprocess.run(command, env=env).returncode != 0:
+            raise SettingsError(f"training the first-launch pair failed; run {' '.join(command[1:])} to see why")
+        pair = latest_pair(runs)
+        if pair is None:
+            raise SettingsError(f"training finished but {runs}/ holds no selected lima-1000 / lima-1030 pair")
+    zero_shot, dialogue = (str(p) for p in pair)
+    return settings.left or zero_shot, settings.right or dialogue

@@ -1,0 +1,476 @@
+"""A real loopback HTTP server that speaks text-generation-inference's (TGI 3.3.x) HTTP API, for tests and benchmarks.
+
+Standard library only. It answers the routes a chat client needs, with the shapes TGI 3.3.7's router
+(``router/src/server.rs``, ``lib.rs``, ``chat.rs``) produces:
+
+- ``GET /health`` (and ``/ping``): 200 with an empty body; 503 ``{"error": "unhealthy", "error_type": "healthcheck"}``
+  while ``behaviour.status == 503``.
+- ``GET /info``: TGI's ``Info`` object (``model_id``, ``max_input_tokens``, ``max_total_tokens``, ``version``...).
+- ``POST /v1/chat/completions``: OpenAI chat completion, streamed (``data: {chunk}`` events, then ``data: [DONE]``) or
+  not. As in TGI, ``model`` in the answer echoes the request's ``model`` unless it is missing or ``"tgi"``
+  (huggingface_hub sends ``"dummy"`` when given a URL), and a mid-stream failure is sent as TGI 3.x does on this
+  route: ``data: {"error": {"message": ..., "http_status_code": 422}}`` followed by ``data: [DONE]``
+  (``Behaviour.chat_stream_error_style = "tgi"`` sends the native ``{"error": ..., "error_type": ...}`` instead).
+- ``POST /generate_stream``, ``POST /generate`` and the compat ``POST /`` (``stream`` in the body): TGI's native
+  API; a mid-stream failure is the native ``data: {"error": ..., "error_type": "generation"}`` event, after which the
+  stream ends.
+
+Errors are TGI's: the status code and a JSON body ``{"error": message, "error_type": type}``.
+
+Streams use HTTP/1.1 chunked transfer encoding and every event is written straight to the socket (Nagle off), so a
+client sees the tokens arrive at the pace ``Behaviour`` sets. ``die_after_tokens`` and :meth:`TGIServer.stop` close
+the connection in the middle of the chunked body, so a client gets an incomplete-body error exactly as when a real
+server is killed mid-turn. ``stop()`` followed by ``start()`` listens again on the same port (a restarted server).
+
+Usage::
+
+    with TGIServer(Behaviour(reply="Hi there.", token_delay_s=0.01)) as server:
+        client = AsyncInferenceClient(base_url=server.url)
+        ...
+        server.behaviour = Behaviour(status=503)  # takes effect from the next request
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import re
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, ClassVar
+
+TGI_VERSION = "3.3.7"
+SYSTEM_FINGERPRINT = f"{TGI_VERSION}-native"
+EOS_TOKEN = {"id": 1, "text": "</s>", "logprob": -0.01, "special": True}
+
+#: HTTP status -> TGI ``error_type`` and a message like the one TGI sends for it.
+ERRORS: dict[int, tuple[str, str]] = {
+    422: (
+        "validation",
+        "Input validation error: `inputs` tokens + `max_new_tokens` must be <= 2048. "
+        "Given: 1900 `inputs` tokens and 400 `max_new_tokens`",
+    ),
+    424: ("generation", "Request failed during generation: Server error: CUDA out of memory."),
+    429: ("overloaded", "Model is overloaded"),
+    500: ("incomplete_generation", "Incomplete generation"),
+    503: ("unhealthy", "Service Unavailable: the model is loading (warming up), retry later"),
+}
+STREAM_ERROR_MESSAGE = "Request failed during generation: Server error: CUDA out of memory."
+
+
+class _Abort(Exception):
+    """The handler must drop the connection now (server stopping, or a simulated crash)."""
+
+
+@dataclass
+class Behaviour:
+    """What the server does on the next generation request; a test may swap or mutate it between requests."""
+
+    reply: str = "Hello from the test server."  # streamed back as tokens: re.findall(r"\s*\S+", reply)
+    token_delay_s: float = 0.0  # pause before each token of the reply
+    first_token_delay_s: float = 0.0  # extra pause before the first token (time to first token)
+    status: int = 200  # not 200: generation routes answer this status with TGI's error JSON (503: /health too)
+    error_message: str | None = None  # message of that error (and of the mid-stream error); None: one like TGI's
+    die_after_tokens: int | None = None  # close the TCP connection abruptly after N tokens (a killed server)
+    stream_error_after_tokens: int | None = None  # after N tokens send an SSE error event and end the stream
+    chat_stream_error_style: str = "openai"  # "openai": TGI 3.x's chat error event; "tgi": {"error", "error_type"}
+    model_id: str = "test/model"
+
+    def tokens(self) -> list[str]:
+        return re.findall(r"\s*\S+", self.reply)
+
+    def error(self, status: int | None = None) -> tuple[str, str]:
+        """``(error_type, message)`` TGI would send for ``status`` (default: ``self.status``)."""
+        status = self.status if status is None else status
+        error_type, message = ERRORS.get(status, ("unknown", f"HTTP {status}"))
+        return error_type, self.error_message or message
+
+    def stream_error_message(self) -> str:
+        return self.error_message or STREAM_ERROR_MESSAGE
+
+
+class _HTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False
+    tgi: TGIServer
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "text-generation-router"
+    sys_version = ""
+    disable_nagle_algorithm = True  # each small SSE chunk leaves at once
+    server: _HTTPServer
+
+    # Routing
+
+    def setup(self) -> None:
+        super().setup()
+        self.server.tgi._track(self.connection, add=True)
+
+    def finish(self) -> None:
+        with contextlib.suppress(OSError):
+            super().finish()
+        self.server.tgi._track(self.connection, add=False)
+
+    def log_message(self, format: str, *args: Any) -> None:  # quiet in tests
+        pass
+
+    def handle_one_request(self) -> None:
+        try:
+            super().handle_one_request()
+        except (_Abort, OSError):
+            self.close_connection = True
+            self._drop()
+
+    def do_GET(self) -> None:
+        tgi = self.server.tgi
+        behaviour = tgi.behaviour
+        if self.path in ("/health", "/ping", "/"):
+            if behaviour.status == 503:
+                self._send_json(503, {"error": "unhealthy", "error_type": "healthcheck"})
+            else:
+                self._send_body(200, b"", "text/plain; charset=utf-8")
+        elif self.path == "/info":
+            self._send_json(200, tgi.info())
+        elif self.path == "/v1/models":
+            created = int(time.time())
+            model = {"id": behaviour.model_id, "object": "model", "created": created, "owned_by": behaviour.model_id}
+            self._send_json(200, {"object": "list", "data": [model]})
+        elif self.path in ("/generate", "/generate_stream", "/v1/chat/completions"):
+            self._send_body(405, b"", "text/plain; charset=utf-8")
+        else:
+            self._send_body(404, b"", "text/plain; charset=utf-8")
+
+    def do_POST(self) -> None:
+        routes = {
+            "/v1/chat/completions": self._chat,
+            "/generate": self._generate,
+            "/generate_stream": self._generate_stream,
+            "/": self._compat_generate,
+        }
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        route = routes.get(self.path.split("?", 1)[0])
+        if route is None:
+            self._send_body(404, b"", "text/plain; charset=utf-8")
+            return
+        try:
+            body = json.loads(raw)
+        except ValueError as error:  # axum's Json extractor: 400 plain text
+            self._send_body(400, f"Failed to parse the request body as JSON: {error}".encode(), "text/plain")
+            return
+        if not isinstance(body, dict):
+            self._send_body(422, b"Failed to deserialize the JSON body into the target type", "text/plain")
+            return
+        self.server.tgi._record(body)
+        behaviour = dataclasses.replace(self.server.tgi.behaviour)  # one consistent behaviour per request
+        if behaviour.status != 200:
+            self._send_error(behaviour.status, *behaviour.error())
+            return
+        route(body, behaviour)
+
+    # Generation routes
+
+    def _chat(self, body: dict, behaviour: Behaviour) -> None:
+        if not isinstance(body.get("messages"), list):
+            self._send_body(
+                422, b"Failed to deserialize the JSON body into the target type: missing field `messages`", "text/plain"
+            )
+            return
+        max_tokens = body.get("max_tokens", body.get("max_completion_tokens"))
+        tokens, finish = _plan(behaviour.tokens(), max_tokens)
+        model = body.get("model")
+        model = behaviour.model_id if model in (None, "tgi") else str(model)
+        prompt_tokens = sum(len(re.findall(r"\S+", str(m.get("content") or ""))) for m in body["messages"])
+        usage = {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": len(tokens) + (finish == "stop"),
+            "total_tokens": prompt_tokens + len(tokens) + (finish == "stop"),
+        }
+
+        def chunk(content: str, finish_reason: str | None) -> dict:
+            delta = {"role": "assistant", "content": content}
+            choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+            return {**_envelope("chat.completion.chunk", model), "choices": [choice], "usage": None}
+
+        if not body.get("stream"):
+            self._pace(tokens, behaviour, on_token=lambda i, tok: None, on_stream_error=None)
+            message = {"role": "assistant", "content": "".join(tokens)}
+            choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": finish}
+            self._send_json(200, {**_envelope("chat.completion", model), "choices": [choice], "usage": usage})
+            return
+
+        def on_stream_error() -> None:
+            error_type, message = "generation", behaviour.stream_error_message()
+            if behaviour.chat_stream_error_style == "tgi":
+                self._event({"error": message, "error_type": error_type})
+            else:  # TGI 3.x InferError::into_openai_event
+                self._event({"error": {"message": message, "http_status_code": 422}})
+            self._event("[DONE]")
+
+        last = len(tokens) - 1
+        self._start_stream()
+        completed = self._pace(
+            tokens,
+            behaviour,
+            on_token=lambda i, tok: self._event(chunk(tok, "length" if i == last and finish == "length" else None)),
+            on_stream_error=on_stream_error,
+        )
+        if completed:
+            if finish == "stop":  # the EOS token: special, so empty content
+                self._event(chunk("", "stop"))
+            if (body.get("stream_options") or {}).get("include_usage"):
+                self._event({**_envelope("chat.completion.chunk", model), "choices": [], "usage": usage})
+            self._event("[DONE]")
+        self._end_stream()
+
+    def _generate_stream(self, body: dict, behaviour: Behaviour) -> None:
+        if not isinstance(body.get("inputs"), str):
+            self._send_body(
+                422, b"Failed to deserialize the JSON body into the target type: missing field `inputs`", "text/plain"
+            )
+            return
+        parameters = body.get("parameters") or {}
+        tokens, finish = _plan(behaviour.tokens(), parameters.get("max_new_tokens"))
+        text = "".join(tokens)
+        generated = len(tokens) + (finish == "stop")
+        details = {
+            "finish_reason": "eos_token" if finish == "stop" else "length",
+            "generated_tokens": generated,
+            "seed": parameters.get("seed"),
+            "input_length": len(re.findall(r"\S+", body["inputs"])),
+        }
+
+        def event(i: int, token: dict, final: bool) -> dict:
+            return {
+                "index": i,
+                "token": token,
+                "generated_text": text if final else None,
+                "details": details if final and parameters.get("details") else None,
+            }
+
+        last = len(tokens) - 1
+        self._start_stream()
+        completed = self._pace(
+            tokens,
+            behaviour,
+            on_token=lambda i, tok: self._event(event(i, _token(i, tok), i == last and finish == "length")),
+            on_stream_error=lambda: self._event(
+                {"error": behaviour.stream_error_message(), "error_type": "generation"}
+            ),
+        )
+        if completed and finish == "stop":
+            self._event(event(len(tokens), EOS_TOKEN, True))
+        self._end_stream()
+
+    def _compat_generate(self, body: dict, behaviour: Behaviour) -> None:
+        """``POST /``: TGI's compat route (what ``InferenceClient.text_generation`` posts to when given a URL)."""
+        if body.get("stream"):
+            self._generate_stream(body, behaviour)
+        else:
+            self._generate(body, behaviour, as_list=True)
+
+    def _generate(self, body: dict, behaviour: Behaviour, as_list: bool = False) -> None:
+        if not isinstance(body.get("inputs"), str):
+            self._send_body(
+                422, b"Failed to deserialize the JSON body into the target type: missing field `inputs`", "text/plain"
+            )
+            return
+        parameters = body.get("parameters") or {}
+        tokens, finish = _plan(behaviour.tokens(), parameters.get("max_new_tokens"))
+        if not self._pace(tokens, behaviour, on_token=lambda i, tok: None, on_stream_error=None):
+            return
+        answer: dict[str, Any] = {"generated_text": "".join(tokens)}
+        if parameters.get("details"):
+            token_list = [_token(i, tok) for i, tok in enumerate(tokens)] + ([EOS_TOKEN] if finish == "stop" else [])
+            answer["details"] = {
+                "finish_reason": "eos_token" if finish == "stop" else "length",
+                "generated_tokens": len(token_list),
+                "seed": parameters.get("seed"),
+                "prefill": [],
+                "tokens": token_list,
+            }
+        self._send_json(200, [answer] if as_list else answer)
+
+    def _pace(self, tokens: list[str], behaviour: Behaviour, on_token: Any, on_stream_error: Any) -> bool:
+        """Produce ``tokens`` at the set pace; False if a simulated failure ended the request (already answered)."""
+        stopping = self.server.tgi._stopping
+        for i, tok in enumerate(tokens):
+            if behaviour.die_after_tokens is not None and i >= behaviour.die_after_tokens:
+                raise _Abort
+            if behaviour.stream_error_after_tokens is not None and i >= behaviour.stream_error_after_tokens:
+                if on_stream_error is None:  # not streaming: TGI answers 424 with the error
+                    self._send_error(424, "generation", behaviour.stream_error_message())
+                else:
+                    on_stream_error()
+                return False
+            delay = behaviour.token_delay_s + (behaviour.first_token_delay_s if i == 0 else 0.0)
+            if (delay > 0 and stopping.wait(delay)) or stopping.is_set():
+                raise _Abort
+            on_token(i, tok)
+        if behaviour.die_after_tokens is not None and len(tokens) >= behaviour.die_after_tokens:
+            raise _Abort  # died before sending the end of the answer
+        return True
+
+    # Wire
+
+    def _send_body(self, status: int, payload: bytes, content_type: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def _send_json(self, status: int, payload: Any) -> None:
+        self._send_body(status, json.dumps(payload).encode(), "application/json")
+
+    def _send_error(self, status: int, error_type: str, message: str) -> None:
+        self._send_json(status, {"error": message, "error_type": error_type})
+
+    def _start_stream(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Cache-Control", "no-cache")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.send_header("x-compute-type", "gpu+optimized")
+        self.end_headers()
+
+    def _event(self, data: Any) -> None:
+        text = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"))
+        payload = f"data: {text}\n\n".encode()
+        self.wfile.write(b"%X\r\n%s\r\n" % (len(payload), payload))
+
+    def _end_stream(self) -> None:
+        self.wfile.write(b"0\r\n\r\n")
+
+    def _drop(self) -> None:
+        with contextlib.suppress(OSError):
+            self.connection.shutdown(socket.SHUT_RDWR)
+
+
+def _plan(tokens: list[str], max_tokens: Any) -> tuple[list[str], str]:
+    """The tokens to send and the finish reason: "length" when ``max_tokens`` cuts the reply, else "stop" (EOS)."""
+    if isinstance(max_tokens, int) and 0 <= max_tokens <= len(tokens):
+        return tokens[:max_tokens], "length"
+    return tokens, "stop"
+
+
+def _token(i: int, text: str) -> dict:
+    return {"id": 100 + i, "text": text, "logprob": -0.1, "special": False}
+
+
+def _envelope(obj: str, model: str) -> dict:
+    return {
+        "object": obj,
+        "id": "",
+        "created": int(time.time()),
+        "model": model,
+        "system_fingerprint": SYSTEM_FINGERPRINT,
+    }
+
+
+class TGIServer:
+    """A loopback TGI look-alike on a background thread. ``behaviour`` and ``requests`` are read/written live."""
+
+    POLL_S: ClassVar[float] = 0.05
+
+    def __init__(self, behaviour: Behaviour | None = None, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.behaviour = behaviour or Behaviour()
+        self.host = host
+        self.port = port
+        self.requests: list[dict] = []
+        self._lock = threading.Lock()
+        self._connections: set[socket.socket] = set()
+        self._stopping = threading.Event()
+        self._httpd: _HTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        if self._httpd is None and not self.port:
+            raise RuntimeError("TGIServer is not started")
+        return f"http://{self.host}:{self.port}"
+
+    def info(self) -> dict:
+        """TGI 3.3.7's ``GET /info`` (``router/src/lib.rs`` ``Info``)."""
+        return {
+            "model_id": self.behaviour.model_id,
+            "model_sha": None,
+            "model_pipeline_tag": "text-generation",
+            "max_concurrent_requests": 128,
+            "max_best_of": 2,
+            "max_stop_sequences": 4,
+            "max_input_tokens": 1536,
+            "max_total_tokens": 2048,
+            "validation_workers": 2,
+            "max_client_batch_size": 4,
+            "router": "text-generation-router",
+            "version": TGI_VERSION,
+            "sha": None,
+            "docker_label": None,
+        }
+
+    def start(self) -> TGIServer:
+        if self._httpd is not None:
+            return self
+        self._stopping.clear()
+        httpd = _HTTPServer((self.host, self.port), _Handler)
+        httpd.tgi = self
+        self.port = httpd.server_address[1]  # kept: start() after stop() listens on the same port again
+        self._httpd = httpd
+        self._thread = threading.Thread(
+            target=httpd.serve_forever, kwargs={"poll_interval": self.POLL_S}, name=f"tgi-server:{self.port}"
+        )
+        self._thread.daemon = True
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop listening and cut every open connection, in-flight streams included (a killed server)."""
+        httpd, self._httpd = self._httpd, None
+        if httpd is None:
+            return
+        self._stopping.set()
+        httpd.shutdown()
+        with self._lock:
+            connections = list(self._connections)
+        for conn in connections:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+        httpd.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def __enter__(self) -> TGIServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _record(self, body: dict) -> None:
+        with self._lock:
+            self.requests.append(body)
+
+    def _track(self, conn: socket.socket, add: bool) -> None:
+        with self._lock:
+            if add:
+                self._connections.add(conn)
+            else:
+                self._connections.discard(conn)
+
+
+if __name__ == "__main__":  # a manual server: python tests/tgi_server.py [PORT] [TOKEN_DELAY_S]
+    import sys
+
+    port = int(sys.argv[1]) if len(sys.argv) > 1 else 8080
+    delay = float(sys.argv[2]) if len(sys.argv) > 2 else 0.05
+    with TGIServer(Behaviour(token_delay_s=delay), port=port) as server:
+        print(f"TGI test server on {server.url}", flush=True)
+        with contextlib.suppress(KeyboardInterrupt):
+            threading.Event().wait()
