@@ -33,6 +33,15 @@ def dialogues_copy(tmp_path: Path) -> Path:
     return target
 
 
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory) -> Path:
+    """Both tiny models (runs/test/lima-1000 and lima-1030), trained once by the real command."""
+    out = tmp_path_factory.mktemp("runs")
+    result = run_cli("-m", "finetune", "train", "--recipe", "test", "--output", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out / "test"
+
+
 def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path = REPO) -> subprocess.CompletedProcess:
     """Run ``python ARGS`` as a user would, in a fresh interpreter."""
     full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}

@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -41,15 +40,6 @@ def tiny() -> tuple:
     model = AutoModelForCausalLM.from_pretrained(base)
     eot = chat_format.add_end_of_turn(model, tokenizer)
     return model, tokenizer, eot
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> Path:
-    """Both tiny models, trained once by the real command."""
-    out = tmp_path_factory.mktemp("runs")
-    result = run_cli("-m", "finetune", "train", "--recipe", "test", "--output", str(out))
-    assert result.returncode == 0, result.stderr[-3000:]
-    return out / "test"
 
 
 # ------------------------------------------------------------------------------------------ the format
