@@ -104,10 +104,12 @@ def build(
                 raise gr.Error("Start a new conversation first.")
             if side.busy:
                 gr.Warning(f"Model {side_key.upper()} is still answering.")
+                yield arena.chat_messages(side), skip, skip, skip
                 return
             if again:
                 if not side.turns:
                     gr.Warning("Nothing to regenerate yet.")
+                    yield arena.chat_messages(side), skip, skip, skip
                     return
                 text = side.turns.pop().user  # the old answer (and its rating) stays in the store
             else:
@@ -115,9 +117,11 @@ def build(
                     text = arena.check_message(message)
                 except ValueError as err:
                     gr.Warning(str(err))
+                    yield arena.chat_messages(side), skip, skip, skip
                     return
                 if len(side.turns) >= turn_limit:
                     gr.Warning(f"This conversation reached its limit of {turn_limit} turns; start a new one.")
+                    yield arena.chat_messages(side), skip, skip, skip
                     return
             session, rater = _session(request), _rater(rater_name, request)
             backend = models[conv.models[index]]

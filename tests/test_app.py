@@ -1,0 +1,169 @@
+"""The arena through its real API (gradio_client against the launched app), and `python demo/app.py` itself."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import REPO, run_cli
+from gradio_client import Client
+from tgi_server import Behaviour, TGIServer
+
+from demo import app, backends, ratings
+
+DECODING = (0.7, 0.9, 1.2, 64)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """The app (turn limit 2, not blind) over two TGI-protocol servers; yields its URL and database path."""
+    servers = [TGIServer(Behaviour(reply=f"Answer from {n}.")).start() for n in ("zero", "dialogue")]
+    db = tmp_path / "ratings.db"
+    store = ratings.Store(db)
+    models = [backends.make_backend(f"{n}={s.url}") for n, s in zip(("zero", "dialogue"), servers, strict=True)]
+    demo = app.build(models, store, blind=False, turn_limit=2)
+    demo.queue()
+    port = free_port()
+    demo.launch(server_port=port, prevent_thread_lock=True, quiet=True)
+    yield f"http://127.0.0.1:{port}/", db
+    demo.close()
+    for server in servers:
+        server.stop()
+    store.close()
+
+
+def send(client: Client, side: str, text: str) -> list:
+    return client.predict(text, *DECODING, "rater", api_name=f"/send_{side}")
+
+
+def test_a_rating_by_a_forged_or_foreign_turn_id_is_refused(served):
+    url, db = served
+    owner, intruder = Client(url, verbose=False), Client(url, verbose=False)
+    owner.predict(api_name="/new_conversation")
+    send(owner, "a", "hello")
+    turn_id = owner.predict(api_name="/conversation")["turns"][0]["turn_id"]
+    intruder.predict(api_name="/new_conversation")
+    for forged in (turn_id, "0" * 32):
+        with pytest.raises(Exception, match="does not belong to your session"):
+            intruder.predict(forged, "fail", "mallory", api_name="/rate")
+    with pytest.raises(Exception, match="rating must be one of"):
+        owner.predict(turn_id, "great", "rater", api_name="/rate")
+    assert owner.predict(turn_id, "pass", "rater", api_name="/rate") == "saved"
+    assert ratings.Store(db).ratings_of([turn_id]) == {turn_id: "pass"}
+
+
+def test_input_over_the_size_limit_and_turns_past_the_limit_are_refused(served):
+    url, _ = served
+    client = Client(url, verbose=False)
+    client.predict(api_name="/new_conversation")
+    assert send(client, "a", "x" * 5000) == []  # refused with a warning: nothing sent, nothing stored
+    send(client, "a", "one")
+    send(client, "a", "two")
+    chat = send(client, "a", "three")  # turn limit 2
+    assert len(chat) == 4
+    turns = client.predict(api_name="/conversation")["turns"]
+    assert [t["turn_index"] for t in turns] == [1, 2]
+
+
+def test_regenerating_makes_a_new_turn_and_the_old_rating_stays_with_the_old_text(served):
+    url, _ = served
+    client = Client(url, verbose=False)
+    client.predict(api_name="/new_conversation")
+    send(client, "b", "hello")
+    first = client.predict(api_name="/conversation")["turns"][0]["turn_id"]
+    client.predict(first, "fail", "rater", api_name="/rate")
+    chat = client.predict("", *DECODING, "rater", api_name="/again_b")
+    assert len(chat) == 2  # the regenerated answer replaces the old one on screen
+    turns = client.predict(api_name="/conversation")["turns"]
+    assert [(t["turn_index"], t["attempt"]) for t in turns] == [(1, 1), (1, 2)]
+    assert client.predict(api_name="/conversation")["ratings"] == {first: "fail"}
+    with pytest.raises(Exception, match="rate at least one turn on each side"):
+        client.predict("rater", api_name="/verdict_tie")
+
+
+def test_arena_latency_benchmark_prints_its_json_line():
+    result = run_cli("bench/arena_latency.py", "--tokens", "6", "--reps", "1", "--fast", "0.01", "--slow", "0.02")
+    assert result.returncode == 0, result.stderr[-2000:]
+    line = json.loads(result.stdout.strip().splitlines()[-1])
+    for key in ("turn_s_both", "turn_s_slowest_alone", "ratio", "first_token_overhead_ms"):
+        assert key in line
+    assert line["turn_s_both"] >= line["turn_s_slowest_alone"] * 0.5 > 0
+
+
+# ----------------------------------------------------------------------------- python demo/app.py itself
+
+
+def launch(env: dict[str, str], log: Path) -> subprocess.Popen:
+    full = {**os.environ, **env, "PYTHONPATH": str(REPO)}
+    with log.open("w") as out:
+        return subprocess.Popen(
+            [sys.executable, "demo/app.py"], cwd=REPO, env=full, stdout=out, stderr=subprocess.STDOUT
+        )
+
+
+def wait_until_up(url: str, process: subprocess.Popen, log: Path, timeout: float) -> float:
+    started = time.time()
+    while time.time() - started < timeout:
+        if process.poll() is not None:
+            pytest.fail(f"the app exited with {process.returncode}: {log.read_text()[-2000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return time.time() - started
+        except OSError:
+            time.sleep(0.5)
+    pytest.fail(f"the app did not answer within {timeout} s: {log.read_text()[-2000:]}")
+
+
+def test_with_no_models_the_app_trains_the_first_launch_pair_then_opens_and_answers(tmp_path):
+    runs, port = tmp_path / "runs", free_port()
+    env = {
+        "LIMA_ARENA_RUNS": str(runs),
+        "LIMA_ARENA_FIRST_LAUNCH_RECIPE": "test",
+        "LIMA_ARENA_PORT": str(port),
+        "LIMA_ARENA_DB": str(tmp_path / "ratings.db"),
+    }
+    url = f"http://127.0.0.1:{port}/"
+    for launch_no in (1, 2):
+        log = tmp_path / f"launch{launch_no}.log"
+        process = launch(env, log)
+        try:
+            wait_until_up(url, process, log, timeout=240)
+            client = Client(url, verbose=False)
+            client.predict(api_name="/new_conversation")
+            for side in "ab":
+                chat = client.predict("Hello there", 0.7, 0.9, 1.2, 16, "rater", api_name=f"/send_{side}")
+                assert chat[-1]["role"] == "assistant" and "⚠️" not in json.dumps(chat)
+            models = {t["side"] for t in client.predict(api_name="/conversation")["turns"]}
+            assert models == {"a", "b"}
+        finally:
+            process.send_signal(signal.SIGINT)
+            process.wait(timeout=30)
+        trained_now = "training the test pair first" in log.read_text()
+        assert trained_now == (launch_no == 1), log.read_text()[-2000:]
+        assert (runs / "test" / "lima-1000" / "selected").is_file()
+
+
+def test_bad_settings_are_one_line_and_exit_2(tmp_path):
+    result = run_cli("demo/app.py", "--port", "nope")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == ["error: --port: 'nope' is not a valid value for port"]
+    bad_yaml = tmp_path / "arena.yaml"
+    bad_yaml.write_text("lefty: runs/x\n")
+    result = run_cli("demo/app.py", "--config", str(bad_yaml))
+    assert result.returncode == 2 and "unknown setting 'lefty'" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
