@@ -283,7 +283,7 @@ class RemoteBackend:
             detail = err.args[0].get("message", "") if err.args and isinstance(err.args[0], dict) else str(err)
             raise BackendError(f"the server failed mid-answer: {detail}"[:400]) from None
         except (TimeoutError, InferenceTimeoutError, httpx2.TimeoutException):
-            raise BackendError(f"no answer from {self.url} within {self.timeout:.0f} s") from None
+            raise BackendError(f"no answer from {self.url} within {self.timeout:g} s") from None
         except httpx2.ConnectError:
             raise BackendError(f"cannot reach {self.url}: is the server running?") from None
         except (httpx2.HTTPError, OSError) as err:

@@ -167,7 +167,7 @@ class _Handler(BaseHTTPRequestHandler):
         if not isinstance(body, dict):
             self._send_body(422, b"Failed to deserialize the JSON body into the target type", "text/plain")
             return
-        self.server.tgi._record(body)
+        self.server.tgi._record(body, dict(self.headers))
         behaviour = dataclasses.replace(self.server.tgi.behaviour)  # one consistent behaviour per request
         if behaviour.status != 200:
             self._send_error(behaviour.status, *behaviour.error())
@@ -384,6 +384,7 @@ class TGIServer:
         self.host = host
         self.port = port
         self.requests: list[dict] = []
+        self.headers: list[dict[str, str]] = []  # the HTTP headers of each recorded request, in order
         self._lock = threading.Lock()
         self._connections: set[socket.socket] = set()
         self._stopping = threading.Event()
@@ -453,9 +454,10 @@ class TGIServer:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def _record(self, body: dict) -> None:
+    def _record(self, body: dict, headers: dict[str, str]) -> None:
         with self._lock:
             self.requests.append(body)
+            self.headers.append({k.lower(): v for k, v in headers.items()})
 
     def _track(self, conn: socket.socket, add: bool) -> None:
         with self._lock:
