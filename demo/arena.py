@@ -7,6 +7,7 @@ history, since live conversations diverge (LIMA's Figure 8).
 
 from __future__ import annotations
 
+import html
 import random
 import re
 import uuid
@@ -56,12 +57,15 @@ class Side:
     busy: bool = False
 
     def history(self) -> list[dict]:
-        """Messages for the model: every answered turn, then the open one's user message."""
+        """Messages for the model: every answered turn, then the open one's user message. A turn that failed
+        (and was not retried) is left out, so user and assistant still alternate."""
         messages: list[dict] = []
-        for turn in self.turns:
-            messages.append({"role": "user", "content": turn.user})
+        for n, turn in enumerate(self.turns, 1):
             if turn.turn_id and not turn.error:
+                messages.append({"role": "user", "content": turn.user})
                 messages.append({"role": "assistant", "content": turn.assistant})
+            elif n == len(self.turns) and not turn.turn_id:
+                messages.append({"role": "user", "content": turn.user})
         return messages
 
     def rateable(self) -> tuple[tuple[int, str], ...]:
@@ -79,21 +83,81 @@ def check_message(text: str | None) -> str:
     return text
 
 
-_CODE = re.compile(r"(```.*?(?:```|$)|`[^`\n]*`)", re.DOTALL)
-_IMAGE = re.compile(r"!\[([^\]]*)\]\(([^)]*)\)")
+_FENCE = re.compile(r"^( {0,3})(`{3,}|~{3,})(.*)$")
+# a code span as CommonMark pairs them: equal runs of backticks, the first not escaped, within one paragraph
+_CODE_SPAN = re.compile(r"(?<![\\`])(`+)(?!`)((?:(?!\n[ \t]*\n).)+?)(?<!`)\1(?!`)", re.DOTALL)
+_UNSAFE = re.compile(r"!\[[^\]\n]*\]\([^)\n]*\)|!\[|<")
+_MARKDOWN_PUNCTUATION = re.compile(r"([\\`*_\[\]()!~|:.@])")  # with `:.@`: no autolinks inside
 
 
 def safe_markdown(text: str) -> str:
     """Markdown that shows raw HTML as text and never loads an image, whoever wrote it (a model or a rater).
 
     Gradio's sanitiser already drops scripts and event handlers, but an ``<img src>`` or ``![](url)`` would
-    still make the rater's browser fetch a URL the model chose. Code spans and blocks are left alone: the
-    Markdown renderer escapes them itself."""
-    parts = _CODE.split(text)
-    for i in range(0, len(parts), 2):  # even parts are outside code
-        plain = parts[i].replace("<", "&lt;")
-        parts[i] = _IMAGE.sub(lambda m: f"`![{m.group(1)}]({m.group(2)})`", plain)
-    return "".join(parts)
+    still make the rater's browser fetch a URL the model chose. Safe by construction, not by agreeing with the
+    browser's Markdown parser on every corner (an escaped or unmatched backtick, a link destination, an unclosed
+    fence): outside code every ``<`` becomes ``&lt;`` and every ``![`` loses its image meaning; a fenced block is
+    re-emitted as a top-level fence that no renderer can read otherwise; inline code holding ``<`` or ``![``
+    becomes an HTML ``<code>`` element with escaped content. Other code is left as it is."""
+    chunks: list[str] = []
+    prose: list[str] = []
+    lines = text.split("\n")
+    i = 0
+    while i < len(lines):
+        opening = _FENCE.match(lines[i])
+        if not opening or (opening[2][0] == "`" and "`" in opening[3]):  # CommonMark: not a fence
+            prose.append(lines[i])
+            i += 1
+            continue
+        indent, fence, info = len(opening[1]), opening[2], opening[3]
+        closing = re.compile(rf"^ {{0,3}}{re.escape(fence[0])}{{{len(fence)},}}[ \t]*$")
+        body = []
+        i += 1
+        while i < len(lines) and not closing.match(lines[i]):
+            body.append(re.sub(rf"^ {{0,{indent}}}", "", lines[i]))
+            i += 1
+        if i < len(lines):
+            i += 1  # past the closing fence
+        elif body and not body[-1]:  # unclosed: the text's final newline stays after the fence we add
+            body.pop()
+            i -= 1
+        if prose:
+            chunks.append(_safe_prose("\n".join(prose)))
+            if prose[-1].strip():
+                chunks.append("")  # a blank line first, so no list item or quote above can claim the fence
+            prose = []
+        runs = re.findall(re.escape(fence[0]) + "+", "\n".join(body))
+        fence = fence[0] * max([len(fence), *(len(run) + 1 for run in runs)])  # longer than any run inside
+        chunks += [fence + info.strip(), *body, fence]
+    if prose:
+        chunks.append(_safe_prose("\n".join(prose)))
+    return "\n".join(chunks)
+
+
+def _safe_prose(text: str) -> str:
+    out, done = [], 0
+    for span in _CODE_SPAN.finditer(text):
+        out.append(_UNSAFE.sub(_defuse, text[done : span.start()]))
+        code = span[2]
+        out.append(_code_element(code) if "<" in code or "![" in code else span[0])
+        done = span.end()
+    out.append(_UNSAFE.sub(_defuse, text[done:]))
+    return "".join(out)
+
+
+def _defuse(match: re.Match) -> str:
+    if match[0] == "<":
+        return "&lt;"
+    if match[0] == "![":
+        return "!\\["
+    return _code_element(match[0])  # a whole image: shown as its Markdown, in code
+
+
+def _code_element(code: str) -> str:
+    code = code.replace("\n", " ")
+    if code.startswith(" ") and code.endswith(" ") and code.strip():
+        code = code[1:-1]
+    return "<code>" + _MARKDOWN_PUNCTUATION.sub(r"\\\1", html.escape(code, quote=False)) + "</code>"
 
 
 def chat_messages(side: Side, streaming: str | None = None) -> list[dict]:
@@ -103,7 +167,8 @@ def chat_messages(side: Side, streaming: str | None = None) -> list[dict]:
         shown.append({"role": "user", "content": safe_markdown(turn.user)})
         is_open = n == len(side.turns) and not turn.turn_id and not turn.error
         if turn.error:
-            answer = (safe_markdown(turn.assistant) + "\n\n" if turn.assistant else "") + f"⚠️ **{turn.error}**"
+            partial = safe_markdown(turn.assistant) + "\n\n" if turn.assistant else ""
+            answer = partial + f"⚠️ **{safe_markdown(turn.error)}**"
             shown.append({"role": "assistant", "content": answer})
         elif is_open:
             shown.append({"role": "assistant", "content": safe_markdown(streaming or "") or "…"})

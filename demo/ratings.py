@@ -75,7 +75,7 @@ CREATE TABLE IF NOT EXISTS verdict_log (
     verdict          TEXT NOT NULL,
     at               REAL NOT NULL
 );
-CREATE VIEW IF NOT EXISTS rated_turns AS      -- contract 3, one row per rated (conversation, side, turn)
+CREATE VIEW IF NOT EXISTS rated_turns AS  -- contract 3: a row per rated (conversation, side, turn, attempt, rater)
     SELECT t.conversation_id, t.side, t.turn_index, t.attempt, t.model, t.user_text, t.assistant_text,
            t.decoding, r.rating, r.rater, r.first_at, r.updated_at, t.id AS turn_id
     FROM ratings r JOIN turns t ON t.id = r.turn_id;

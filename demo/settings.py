@@ -71,6 +71,8 @@ def _coerce(name: str, value: object, where: str) -> object:
                 return False
             raise ValueError
         if "int" in kind:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError  # YAML's `port: 7860.5` or `port: yes`: int() would silently make 7860 or 1
             return int(value)
     except (TypeError, ValueError):
         raise SettingsError(f"{where}: {value!r} is not a valid value for {name}") from None
@@ -107,6 +109,8 @@ def parse(argv: list[str] | None = None, environ: dict[str, str] | None = None) 
         raise SettingsError(f"turn_limit must be at least 1, got {settings.turn_limit}")
     if not 0 < settings.port < 65536:
         raise SettingsError(f"port must be 1-65535, got {settings.port}")
+    if settings.max_new_tokens is not None and settings.max_new_tokens < 1:
+        raise SettingsError(f"max_new_tokens must be at least 1, got {settings.max_new_tokens}")
     return settings
 
 
@@ -170,7 +174,7 @@ def resolve_sides(settings: Settings) -> tuple[str, str]:
         command += ["--output", str(runs)]
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
         if subprocess.run(command, env=env).returncode != 0:
-            raise SettingsError(f"training the first-launch pair failed; run {' '.join(command[1:])} to see why")
+            raise SettingsError(f"training the first-launch pair failed; run python {' '.join(command[1:])} to see why")
         pair = latest_pair(runs)
         if pair is None:
             raise SettingsError(f"training finished but {runs}/ holds no selected lima-1000 / lima-1030 pair")

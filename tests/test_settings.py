@@ -1,0 +1,153 @@
+"""The arena's settings: CLI > environment > YAML > default, one-line errors, and the default pair of models."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+from demo.settings import Settings, SettingsError, latest_pair, parse, resolve_sides
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+# -- precedence -------------------------------------------------------------------------------------------------
+def test_defaults_without_any_source():
+    assert parse([], {}) == Settings()
+
+
+def test_cli_beats_environment_beats_yaml_beats_default(tmp_path):
+    yaml = "port: 8001\nblind: false\nturn_limit: 3\ndb: yaml.db\nmax-new-tokens: 64\n"
+    config = write(tmp_path / "arena.yaml", yaml)
+    from_yaml = parse(["--config", str(config)], {})
+    assert (from_yaml.port, from_yaml.blind, from_yaml.turn_limit, from_yaml.db) == (8001, False, 3, "yaml.db")
+    assert (from_yaml.max_new_tokens, from_yaml.host) == (64, "127.0.0.1")  # a key it lacks keeps its default
+
+    env = {"LIMA_ARENA_PORT": "8002", "LIMA_ARENA_BLIND": "true", "LIMA_ARENA_DB": "env.db", "LIMA_ARENA_SHARE": ""}
+    from_env = parse(["--config", str(config)], env)
+    assert (from_env.port, from_env.blind, from_env.turn_limit, from_env.db) == (8002, True, 3, "env.db")
+    assert from_env.share is False  # an empty variable (as Spaces may leave one) is no setting
+
+    from_cli = parse(["--config", str(config), "--port", "8003", "--no-blind", "--turn-limit", "5"], env)
+    assert (from_cli.port, from_cli.blind, from_cli.turn_limit, from_cli.db) == (8003, False, 5, "env.db")
+    assert parse(["--blind"], {"LIMA_ARENA_BLIND": "false"}).blind is True
+    assert parse([], {"LIMA_ARENA_BLIND": "false"}).blind is False
+    assert parse(["--share"], {}).share is True
+
+
+def test_the_config_file_may_come_from_the_environment(tmp_path):
+    env_config = write(tmp_path / "env.yaml", "turn_limit: 2\nleft: env-left\n")
+    cli_config = write(tmp_path / "cli.yaml", "turn_limit: 4\n")
+    assert parse([], {"LIMA_ARENA_CONFIG": str(env_config)}).turn_limit == 2
+    chosen = parse(["--config", str(cli_config)], {"LIMA_ARENA_CONFIG": str(env_config)})
+    assert (chosen.turn_limit, chosen.left) == (4, None)
+
+
+@pytest.mark.parametrize(("text", "expected"), [("1", True), ("YES", True), ("on", True), ("0", False), ("off", False)])
+def test_boolean_words_in_the_environment(text, expected):
+    assert parse([], {"LIMA_ARENA_SHARE": text}).share is expected
+
+
+# -- mistakes, each in one line naming where it came from -------------------------------------------------------
+def one_line_error(argv: list[str], environ: dict[str, str] | None = None) -> str:
+    with pytest.raises(SettingsError) as caught:
+        parse(argv, environ or {})
+    message = str(caught.value)
+    assert "\n" not in message and message
+    return message
+
+
+def test_bad_values_name_their_source(tmp_path):
+    assert one_line_error(["--port", "abc"]) == "--port: 'abc' is not a valid value for port"
+    assert "environment variable LIMA_ARENA_TURN_LIMIT: 'many'" in one_line_error([], {"LIMA_ARENA_TURN_LIMIT": "many"})
+    assert "LIMA_ARENA_BLIND: 'maybe'" in one_line_error([], {"LIMA_ARENA_BLIND": "maybe"})
+    for text, named in (
+        ("port: abc\n", "port: 'abc'"),
+        ("share: sometimes\n", "share: 'sometimes'"),
+        ("port: 7860.5\n", "port: 7860.5"),  # not silently 7860
+        ("turn_limit: yes\n", "turn_limit: True"),  # YAML's yes is a boolean, not 1
+    ):
+        config = write(tmp_path / "bad.yaml", text)
+        assert one_line_error(["--config", str(config)]).startswith(f"{config}: {named} is not a valid value")
+    assert "port must be 1-65535, got 70000" in one_line_error(["--port", "70000"])
+    assert "turn_limit must be at least 1" in one_line_error([], {"LIMA_ARENA_TURN_LIMIT": "0"})
+    assert "max_new_tokens must be at least 1" in one_line_error(["--max-new-tokens", "0"])
+
+
+def test_yaml_mistakes_name_the_file(tmp_path):
+    unknown = write(tmp_path / "unknown.yaml", "port: 8000\ntemprature: 0.7\n")
+    assert one_line_error(["--config", str(unknown)]).startswith(f"{unknown}: unknown setting 'temprature' (known: ")
+    broken = write(tmp_path / "broken.yaml", "port: 8000\nblind: true\nleft: [unclosed\n\nright: x\n")
+    assert one_line_error(["--config", str(broken)]) in {f"{broken}:{n}: not valid YAML" for n in (3, 4, 5)}
+    tabbed = write(tmp_path / "tabbed.yaml", "port: 8000\n\tblind: true\n")
+    assert one_line_error(["--config", str(tabbed)]) == f"{tabbed}:2: not valid YAML"
+    listed = write(tmp_path / "list.yaml", "- port\n")
+    assert one_line_error(["--config", str(listed)]) == f"{listed}: expected a mapping of settings"
+    missing = tmp_path / "missing.yaml"
+    assert one_line_error([], {"LIMA_ARENA_CONFIG": str(missing)}) == f"{missing}: no such settings file"
+
+
+# -- the default pair: the latest trained runs ------------------------------------------------------------------
+def fake_run(runs: Path, recipe: str, model: str, epoch: str | None = "epoch-5", config: bool = True) -> Path:
+    run_dir = runs / recipe / model
+    (run_dir / "epoch-5").mkdir(parents=True, exist_ok=True)
+    if config:
+        write(run_dir / "epoch-5" / "config.json", "{}")
+    if epoch is not None:
+        write(run_dir / "selected", epoch + "\n")
+    return run_dir / "epoch-5"
+
+
+def age(path: Path, seconds_ago: float) -> None:
+    when = os.stat(path).st_mtime - seconds_ago
+    os.utime(path, (when, when))
+
+
+def test_latest_pair_is_the_newest_recipe_folder_holding_both_models(tmp_path):
+    runs = tmp_path / "runs"
+    assert latest_pair(runs) is None  # no runs/ at all
+    old = (fake_run(runs, "quick-cpu", "lima-1000"), fake_run(runs, "quick-cpu", "lima-1030"))
+    for model in ("lima-1000", "lima-1030"):
+        age(runs / "quick-cpu" / model / "selected", 3600)
+    assert latest_pair(runs) == old
+    new = (fake_run(runs, "single-gpu", "lima-1000"), fake_run(runs, "single-gpu", "lima-1030"))
+    assert latest_pair(runs) == new
+    fake_run(runs, "lima-7b", "lima-1000")  # newer still, but its dialogue model never finished
+    fake_run(runs, "lima-7b-b", "lima-1000")
+    fake_run(runs, "lima-7b-b", "lima-1030", epoch=None)  # trained, never selected
+    fake_run(runs, "lima-7b-c", "lima-1000")
+    fake_run(runs, "lima-7b-c", "lima-1030", epoch="epoch-9")  # selects an epoch that is not there
+    fake_run(runs, "lima-7b-d", "lima-1000")
+    fake_run(runs, "lima-7b-d", "lima-1030", config=False)  # no servable model in the selected folder
+    write(runs / "notes.txt", "not a recipe folder")
+    assert latest_pair(runs) == new
+
+
+def test_explicit_sides_are_returned_untouched(tmp_path):
+    runs = tmp_path / "runs"
+    settings = Settings(left="mine=http://gpu:8080", right="org/model", runs=str(runs))
+    assert resolve_sides(settings) == ("mine=http://gpu:8080", "org/model")
+    assert not runs.exists()  # nothing trained, nothing looked up
+    pair = fake_run(runs, "quick-cpu", "lima-1000"), fake_run(runs, "quick-cpu", "lima-1030")
+    assert resolve_sides(Settings(left="org/model", runs=str(runs))) == ("org/model", str(pair[1]))
+
+
+def test_a_first_launch_trains_the_pair_then_serves_it(tmp_path, monkeypatch):
+    """The real first launch, from a folder that is not the repository, with a relative runs/ (~10 s)."""
+    monkeypatch.chdir(tmp_path)
+    left, right = resolve_sides(Settings(runs="runs", first_launch_recipe="test"))
+    for side, model in ((left, "lima-1000"), (right, "lima-1030")):
+        run_dir = Path("runs/test") / model
+        assert side == str(run_dir / (run_dir / "selected").read_text().strip())
+        assert (Path(side) / "config.json").is_file() and (Path(side) / "tokenizer.json").is_file()
+    assert resolve_sides(Settings(runs="runs", first_launch_recipe="no-such-recipe")) == (left, right)  # once
+
+
+def test_a_failed_first_launch_says_what_to_run(tmp_path):
+    runs = tmp_path / "runs"
+    with pytest.raises(SettingsError) as caught:
+        resolve_sides(Settings(runs=str(runs), first_launch_recipe="no-such-recipe"))
+    command = f"python -m finetune train --recipe no-such-recipe --output {runs}"
+    assert str(caught.value) == f"training the first-launch pair failed; run {command} to see why"
