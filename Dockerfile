@@ -1,11 +1,22 @@
-# Minimal image: the project installed and its data checked. The Space issue turns this into the arena's
-# image (port 7860, the Space's environment, a CPU-only torch).
+# The arena as a Hugging Face Space (Docker SDK): `python demo/app.py` as user 1000 on 0.0.0.0:7860.
+# Configure it with the Space's variables and secrets (DEPLOY in README.md): LIMA_ARENA_LEFT / LIMA_ARENA_RIGHT
+# (TGI or Inference Endpoint URLs), HF_TOKEN, LIMA_ARENA_DATASET_REPO, LIMA_ARENA_ADMIN_TOKEN. With no URLs it
+# falls back to the embedded default: it trains the quick-cpu pair at first start and serves it in-process.
 FROM python:3.11-slim
 RUN useradd -m -u 1000 user
 USER user
-ENV HOME=/home/user PATH=/home/user/.local/bin:$PATH PYTHONUNBUFFERED=1
+ENV HOME=/home/user PATH=/home/user/.local/bin:$PATH PYTHONUNBUFFERED=1 \
+    LIMA_ARENA_HOST=0.0.0.0 LIMA_ARENA_PORT=7860 LIMA_ARENA_DB=/home/user/app/data/ratings.db \
+    HF_HUB_DISABLE_TELEMETRY=1 GRADIO_ANALYTICS_ENABLED=False
 WORKDIR /home/user/app
 COPY --chown=user requirements.txt .
-RUN pip install --no-cache-dir --user -r requirements.txt
-COPY --chown=user . .
-CMD ["python", "-m", "finetune", "data", "--check"]
+# A CPU build of torch: the Space talks to GPU servers over HTTP, and the embedded default runs on CPU.
+RUN pip install --no-cache-dir --user torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu \
+    && pip install --no-cache-dir --user -r requirements.txt
+COPY --chown=user demo demo
+COPY --chown=user finetune finetune
+COPY --chown=user dialogues dialogues
+COPY --chown=user LICENSE README.md ./
+RUN mkdir -p data
+EXPOSE 7860
+CMD ["python", "demo/app.py"]

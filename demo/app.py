@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import sys
 import threading
 import time
@@ -22,7 +23,7 @@ if __package__ in (None, ""):  # run as `python demo/app.py`: make the repositor
 
 import gradio as gr
 
-from demo import arena, backends, ratings, settings
+from demo import arena, backends, mirror, ratings, results, review, settings
 
 log = logging.getLogger("demo.app")
 
@@ -53,9 +54,11 @@ def build(
     blind: bool = True,
     turn_limit: int = arena.DEFAULT_TURN_LIMIT,
     max_new_tokens: int = 512,
+    admin: results.Admin | None = None,
 ) -> gr.Blocks:
     """The arena's Blocks for two models (configured left and right) and a ratings store."""
     openers = load_openers()
+    admin = admin or results.Admin(token=None, on_space=False)
 
     # -- handlers: one per idea ----------------------------------------------------------------------------
     def new_conversation() -> tuple:
@@ -249,89 +252,110 @@ def build(
         status = gr.Markdown("Checking the models…", elem_id="status")
         with gr.Row():
             rater = gr.Textbox(label="Your name (rater)", placeholder="who is rating", scale=2, elem_id="rater")
+            if os.environ.get("OAUTH_CLIENT_ID"):  # a Space with `hf_oauth: true`: raters sign in, names are theirs
+                gr.LoginButton(scale=1)
             new_btn = gr.Button("New conversation", scale=1, elem_id="new-conversation")
-        gr.Markdown(arena.RATING_HELP)
+        admin_token = gr.Textbox(label="Admin token", type="password", render=False, elem_id="admin-token")
+        with gr.Tabs():
+            with gr.Tab("Arena", id="arena"):
+                gr.Markdown(arena.RATING_HELP)
 
-        chats, labels, side_inputs, side_sends, again_btns = [], [], [], [], []
-        with gr.Row(equal_height=False):
-            for i, s in enumerate(SIDES):
-                with gr.Column(elem_id=f"side-{s}"):
-                    labels.append(gr.Markdown(arena.label(s, "", None), elem_id=f"label-{s}"))
-                    chats.append(
-                        gr.Chatbot(
-                            label=f"Model {s.upper()}",
-                            elem_id=f"chat-{s}",
-                            height=420,
-                            feedback_options=None,
-                            sanitize_html=True,
-                            allow_tags=False,
-                        )
+                chats, labels, side_inputs, side_sends, again_btns = [], [], [], [], []
+                with gr.Row(equal_height=False):
+                    for i, s in enumerate(SIDES):
+                        with gr.Column(elem_id=f"side-{s}"):
+                            labels.append(gr.Markdown(arena.label(s, "", None), elem_id=f"label-{s}"))
+                            chats.append(
+                                gr.Chatbot(
+                                    label=f"Model {s.upper()}",
+                                    elem_id=f"chat-{s}",
+                                    height=420,
+                                    feedback_options=None,
+                                    sanitize_html=True,
+                                    allow_tags=False,
+                                )
+                            )
+                            with gr.Row():
+                                side_inputs.append(
+                                    gr.Textbox(
+                                        placeholder=f"Follow-up to {s.upper()} only",
+                                        show_label=False,
+                                        scale=4,
+                                        elem_id=f"input-{s}",
+                                        max_length=arena.MAX_MESSAGE_CHARS,
+                                    )
+                                )
+                                side_sends.append(gr.Button(f"Send to {s.upper()}", scale=1, elem_id=f"send-{s}"))
+                            again_btns.append(
+                                gr.Button("↻ Regenerate", size="sm", interactive=False, elem_id=f"again-{s}")
+                            )
+
+                            @gr.render(inputs=[rate_keys[i]])
+                            def rating_controls(keys: tuple, s: str = s) -> None:
+                                current = store.ratings_of([turn_id for _, turn_id in keys])
+                                for n, turn_id in keys:
+                                    radio = gr.Radio(
+                                        list(ratings.RATINGS),
+                                        value=current.get(turn_id),
+                                        label=f"{s.upper()} · turn {n}",
+                                        key=f"rate-{turn_id}",
+                                        elem_classes=["turn-rating"],
+                                        elem_id=f"rate-{s}-{n}",
+                                    )
+                                    radio.input(
+                                        make_rate(turn_id),
+                                        inputs=[radio, rater, conv],
+                                        outputs=[*verdict_btns, verdict_note],
+                                        api_visibility="private",
+                                        concurrency_limit=None,
+                                    )
+
+                with gr.Row():
+                    shared = gr.Textbox(
+                        placeholder="Message to both models",
+                        show_label=False,
+                        scale=5,
+                        elem_id="input-both",
+                        max_length=arena.MAX_MESSAGE_CHARS,
                     )
-                    with gr.Row():
-                        side_inputs.append(
-                            gr.Textbox(
-                                placeholder=f"Follow-up to {s.upper()} only",
-                                show_label=False,
-                                scale=4,
-                                elem_id=f"input-{s}",
-                                max_length=arena.MAX_MESSAGE_CHARS,
-                            )
-                        )
-                        side_sends.append(gr.Button(f"Send to {s.upper()}", scale=1, elem_id=f"send-{s}"))
-                    again_btns.append(gr.Button("↻ Regenerate", size="sm", interactive=False, elem_id=f"again-{s}"))
+                    send_both = gr.Button("Send to both", variant="primary", scale=1, elem_id="send-both")
+                follow_ups = gr.Markdown("", elem_id="follow-ups")
+                with gr.Row():
+                    verdict_btns = [
+                        gr.Button("A is better", interactive=False, elem_id="verdict-a"),
+                        gr.Button("Tie", interactive=False, elem_id="verdict-tie"),
+                        gr.Button("B is better", interactive=False, elem_id="verdict-b"),
+                    ]
+                verdict_note = gr.Markdown("", elem_id="verdict-note")
+                if openers:
+                    opener_list = gr.Dataset(
+                        components=[gr.Textbox(visible=False)],
+                        samples=[[f"{o['category']}: {o['prompt']}"] for o in openers],
+                        label="Evaluation openers (click to use)",
+                        type="index",
+                        samples_per_page=10,
+                        elem_id="openers",
+                    )
+                with gr.Accordion("Decoding (LIMA: top-p 0.9, temperature 0.7, repetition penalty 1.2)", open=False):
+                    temperature = gr.Slider(0.0, 2.0, value=0.7, step=0.05, label="temperature")
+                    top_p = gr.Slider(0.05, 1.0, value=0.9, step=0.05, label="top-p")
+                    repetition_penalty = gr.Slider(1.0, 2.0, value=1.2, step=0.05, label="repetition penalty")
+                    max_tokens = gr.Slider(
+                        16, backends.TOTAL_TOKEN_BUDGET, value=max_new_tokens, step=16, label="max new tokens"
+                    )
 
-                    @gr.render(inputs=[rate_keys[i]])
-                    def rating_controls(keys: tuple, s: str = s) -> None:
-                        current = store.ratings_of([turn_id for _, turn_id in keys])
-                        for n, turn_id in keys:
-                            radio = gr.Radio(
-                                list(ratings.RATINGS),
-                                value=current.get(turn_id),
-                                label=f"{s.upper()} · turn {n}",
-                                key=f"rate-{turn_id}",
-                                elem_classes=["turn-rating"],
-                                elem_id=f"rate-{s}-{n}",
-                            )
-                            radio.input(
-                                make_rate(turn_id),
-                                inputs=[radio, rater, conv],
-                                outputs=[*verdict_btns, verdict_note],
-                                api_visibility="private",
-                            )
-
-        with gr.Row():
-            shared = gr.Textbox(
-                placeholder="Message to both models",
-                show_label=False,
-                scale=5,
-                elem_id="input-both",
-                max_length=arena.MAX_MESSAGE_CHARS,
-            )
-            send_both = gr.Button("Send to both", variant="primary", scale=1, elem_id="send-both")
-        follow_ups = gr.Markdown("", elem_id="follow-ups")
-        with gr.Row():
-            verdict_btns = [
-                gr.Button("A is better", interactive=False, elem_id="verdict-a"),
-                gr.Button("Tie", interactive=False, elem_id="verdict-tie"),
-                gr.Button("B is better", interactive=False, elem_id="verdict-b"),
-            ]
-        verdict_note = gr.Markdown("", elem_id="verdict-note")
-        if openers:
-            opener_list = gr.Dataset(
-                components=[gr.Textbox(visible=False)],
-                samples=[[f"{o['category']}: {o['prompt']}"] for o in openers],
-                label="Evaluation openers (click to use)",
-                type="index",
-                samples_per_page=10,
-                elem_id="openers",
-            )
-        with gr.Accordion("Decoding (LIMA: top-p 0.9, temperature 0.7, repetition penalty 1.2)", open=False):
-            temperature = gr.Slider(0.0, 2.0, value=0.7, step=0.05, label="temperature")
-            top_p = gr.Slider(0.05, 1.0, value=0.9, step=0.05, label="top-p")
-            repetition_penalty = gr.Slider(1.0, 2.0, value=1.2, step=0.05, label="repetition penalty")
-            max_tokens = gr.Slider(
-                16, backends.TOTAL_TOKEN_BUDGET, value=max_new_tokens, step=16, label="max new tokens"
-            )
+            with gr.Tab("Review", id="review"):
+                review.layout(store, rater)
+            with gr.Tab("Results", id="results", visible=admin.open, elem_id="tab-results") as results_tab:
+                results.layout(store, admin, admin_token)
+        if admin.open:  # results are open to whoever runs the app: no token to ask for
+            with gr.Column(visible=False):
+                admin_token.render()
+        else:
+            with gr.Accordion("Admin", open=False):
+                admin_token.render()
+                unlock_btn = gr.Button("Show results", elem_id="admin-unlock")
+                unlock_note = gr.Markdown("")
 
         # -- wiring ----------------------------------------------------------------------------------------
         decoding_inputs = [temperature, top_p, repetition_penalty, max_tokens, rater]
@@ -373,11 +397,25 @@ def build(
             opener_list.click(
                 pick_opener, inputs=[opener_list, conv], outputs=[shared, follow_ups], api_visibility="private"
             )
+        if not admin.open:
+
+            def unlock(token: str) -> tuple:
+                if not admin.allows(token):
+                    raise gr.Error("That is not the admin token.")
+                return gr.update(visible=True), "Results unlocked for this page."
+
+            unlock_btn.click(unlock, inputs=admin_token, outputs=[results_tab, unlock_note], api_visibility="private")
         # API-only endpoints (hidden components): the session's conversation as stored, and rating by turn id.
         api_btn = gr.Button(visible=False)
         api_btn.click(current_conversation, inputs=[conv], outputs=gr.JSON(visible=False), api_name="conversation")
         rate_inputs = [gr.Textbox(visible=False), gr.Textbox(visible=False), rater]
-        api_btn.click(rate_by_id, inputs=rate_inputs, outputs=gr.Textbox(visible=False), api_name="rate")
+        api_btn.click(
+            rate_by_id,
+            inputs=rate_inputs,
+            outputs=gr.Textbox(visible=False),
+            api_name="rate",
+            concurrency_limit=None,  # a rating is one short SQLite write; the store serialises them itself
+        )
     return demo
 
 
@@ -396,9 +434,24 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(model, backends.LocalBackend):
             threading.Thread(target=model.load, daemon=True).start()
     store = ratings.Store(config.db)
-    demo = build(models, store, blind=config.blind, turn_limit=config.turn_limit, max_new_tokens=max_new)
+    if config.dataset_repo or config.mirror_dir:
+        # Secrets come from the environment only (HF_TOKEN); a Space's disk is ephemeral, the dataset is not.
+        folder = config.mirror_dir or f"{config.db}.jsonl.d"
+        try:
+            copy = mirror.JsonlMirror(folder, repo_id=config.dataset_repo, token=os.environ.get("HF_TOKEN"))
+        except Exception as err:  # the Hub fails in many ways (network, token, repo); all mean the same here
+            print(f"error: cannot use dataset repo {config.dataset_repo}: {str(err).splitlines()[0]}", file=sys.stderr)
+            return 2
+        store.listeners.append(copy)
+    admin = results.Admin(token=os.environ.get("LIMA_ARENA_ADMIN_TOKEN"), on_space=bool(os.environ.get("SPACE_ID")))
+    demo = build(models, store, blind=config.blind, turn_limit=config.turn_limit, max_new_tokens=max_new, admin=admin)
     demo.queue(default_concurrency_limit=8)
-    demo.launch(server_name=config.host, server_port=config.port, share=config.share, footer_links=["api"])
+    try:
+        demo.launch(server_name=config.host, server_port=config.port, share=config.share, footer_links=["api"])
+    except OSError as err:  # the port is taken, or the address is not this machine's
+        reason = str(err).splitlines()[0].split(". ")[0]
+        print(f"error: cannot listen on {config.host}:{config.port} ({reason}): pass a free --port", file=sys.stderr)
+        return 2
     return 0
 
 

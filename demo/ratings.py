@@ -75,6 +75,13 @@ CREATE TABLE IF NOT EXISTS verdict_log (
     verdict          TEXT NOT NULL,
     at               REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS review_grants (   -- a conversation handed to another session for a second opinion
+    session          TEXT NOT NULL,
+    conversation_id  TEXT NOT NULL REFERENCES conversations(id),
+    rater            TEXT NOT NULL,
+    granted_at       REAL NOT NULL,
+    PRIMARY KEY (session, conversation_id)
+);
 CREATE VIEW IF NOT EXISTS rated_turns AS  -- contract 3: a row per rated (conversation, side, turn, attempt, rater)
     SELECT t.conversation_id, t.side, t.turn_index, t.attempt, t.model, t.user_text, t.assistant_text,
            t.decoding, r.rating, r.rater, r.first_at, r.updated_at, t.id AS turn_id
@@ -234,11 +241,13 @@ class Store:
         if rating not in RATINGS:
             raise ValueError(f"rating must be one of {', '.join(RATINGS)}, got {rating!r}")
         row = self._one(
-            "SELECT t.status, c.session, c.id FROM turns t JOIN conversations c ON c.id = t.conversation_id"
+            "SELECT t.status, t.side, t.turn_index, t.attempt, t.model, t.user_text, t.assistant_text, c.session,"
+            " c.id, c.rater AS owner, EXISTS (SELECT 1 FROM review_grants g WHERE g.session = ? AND"
+            " g.conversation_id = c.id) AS granted FROM turns t JOIN conversations c ON c.id = t.conversation_id"
             " WHERE t.id = ?",
-            (str(turn_id),),
+            (session, str(turn_id)),
         )
-        if row is None or row["session"] != session:
+        if row is None or (row["session"] != session and not row["granted"]):
             raise NotAllowed("this turn does not belong to your session")
         if row["status"] != "complete":
             raise NotAllowed("a turn that ended in an error cannot be rated; retry it first")
@@ -255,10 +264,22 @@ class Store:
                     " updated_at = excluded.updated_at",
                     (turn_id, rater, rating, now, now),
                 ),
-                ("UPDATE conversations SET rater = ? WHERE id = ? AND rater = ''", (rater, row["id"])),
+                (
+                    "UPDATE conversations SET rater = ? WHERE id = ? AND rater = '' AND session = ?",
+                    (rater, row["id"], session),
+                ),
             ]
         )
-        self._notify("rating", {"turn_id": turn_id, "rater": rater, "rating": rating, "at": now})
+        record = {
+            "turn_id": turn_id,
+            "rater": rater,
+            "rating": rating,
+            "at": now,
+            "conversation_id": row["id"],
+            "second_opinion": row["session"] != session,
+            **{key: row[key] for key in ("side", "turn_index", "attempt", "model", "user_text", "assistant_text")},
+        }
+        self._notify("rating", record)
 
     def set_verdict(self, conversation_id: str, verdict: str, session: str, rater: str) -> None:
         if verdict not in VERDICTS:
@@ -281,6 +302,44 @@ class Store:
             ]
         )
         self._notify("verdict", {"conversation_id": conversation_id, "rater": rater, "verdict": verdict, "at": now})
+
+    def assign_review(self, session: str, rater: str) -> str | None:
+        """Hand this session a stored conversation to rate again: rated by someone else, not theirs, not yet
+        reviewed by this rater; drawn at random. None when there is nothing left to review."""
+        row = self._one(
+            "SELECT c.id FROM conversations c WHERE c.session != ? AND c.rater != ? AND c.rater != ''"
+            " AND EXISTS (SELECT 1 FROM turns t JOIN ratings r ON r.turn_id = t.id WHERE t.conversation_id = c.id)"
+            " AND NOT EXISTS (SELECT 1 FROM review_grants g WHERE g.conversation_id = c.id AND g.rater = ?)"
+            " ORDER BY random() LIMIT 1",
+            (session, rater, rater),
+        )
+        if row is None:
+            return None
+        self._write(
+            [
+                (
+                    "INSERT OR IGNORE INTO review_grants (session, conversation_id, rater, granted_at)"
+                    " VALUES (?, ?, ?, ?)",
+                    (session, row["id"], rater, time.time()),
+                )
+            ]
+        )
+        return row["id"]
+
+    def review_turns(self, conversation_id: str, session: str) -> list[Turn]:
+        """The latest attempt of each successful turn of a conversation granted to this session for review."""
+        if (
+            self._one(
+                "SELECT 1 FROM review_grants WHERE session = ? AND conversation_id = ?", (session, conversation_id)
+            )
+            is None
+        ):
+            raise NotAllowed("this conversation was not handed to your session for review")
+        latest: dict[tuple[str, int], Turn] = {}
+        for turn in self.turns(conversation_id):
+            if turn.status == "complete":
+                latest[(turn.side, turn.turn_index)] = turn
+        return [latest[key] for key in sorted(latest)]
 
     # -- reading -------------------------------------------------------------------------------------------
     def _owned(self, conversation_id: str, session: str) -> None:

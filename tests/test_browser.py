@@ -107,6 +107,11 @@ def test_a_rater_talks_rates_every_turn_judges_and_it_is_all_stored(browser, are
     )
     page = open_page(browser, arena)
     page.fill("#rater input, #rater textarea", "alice")
+    opener = app.load_openers()[0]
+    page.locator("#openers button").first.click()  # an evaluation opener, one click: prompt + planned follow-ups
+    page.wait_for_selector("#follow-ups:has-text('Planned follow-ups')")
+    assert page.input_value("#input-both textarea") == opener["prompt"]
+    assert opener["follow_ups"][0][:40] in page.inner_text("#follow-ups")
     page.fill("#input-both textarea", "What is the capital of France?")
     page.click("#send-both")
 
@@ -146,6 +151,7 @@ def test_a_rater_talks_rates_every_turn_judges_and_it_is_all_stored(browser, are
         arena.db, "SELECT id, model_a, model_b, verdict, rater FROM conversations"
     )[0]
     assert verdict == "b" and rater == "alice"
+    assert stored(arena.db, "SELECT opener_id FROM conversations") == [(opener["id"],)]
     current = dict(
         stored(arena.db, "SELECT side, rating FROM rated_turns WHERE conversation_id = ?", (conversation_id,))
     )

@@ -1,0 +1,531 @@
+"""The report: the ratings database summed up like the paper's Figure 7, plus verdicts, agreement and exports.
+
+Pure computation over a read-only SQLite connection, so it can run beside a live arena. What counts:
+
+- **Turn shares** (Figure 7): for each (conversation, side, turn index), the latest attempt that the
+  conversation's own rater rated; that rating counts once, for the model that wrote it, whatever side it sat on.
+  Second opinions (the same turn rated by other raters) do not move the shares; they feed ``agreement``.
+- **Confidence intervals**: 95 % percentile bootstrap that resamples *conversations* with replacement, since
+  the turns of one conversation are not independent (a model that derails tends to stay derailed).
+- **Verdicts**: one per judged conversation, credited to the model that sat on the winning side.
+
+``python -m demo.report --db ratings.db [--json] [--out DIR] [--a-model NAME]`` prints the summary;
+``python -m demo.report export --db ratings.db --format jsonl|csv|hf --out PATH`` writes every rating with its turn.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sqlite3
+import sys
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+RATINGS = ("excellent", "pass", "fail")  # the order of Figure 7's segments, best first
+TABLES = ("conversations", "turns", "ratings", "verdict_log")
+EXPORT_FORMATS = ("jsonl", "csv", "hf")
+
+# Figure 7 and section 4.3 of arXiv 2305.11206: 10 live conversations, each turn rated by the authors.
+PAPER: dict[str, Any] = {
+    "zero-shot": {"excellent": 45.2, "pass": 19.1, "fail": 35.7, "fails_per_turns": "15 in 42"},
+    "dialogue": {"excellent": 76.1, "pass": 21.7, "fail": 2.2, "fails_per_turns": "1 in 46"},
+    "verdicts": {"better": 7, "tied": 3, "of": 10},
+}
+PAPER_BARS = {"zero-shot": "LIMA zero-shot (paper)", "dialogue": "LIMA dialogue (paper)"}
+COLORS = {"excellent": "#2e7d32", "pass": "#f9a825", "fail": "#c62828"}
+
+
+class ReportError(Exception):
+    """Input the report cannot use (a missing or foreign database, an unknown model or format): one line to show."""
+
+
+# -- reading the database ------------------------------------------------------------------------------------
+def connect(db_path: str | Path) -> sqlite3.Connection:
+    """Open the ratings database read-only; refuse a missing file or one without the store's tables."""
+    path = Path(db_path)
+    if not path.is_file():
+        raise ReportError(f"no ratings database at {path}: pass --db with the file the arena writes (ratings.db)")
+    db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    db.row_factory = sqlite3.Row
+    try:
+        present = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.DatabaseError as exc:
+        db.close()
+        raise ReportError(f"{path} is not a SQLite database ({exc})") from None
+    missing = [table for table in TABLES if table not in present]
+    if missing:
+        db.close()
+        raise ReportError(f"{path} is not a ratings database (no table {', '.join(missing)})")
+    return db
+
+
+def _read_all(db_path: str | Path) -> tuple[dict[str, sqlite3.Row], list[sqlite3.Row], dict[str, str]]:
+    """Conversations by id, every current rating joined to its turn, and who gave each current verdict."""
+    db = connect(db_path)
+    try:
+        conversations = {row["id"]: row for row in db.execute("SELECT * FROM conversations")}
+        rated = db.execute(
+            "SELECT t.conversation_id, t.side, t.turn_index, t.attempt, t.model, r.rater, r.rating"
+            " FROM ratings r JOIN turns t ON t.id = r.turn_id"
+        ).fetchall()
+        # The log, in order, ends with the verdict the conversation holds now.
+        log = db.execute("SELECT conversation_id, rater FROM verdict_log ORDER BY seq")
+        verdict_by = {row["conversation_id"]: row["rater"] for row in log}
+    except sqlite3.DatabaseError as exc:
+        raise ReportError(f"cannot read {db_path}: {exc}") from None
+    finally:
+        db.close()
+    return conversations, rated, verdict_by
+
+
+# -- arithmetic ----------------------------------------------------------------------------------------------
+def _pct(part: int, whole: int) -> float:
+    return round(100 * part / whole, 1) if whole else 0.0
+
+
+def _shares(ratings: Iterable[str]) -> dict[str, Any]:
+    counts = Counter(ratings)
+    total = sum(counts.values())
+    return {"turns": total, **{name: _pct(counts[name], total) for name in RATINGS}}
+
+
+def _bootstrap(per_conversation: list[Counter], resamples: int, seed: int) -> dict[str, list[float] | None]:
+    """95 % percentile intervals of the excellent and fail shares, resampling conversations with replacement."""
+    if len(per_conversation) < 2:
+        return {"excellent": None, "fail": None}
+    counts = np.array([[c[name] for name in RATINGS] for c in per_conversation], dtype=float)
+    picks = np.random.default_rng(seed).integers(0, len(counts), size=(resamples, len(counts)))
+    sums = counts[picks].sum(axis=1)  # (resamples, 3): the ratings of each resampled set of conversations
+    shares = 100 * sums / sums.sum(axis=1, keepdims=True)
+    intervals = {}
+    for column, name in enumerate(RATINGS):
+        low, high = np.percentile(shares[:, column], [2.5, 97.5])
+        intervals[name] = [round(float(low), 1), round(float(high), 1)]
+    return {"excellent": intervals["excellent"], "fail": intervals["fail"]}
+
+
+def fleiss_kappa(items: list[Counter]) -> tuple[float | None, float | None]:
+    """Observed agreement P̄ and Fleiss' kappa, generalised to a varying number of raters per item.
+
+    P_i = (Σ_j n_ij² − n_i) / (n_i (n_i − 1)); p_j = Σ_i n_ij / Σ_i n_i; P_e = Σ_j p_j²;
+    κ = (P̄ − P_e) / (1 − P_e), undefined (None) when every rating falls in one category.
+    """
+    items = [item for item in items if sum(item.values()) >= 2]
+    if not items:
+        return None, None
+    observed = []
+    for item in items:
+        n = sum(item.values())
+        observed.append((sum(v * v for v in item.values()) - n) / (n * (n - 1)))
+    p_bar = sum(observed) / len(observed)
+    totals = sum(items, Counter())
+    grand = sum(totals.values())
+    p_e = sum((v / grand) ** 2 for v in totals.values())
+    kappa = None if p_e >= 1 else (p_bar - p_e) / (1 - p_e)
+    return p_bar, kappa
+
+
+# -- the report ----------------------------------------------------------------------------------------------
+def _empty_verdicts(a_model: str | None = None) -> dict[str, Any]:
+    return {"a_model": a_model, "b_model": None, "wins": 0, "losses": 0, "ties": 0, "conversations": 0}
+
+
+def _verdicts(conversations: dict[str, sqlite3.Row], a_model: str | None) -> tuple[dict, list[dict]]:
+    """The verdict tally of every pair of models; the main one is the pair judged most often (with a_model)."""
+    by_pair: dict[tuple[str, str], list[sqlite3.Row]] = defaultdict(list)
+    for conv in conversations.values():
+        if conv["verdict"] and conv["model_a"] != conv["model_b"]:  # a model against itself credits no one
+            by_pair[tuple(sorted((conv["model_a"], conv["model_b"])))].append(conv)
+    pairs = []
+    for pair, convs in sorted(by_pair.items(), key=lambda item: (-len(item[1]), item[0])):
+        # The later identity in sorted order is "a": lima-1030, the dialogue model, against lima-1000.
+        first = a_model if a_model in pair else pair[1]
+        second = pair[0] if first == pair[1] else pair[1]
+        winners = Counter(
+            "tie" if c["verdict"] == "tie" else c["model_a"] if c["verdict"] == "a" else c["model_b"] for c in convs
+        )
+        pairs.append(
+            {
+                "a_model": first,
+                "b_model": second,
+                "wins": winners[first],
+                "losses": winners[second],
+                "ties": winners["tie"],
+                "conversations": len(convs),
+            }
+        )
+    if a_model is None:
+        return (pairs[0] if pairs else _empty_verdicts()), pairs
+    main = [p for p in pairs if p["a_model"] == a_model]
+    if not main and pairs:
+        judged = sorted({name for p in pairs for name in (p["a_model"], p["b_model"])})
+        raise ReportError(f"no judged conversation involves {a_model!r}; judged models: {', '.join(judged)}")
+    return (main[0] if main else _empty_verdicts(a_model)), pairs
+
+
+def build_report(db_path: str | Path, a_model: str | None = None, resamples: int = 2000, seed: int = 0) -> dict:
+    """Everything the summary, the figure and ``--json`` show, as one JSON-ready dict."""
+    if resamples < 1:
+        raise ReportError(f"resamples must be at least 1, got {resamples}")
+    conversations, rated, verdict_by = _read_all(db_path)
+
+    # Group the current ratings by turn slot: (conversation, side, turn index) -> attempt -> rater -> rating.
+    slots: dict[tuple[str, str, int], dict[int, dict[str, sqlite3.Row]]] = defaultdict(lambda: defaultdict(dict))
+    for row in rated:
+        slots[row["conversation_id"], row["side"], row["turn_index"]][row["attempt"]][row["rater"]] = row
+
+    # The counted rating of each slot: the latest attempt its conversation's own rater rated.
+    counted: list[sqlite3.Row] = []
+    agreement_items: list[Counter] = []
+    agreement_raters: set[str] = set()
+    for (conversation_id, _side, _index), attempts in slots.items():
+        owner = conversations[conversation_id]["rater"]
+        own = [attempt for attempt, by_rater in attempts.items() if owner in by_rater]
+        if own:
+            counted.append(attempts[max(own)][owner])
+        latest = attempts[max(attempts)]  # agreement: the latest attempt anyone rated, if two or more did
+        if len(latest) >= 2:
+            agreement_items.append(Counter(row["rating"] for row in latest.values()))
+            agreement_raters.update(latest)
+
+    models: dict[str, dict[str, Any]] = {}
+    for model in sorted({row["model"] for row in counted}):
+        mine = [row for row in counted if row["model"] == model]
+        per_conversation: dict[str, Counter] = defaultdict(Counter)
+        by_turn: dict[int, list[str]] = defaultdict(list)
+        for row in mine:
+            per_conversation[row["conversation_id"]][row["rating"]] += 1
+            by_turn[row["turn_index"]].append(row["rating"])
+        shares = _shares(row["rating"] for row in mine)
+        fails = sum(row["rating"] == "fail" for row in mine)
+        intervals = _bootstrap(list(per_conversation.values()), resamples, seed)
+        models[model] = {
+            **shares,
+            "excellent_ci": intervals["excellent"],
+            "fail_ci": intervals["fail"],
+            "fails": fails,
+            "fails_per_turns": f"{fails} in {shares['turns']}",
+            "conversations": len(per_conversation),
+            "by_turn": {str(index): _shares(by_turn[index]) for index in sorted(by_turn)},
+        }
+
+    raters: dict[str, dict[str, int]] = defaultdict(lambda: {"conversations": 0, "ratings": 0, "verdicts": 0})
+    rated_conversations: dict[str, set[str]] = defaultdict(set)
+    for row in rated:
+        raters[row["rater"]]["ratings"] += 1
+        rated_conversations[row["rater"]].add(row["conversation_id"])
+    for rater, convs in rated_conversations.items():
+        raters[rater]["conversations"] = len(convs)
+    for conversation_id, conv in conversations.items():
+        if conv["verdict"]:
+            raters[verdict_by.get(conversation_id, conv["rater"])]["verdicts"] += 1
+
+    raw, kappa = fleiss_kappa(agreement_items)
+    verdicts, verdict_pairs = _verdicts(conversations, a_model)
+    return {
+        "db": str(db_path),
+        "counting": "each (conversation, side, turn) once: its latest attempt rated by the conversation's own rater",
+        "bootstrap": {"resamples": resamples, "seed": seed, "unit": "conversation", "level": 95},
+        "conversations": len({row["conversation_id"] for row in counted}),
+        "turns": len(counted),
+        "models": models,
+        "verdicts": verdicts,
+        "verdict_pairs": verdict_pairs,
+        "raters": {name: raters[name] for name in sorted(raters)},
+        "agreement": {
+            "turns": len(agreement_items),
+            "raters": len(agreement_raters),
+            "raw": None if raw is None else round(raw, 3),
+            "kappa": None if kappa is None else round(kappa, 3),
+            "method": "fleiss",
+        },
+        "paper": PAPER,
+    }
+
+
+# -- Markdown ------------------------------------------------------------------------------------------------
+def _cell(text: object) -> str:
+    """Names come from raters and model folders: keep a stray pipe or newline from breaking the table."""
+    return str(text).replace("|", "\\|").replace("\n", " ") or "(unnamed)"
+
+
+def _ci(interval: list[float] | None) -> str:
+    return f" ({interval[0]:.1f}–{interval[1]:.1f})" if interval else ""
+
+
+def markdown(report: dict) -> str:
+    """A readable summary: Figure 7 beside the paper's bars, verdicts, turn depth, raters, agreement."""
+    paper = report["paper"]
+    lines = ["# LIMA multi-turn arena: report", ""]
+    if report["turns"]:
+        lines += [
+            f"{report['conversations']} conversations, {report['turns']} rated turns. Each turn counts once: its "
+            "latest attempt rated by the conversation's own rater. In brackets: 95 % bootstrap intervals over "
+            f"conversations ({report['bootstrap']['resamples']} resamples, seed {report['bootstrap']['seed']}).",
+        ]
+    else:
+        lines += ["No ratings yet: rate some turns in the arena, then run the report again. The paper's bars:"]
+    lines += [
+        "",
+        "## Turn ratings (the paper's Figure 7)",
+        "",
+        "| model | conversations | excellent | pass | fail | fails |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, m in report["models"].items():
+        lines.append(
+            f"| {_cell(name)} | {m['conversations']} | {m['excellent']:.1f} %{_ci(m['excellent_ci'])} "
+            f"| {m['pass']:.1f} % | {m['fail']:.1f} %{_ci(m['fail_ci'])} | {m['fails_per_turns']} |"
+        )
+    for key, label in PAPER_BARS.items():
+        bar = paper[key]
+        lines.append(
+            f"| {label} | {paper['verdicts']['of']} | {bar['excellent']:.1f} % | {bar['pass']:.1f} % "
+            f"| {bar['fail']:.1f} % | {bar['fails_per_turns']} |"
+        )
+
+    lines += ["", "## Verdicts", ""]
+    v = report["verdicts"]
+    if v["conversations"]:
+        lines.append(
+            f"{_cell(v['a_model'])} better in {v['wins']}, {_cell(v['b_model'])} better in {v['losses']}, "
+            f"tied in {v['ties']} (of {v['conversations']} judged conversations)."
+        )
+        others = [p for p in report["verdict_pairs"] if p != v]
+        for p in others:
+            lines.append(
+                f"- also {_cell(p['a_model'])} vs {_cell(p['b_model'])}: better in {p['wins']}, worse in "
+                f"{p['losses']}, tied in {p['ties']} (of {p['conversations']})"
+            )
+    else:
+        lines.append("No verdicts yet.")
+    pv = paper["verdicts"]
+    lines += ["", f"Paper: the dialogue model better in {pv['better']} of {pv['of']}, tied in {pv['tied']}."]
+
+    if report["models"]:
+        lines += ["", "## By turn", "", "Multi-turn failures grow with depth: the shares at each turn index.", ""]
+        for name, m in report["models"].items():
+            lines += [f"**{_cell(name)}**", "", "| turn | turns | excellent | pass | fail |", "|---:" * 5 + "|"]
+            for index, t in m["by_turn"].items():
+                lines.append(
+                    f"| {index} | {t['turns']} | {t['excellent']:.1f} % | {t['pass']:.1f} % | {t['fail']:.1f} % |"
+                )
+            lines.append("")
+        lines.pop()
+
+    lines += ["", "## Raters", ""]
+    if report["raters"]:
+        lines += ["| rater | conversations | ratings | verdicts |", "|---|---:|---:|---:|"]
+        for name, r in report["raters"].items():
+            lines.append(f"| {_cell(name)} | {r['conversations']} | {r['ratings']} | {r['verdicts']} |")
+    else:
+        lines.append("No raters yet.")
+
+    a = report["agreement"]
+    lines += ["", "## Agreement", ""]
+    if a["turns"]:
+        kappa = "undefined (every rating in one category)" if a["kappa"] is None else f"{a['kappa']:.3f}"
+        lines.append(
+            f"On {a['turns']} turns rated by two or more of {a['raters']} raters: observed agreement "
+            f"{a['raw']:.3f}, Fleiss' κ {kappa}."
+        )
+    else:
+        lines.append("No turn has two raters yet: agreement needs second opinions on the same turns.")
+    return "\n".join(lines) + "\n"
+
+
+# -- the figure ----------------------------------------------------------------------------------------------
+def figure(report: dict, path: str | Path) -> Path:
+    """Figure 7 redrawn: a stacked horizontal bar per model of ours, then the paper's two bars, as a PNG."""
+    # The object API with an explicit Agg canvas: no pyplot global state, no display needed.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
+
+    bars: list[tuple[str, dict[str, float], bool]] = []
+    for name, m in report["models"].items():
+        label = f"{name}\n{m['turns']} turns, {m['conversations']} conversations"
+        if m["excellent_ci"]:
+            label += f"\nCI excellent {m['excellent_ci'][0]:.0f}–{m['excellent_ci'][1]:.0f}"
+            label += f", fail {m['fail_ci'][0]:.0f}–{m['fail_ci'][1]:.0f}"
+        bars.append((label, m, False))
+    for key, label in PAPER_BARS.items():
+        turns = report["paper"][key]["fails_per_turns"].split(" in ")[-1]
+        bars.append((f"{label}\n{turns} turns", report["paper"][key], True))
+
+    fig = Figure(figsize=(10, 1.4 + 0.9 * len(bars)), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    rows = range(len(bars))[::-1]  # ours on top, the paper's at the bottom
+    for row, (_label, shares, is_paper) in zip(rows, bars, strict=True):
+        style = {"alpha": 0.55, "hatch": "//"} if is_paper else {}
+        left = 0.0
+        for name in RATINGS:
+            width = shares[name]
+            ax.barh(row, width, left=left, color=COLORS[name], edgecolor="white", **style)
+            if width >= 5:
+                ax.text(left + width / 2, row, f"{width:.1f}%", ha="center", va="center", fontsize=9)
+            elif width > 0:  # too narrow to hold its label: write it just above the bar
+                ax.text(left + width / 2, row + 0.42, f"{width:.1f}%", ha="center", va="bottom", fontsize=7)
+            left += width
+    ax.set_yticks(list(rows), [label for label, _, _ in bars], fontsize=8)
+    ax.set_xlim(0, 100)
+    ax.set_xlabel("share of rated turns (%)")
+    title = "Turn ratings, cf. LIMA Figure 7"
+    if not report["models"]:
+        title += " (no ratings yet: only the paper's bars)"
+    ax.set_title(title, pad=24)
+    legend = [Patch(color=COLORS[name], label=name) for name in RATINGS]
+    legend.append(Patch(facecolor="white", edgecolor="grey", hatch="//", label="paper"))
+    ax.legend(handles=legend, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncols=4, frameon=False, fontsize=8)
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    return path
+
+
+# -- exports -------------------------------------------------------------------------------------------------
+EXPORT_FIELDS = (
+    "conversation_id", "side", "turn_index", "attempt", "model", "rater", "rating", "rated_at",
+    "user_text", "assistant_text", "context", "decoding", "verdict", "opener_id",
+)  # fmt: skip
+
+
+def export_rows(db_path: str | Path) -> list[dict]:
+    """One row per current rating (every rater, every attempt), with the turn, what the model saw before it, and
+    the conversation's verdict: a dataset for studying raters and multi-turn failure."""
+    db = connect(db_path)
+    try:
+        turns = db.execute(
+            "SELECT conversation_id, side, turn_index, attempt, user_text, assistant_text, status FROM turns"
+            " ORDER BY conversation_id, side, turn_index, attempt"
+        ).fetchall()
+        rated = db.execute(
+            "SELECT t.conversation_id, t.side, t.turn_index, t.attempt, t.model, r.rater, r.rating,"
+            " r.updated_at, t.user_text, t.assistant_text, t.decoding, c.verdict, c.opener_id"
+            " FROM ratings r JOIN turns t ON t.id = r.turn_id JOIN conversations c ON c.id = t.conversation_id"
+            " ORDER BY c.created_at, t.conversation_id, t.side, t.turn_index, t.attempt, r.rater"
+        ).fetchall()
+    except sqlite3.DatabaseError as exc:
+        raise ReportError(f"cannot read {db_path}: {exc}") from None
+    finally:
+        db.close()
+    # What the model saw: each earlier turn's latest attempt; a failed one is left out, as the arena does.
+    latest: dict[tuple[str, str], dict[int, sqlite3.Row]] = defaultdict(dict)
+    for turn in turns:  # ordered by attempt, so the last one written wins
+        latest[turn["conversation_id"], turn["side"]][turn["turn_index"]] = turn
+    rows = []
+    for r in rated:
+        earlier = latest[r["conversation_id"], r["side"]]
+        context = []
+        for index in sorted(i for i in earlier if i < r["turn_index"]):
+            if earlier[index]["status"] == "complete":
+                context += [
+                    {"role": "user", "content": earlier[index]["user_text"]},
+                    {"role": "assistant", "content": earlier[index]["assistant_text"]},
+                ]
+        row = dict(r)
+        row.update(rated_at=row.pop("updated_at"), context=context, decoding=json.loads(row["decoding"] or "{}"))
+        rows.append({field: row[field] for field in EXPORT_FIELDS})
+    return rows
+
+
+def export(db_path: str | Path, fmt: str, out: str | Path, push_to_hub: str | None = None) -> Path:
+    """Write every rating as JSONL, CSV (context and decoding as JSON in their cells) or a datasets folder."""
+    if fmt not in EXPORT_FORMATS:
+        raise ReportError(f"unknown export format {fmt!r}: use one of {', '.join(EXPORT_FORMATS)}")
+    if push_to_hub and fmt != "hf":
+        raise ReportError("--push-to-hub needs --format hf")
+    token = os.environ.get("HF_TOKEN")
+    if push_to_hub and not token:
+        raise ReportError("HF_TOKEN is not set: export a Hub token with write access to push the dataset")
+    rows = export_rows(db_path)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if fmt == "jsonl":
+        with out.open("w", encoding="utf-8") as f:
+            for row in rows:
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    elif fmt == "csv":
+        with out.open("w", encoding="utf-8", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=EXPORT_FIELDS)
+            writer.writeheader()
+            for row in rows:
+                cells = {**row, "context": json.dumps(row["context"], ensure_ascii=False)}
+                writer.writerow({**cells, "decoding": json.dumps(row["decoding"], sort_keys=True)})
+    else:
+        import datasets
+
+        dataset = datasets.Dataset.from_list(rows)
+        dataset.save_to_disk(str(out))
+        if push_to_hub:
+            dataset.push_to_hub(push_to_hub, private=True, token=token)
+    return out
+
+
+# -- command line --------------------------------------------------------------------------------------------
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, not usage + message
+        raise ReportError(f"{message} (see python -m demo.report --help)")
+
+
+def _report_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="python -m demo.report",
+        description="Sum up the ratings database like the paper's Figure 7. "
+        "`python -m demo.report export --help` for the data export.",
+    )
+    parser.add_argument("--db", type=Path, required=True, help="the arena's SQLite ratings database")
+    parser.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    parser.add_argument("--out", type=Path, help="also write figure7.png, summary.md and report.json here")
+    parser.add_argument(
+        "--a-model", help="the model whose verdict wins are counted (default: the later name, e.g. lima-1030)"
+    )
+    parser.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples (default 2000)")
+    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    return parser
+
+
+def _export_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="python -m demo.report export", description="Write every rating with its turn and context.")
+    parser.add_argument("--db", type=Path, required=True, help="the arena's SQLite ratings database")
+    parser.add_argument("--format", required=True, help="jsonl | csv | hf (a datasets folder)")
+    parser.add_argument("--out", type=Path, required=True, help="the file (jsonl, csv) or folder (hf) to write")
+    parser.add_argument("--push-to-hub", metavar="REPO", help="with --format hf: also push, private, with HF_TOKEN")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        if argv[:1] == ["export"]:
+            args = _export_parser().parse_args(argv[1:])
+            out = export(args.db, args.format, args.out, args.push_to_hub)
+            print(f"wrote {out}" + (f" and pushed {args.push_to_hub}" if args.push_to_hub else ""))
+            return 0
+        args = _report_parser().parse_args(argv)
+        report = build_report(args.db, a_model=args.a_model, resamples=args.resamples, seed=args.seed)
+        summary = markdown(report)
+        if args.out:
+            args.out.mkdir(parents=True, exist_ok=True)
+            figure(report, args.out / "figure7.png")
+            (args.out / "summary.md").write_text(summary, encoding="utf-8")
+            (args.out / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+        print(json.dumps(report, ensure_ascii=False) if args.json else summary, end="\n" if args.json else "")
+        return 0
+    except (ReportError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,62 @@
+"""The Results tab: the paper's Figure 7 for the models in this arena, and the ratings export, for admins.
+
+On a public Space the tab is hidden and every handler refuses unless the admin token (``LIMA_ARENA_ADMIN_TOKEN``,
+from the environment only) is given; the token is compared in constant time and never sent back. Run locally
+with no admin token configured, the results are open to whoever runs the app.
+"""
+
+from __future__ import annotations
+
+import hmac
+import tempfile
+from pathlib import Path
+
+import gradio as gr
+
+from demo import ratings
+
+
+class Admin:
+    """Who may see results: anyone locally when no token is set; only token holders otherwise (and on Spaces)."""
+
+    def __init__(self, token: str | None, on_space: bool) -> None:
+        self._token = token or None
+        self.open = self._token is None and not on_space
+
+    def allows(self, given: str | None) -> bool:
+        if self.open:
+            return True
+        return self._token is not None and hmac.compare_digest((given or "").encode(), self._token.encode())
+
+
+def layout(store: ratings.Store, admin: Admin, token_box: gr.Textbox) -> None:
+    """The tab's components and events, inside the caller's ``gr.Tab``."""
+    from demo import report
+
+    def check(token: str | None) -> None:
+        if not admin.allows(token):
+            raise gr.Error("Results need the admin token.")
+
+    def refresh(token: str | None) -> tuple:
+        check(token)
+        data = report.build_report(store.path)
+        out = Path(tempfile.mkdtemp(prefix="lima-results-"))
+        report.figure(data, out / "figure7.png")
+        return str(out / "figure7.png"), report.markdown(data), data
+
+    def export(token: str | None, fmt: str) -> str:
+        check(token)
+        out = Path(tempfile.mkdtemp(prefix="lima-export-")) / f"ratings.{fmt}"
+        report.export(store.path, fmt, out)
+        return str(out)
+
+    gr.Markdown("Turn ratings per model, as in LIMA's Figure 7, beside the paper's bars; refreshed on demand.")
+    refresh_btn = gr.Button("Refresh results", variant="primary", elem_id="results-refresh")
+    chart = gr.Image(label="Figure 7 for these models", type="filepath", elem_id="results-figure")
+    summary = gr.Markdown("", elem_id="results-summary")
+    with gr.Row():
+        fmt = gr.Radio(["jsonl", "csv"], value="jsonl", label="Export format", scale=1)
+        export_btn = gr.Button("Export ratings", scale=1, elem_id="results-export")
+    exported = gr.File(label="Export", elem_id="results-file")
+    refresh_btn.click(refresh, inputs=[token_box], outputs=[chart, summary, gr.JSON(visible=False)], api_name="results")
+    export_btn.click(export, inputs=[token_box, fmt], outputs=exported, api_name="export")

@@ -1,0 +1,350 @@
+"""The report: Figure 7 shares, bootstrap intervals, verdicts with swapped sides, agreement, exports, the CLI.
+
+The fixture database is written through the real store, with answers computed by hand below.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+from conftest import run_cli
+
+from demo.ratings import Store
+from demo.report import ReportError, build_report, export, export_rows, figure, fleiss_kappa, markdown
+
+OLD, NEW = "lima-1000", "lima-1030"
+DECODING = {"max_new_tokens": 2048, "repetition_penalty": 1.2, "temperature": 0.7, "top_p": 0.9}
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+# The scenario. Conversations (model_a vs model_b, own rater, verdict):
+#   c1  OLD vs NEW  alice  'b' -> NEW better
+#   c2  NEW vs OLD  alice  'b' -> OLD better (sides swapped: 'b' is lima-1000 here)
+#   c3  OLD vs NEW  carol  'tie'
+#   c5  OLD vs NEW  carol  'b' -> NEW better
+#   c4  OLD vs NEW  (one turn, never rated: not counted anywhere)
+# Turns and the rating that counts (own rater, latest attempt the owner rated):
+#   c1 a (OLD): t1 excellent (alice first said pass, then changed it), t2 fail, t3 fail
+#   c1 b (NEW): t1 excellent, t2 attempt 1 fail -> regenerated, attempt 2 pass (counts), t3 excellent,
+#               t4 excellent by bob only (a second opinion, never counted in shares)
+#   c2 a (NEW): t1 excellent, t2 attempt 1 excellent (counts: attempt 2 was never rated by alice)
+#   c2 b (OLD): t1 pass, t2 error (never rated), t3 fail
+#   c3 a (OLD): t1 excellent      c3 b (NEW): t1 fail
+#   c5 a (OLD): t1 fail           c5 b (NEW): t1 pass
+# lima-1000: 7 turns, E2 P1 F4 -> 28.6 / 14.3 / 57.1, "4 in 7", 4 conversations
+#   by turn: t1 E,P,E,F -> 50/25/25 (4); t2 F -> 0/0/100 (1); t3 F,F -> 0/0/100 (2)
+# lima-1030: 7 turns, E4 P2 F1 -> 57.1 / 28.6 / 14.3, "1 in 7", 4 conversations
+#   by turn: t1 E,E,F,P -> 50/25/25 (4); t2 P,E -> 50/50/0 (2); t3 E -> 100/0/0 (1)
+# Verdicts, a_model = lima-1030 (the later name): wins c1, c5 = 2; losses c2 = 1; ties c3 = 1; of 4.
+# Second opinions: bob on c1 a t1 excellent, c1 a t2 pass, c1 b t2 attempt 1 excellent, attempt 2 pass,
+#   c1 b t4 excellent, c3 b t1 fail; dave on c1 a t2 fail.
+# Raters (current ratings, all attempts): alice 11 ratings in c1, c2, 2 verdicts; bob 6 in c1, c3;
+#   carol 4 in c3, c5, 2 verdicts; dave 1 in c1.
+# Agreement, on the latest rated attempt of each slot with two or more raters:
+#   c1 a t1 {E: 2} P=1;  c1 a t2 {F: 2, P: 1} P=(4+1-3)/(3*2)=1/3;  c1 b t2 att 2 {P: 2} P=1;  c3 b t1 {F: 2} P=1
+#   P̄ = (1 + 1/3 + 1 + 1)/4 = 5/6 = 0.833; totals E2 P3 F4 of 9: P_e = (4+9+16)/81 = 29/81
+#   κ = (5/6 - 29/81)/(1 - 29/81) = (231/486)/(312/486) = 77/104 = 0.740; raters alice, bob, carol, dave = 4
+
+
+class Scenario:
+    def __init__(self, path: Path) -> None:
+        self.store = Store(path)
+        self.clock = 0.0
+
+    def conversation(self, cid: str, model_a: str, model_b: str, rater: str) -> None:
+        self.store.ensure_conversation(cid, f"s-{cid}", model_a, model_b, blind=True, rater=rater, opener_id=f"o-{cid}")
+
+    def turn(self, cid: str, side: str, index: int, model: str, status: str = "complete") -> str:
+        self.clock += 1
+        answer = "" if status == "error" else f"{cid} {side}{index} answer"
+        error = "model unreachable" if status == "error" else None
+        turn = self.store.add_turn(
+            cid, f"s-{cid}", side, index, model, f"{cid} {side}{index} ask", answer, DECODING, self.clock, 0.1,
+            status=status, error=error,
+        )  # fmt: skip
+        # Regenerations are told apart by their text, so exports show which attempt a context holds.
+        if turn.attempt > 1:
+            with sqlite3.connect(self.store.path) as db:
+                db.execute("UPDATE turns SET assistant_text = ? WHERE id = ?", (f"{answer} v{turn.attempt}", turn.id))
+        return turn.id
+
+    def rate(self, cid: str, turn_id: str, rating: str, rater: str) -> None:
+        self.store.rate(turn_id, rating, f"s-{cid}", rater)
+
+
+def build_scenario(path: Path) -> Path:
+    s = Scenario(path)
+    s.conversation("c1", OLD, NEW, "alice")
+    t = s.turn("c1", "a", 1, OLD)
+    s.rate("c1", t, "pass", "alice")
+    s.rate("c1", t, "excellent", "alice")  # changed: the current rating replaces the first
+    s.rate("c1", t, "excellent", "bob")
+    t = s.turn("c1", "a", 2, OLD)
+    s.rate("c1", t, "fail", "alice")
+    s.rate("c1", t, "pass", "bob")
+    s.rate("c1", t, "fail", "dave")
+    s.rate("c1", s.turn("c1", "a", 3, OLD), "fail", "alice")
+    s.rate("c1", s.turn("c1", "b", 1, NEW), "excellent", "alice")
+    t = s.turn("c1", "b", 2, NEW)
+    s.rate("c1", t, "fail", "alice")
+    s.rate("c1", t, "excellent", "bob")
+    t = s.turn("c1", "b", 2, NEW)  # regenerated
+    s.rate("c1", t, "pass", "alice")
+    s.rate("c1", t, "pass", "bob")
+    s.rate("c1", s.turn("c1", "b", 3, NEW), "excellent", "alice")
+    s.rate("c1", s.turn("c1", "b", 4, NEW), "excellent", "bob")
+    s.store.set_verdict("c1", "b", "s-c1", "alice")
+
+    s.conversation("c2", NEW, OLD, "alice")
+    s.rate("c2", s.turn("c2", "a", 1, NEW), "excellent", "alice")
+    s.rate("c2", s.turn("c2", "a", 2, NEW), "excellent", "alice")
+    s.turn("c2", "a", 2, NEW)  # regenerated, never rated
+    s.rate("c2", s.turn("c2", "b", 1, OLD), "pass", "alice")
+    s.turn("c2", "b", 2, OLD, status="error")
+    s.rate("c2", s.turn("c2", "b", 3, OLD), "fail", "alice")
+    s.store.set_verdict("c2", "b", "s-c2", "alice")
+
+    s.conversation("c3", OLD, NEW, "carol")
+    s.rate("c3", s.turn("c3", "a", 1, OLD), "excellent", "carol")
+    t = s.turn("c3", "b", 1, NEW)
+    s.rate("c3", t, "fail", "carol")
+    s.rate("c3", t, "fail", "bob")
+    s.store.set_verdict("c3", "tie", "s-c3", "carol")
+
+    s.conversation("c4", OLD, NEW, "")
+    s.turn("c4", "a", 1, OLD)
+
+    s.conversation("c5", OLD, NEW, "carol")
+    s.rate("c5", s.turn("c5", "a", 1, OLD), "fail", "carol")
+    s.rate("c5", s.turn("c5", "b", 1, NEW), "pass", "carol")
+    s.store.set_verdict("c5", "b", "s-c5", "carol")
+    s.store.close()
+    return path
+
+
+@pytest.fixture(scope="module")
+def db(tmp_path_factory) -> Path:
+    return build_scenario(tmp_path_factory.mktemp("report") / "ratings.db")
+
+
+@pytest.fixture(scope="module")
+def report(db: Path) -> dict:
+    return build_report(db)
+
+
+@pytest.fixture
+def empty_db(tmp_path: Path) -> Path:
+    Store(tmp_path / "empty.db").close()
+    return tmp_path / "empty.db"
+
+
+def test_shares_count_the_latest_attempt_rated_by_the_own_rater(report):
+    old, new = report["models"][OLD], report["models"][NEW]
+    assert (old["turns"], old["excellent"], old["pass"], old["fail"]) == (7, 28.6, 14.3, 57.1)
+    assert (new["turns"], new["excellent"], new["pass"], new["fail"]) == (7, 57.1, 28.6, 14.3)
+    assert (old["fails"], old["fails_per_turns"], old["conversations"]) == (4, "4 in 7", 4)
+    assert (new["fails"], new["fails_per_turns"], new["conversations"]) == (1, "1 in 7", 4)
+    assert (report["conversations"], report["turns"]) == (4, 14)
+    assert list(report["models"]) == [OLD, NEW]
+
+
+def test_by_turn_index(report):
+    assert report["models"][OLD]["by_turn"] == {
+        "1": {"turns": 4, "excellent": 50.0, "pass": 25.0, "fail": 25.0},
+        "2": {"turns": 1, "excellent": 0.0, "pass": 0.0, "fail": 100.0},
+        "3": {"turns": 2, "excellent": 0.0, "pass": 0.0, "fail": 100.0},
+    }
+    assert report["models"][NEW]["by_turn"] == {
+        "1": {"turns": 4, "excellent": 50.0, "pass": 25.0, "fail": 25.0},
+        "2": {"turns": 2, "excellent": 50.0, "pass": 50.0, "fail": 0.0},
+        "3": {"turns": 1, "excellent": 100.0, "pass": 0.0, "fail": 0.0},
+    }
+
+
+def test_verdicts_follow_the_side_each_model_sat_on(db, report):
+    expected = {"a_model": NEW, "b_model": OLD, "wins": 2, "losses": 1, "ties": 1, "conversations": 4}
+    assert report["verdicts"] == expected
+    assert report["verdict_pairs"] == [expected]
+    flipped = build_report(db, a_model=OLD)["verdicts"]
+    assert flipped == {"a_model": OLD, "b_model": NEW, "wins": 1, "losses": 2, "ties": 1, "conversations": 4}
+    with pytest.raises(ReportError, match="lima-7b"):
+        build_report(db, a_model="lima-7b")
+
+
+def test_raters_and_agreement(report):
+    assert report["raters"] == {
+        "alice": {"conversations": 2, "ratings": 11, "verdicts": 2},
+        "bob": {"conversations": 2, "ratings": 6, "verdicts": 0},
+        "carol": {"conversations": 2, "ratings": 4, "verdicts": 2},
+        "dave": {"conversations": 1, "ratings": 1, "verdicts": 0},
+    }
+    assert report["agreement"] == {"turns": 4, "raters": 4, "raw": 0.833, "kappa": 0.74, "method": "fleiss"}
+
+
+def test_fleiss_kappa_edge_cases():
+    from collections import Counter
+
+    assert fleiss_kappa([]) == (None, None)
+    assert fleiss_kappa([Counter(pass_=2), Counter(pass_=3)]) == (1.0, None)  # one category: kappa undefined
+    raw, kappa = fleiss_kappa([Counter(a=1, b=1), Counter(a=1, b=1)])  # always disagree
+    assert raw == 0.0 and kappa == pytest.approx(-1.0)
+
+
+def test_bootstrap_intervals_hold_the_estimate_and_repeat_with_the_seed(db, report):
+    for m in report["models"].values():
+        for share, (low, high) in ((m["excellent"], m["excellent_ci"]), (m["fail"], m["fail_ci"])):
+            assert 0 <= low <= share <= high <= 100
+    again = build_report(db)
+    assert again["models"] == report["models"]
+    other = build_report(db, seed=1, resamples=500)
+    assert other["bootstrap"] == {"resamples": 500, "seed": 1, "unit": "conversation", "level": 95}
+
+
+def test_one_conversation_has_no_interval_and_pairs_are_listed(tmp_path):
+    s = Scenario(tmp_path / "one.db")
+    s.conversation("x", OLD, NEW, "zoe")
+    s.rate("x", s.turn("x", "a", 1, OLD), "pass", "zoe")
+    s.rate("x", s.turn("x", "b", 1, NEW), "fail", "zoe")
+    s.store.set_verdict("x", "a", "s-x", "zoe")
+    for cid in ("y", "z"):
+        s.conversation(cid, "tiny", NEW, "zoe")
+        s.rate(cid, s.turn(cid, "a", 1, "tiny"), "pass", "zoe")
+        s.rate(cid, s.turn(cid, "b", 1, NEW), "pass", "zoe")
+        s.store.set_verdict(cid, "tie", f"s-{cid}", "zoe")
+    report = build_report(s.store.path)  # the store still open: the report reads beside a live arena
+    s.store.close()
+    assert report["models"][OLD]["excellent_ci"] is None and report["models"][OLD]["fail_ci"] is None
+    assert report["models"][NEW]["excellent_ci"] is not None
+    assert report["verdicts"] == {"a_model": "tiny", "b_model": NEW, "wins": 0, "losses": 0, "ties": 2,
+                                  "conversations": 2}  # fmt: skip
+    assert report["verdict_pairs"][1] == {"a_model": NEW, "b_model": OLD, "wins": 0, "losses": 1, "ties": 0,
+                                          "conversations": 1}  # fmt: skip
+    assert build_report(s.store.path, a_model=NEW)["verdicts"]["b_model"] == "tiny"  # still the most judged pair
+    assert "also lima-1030 vs lima-1000" in markdown(report)
+
+
+def test_markdown_and_figure(report, tmp_path):
+    text = markdown(report)
+    assert "| lima-1000 | 4 | 28.6 %" in text and "| 4 in 7 |" in text
+    assert "| LIMA dialogue (paper) | 10 | 76.1 % | 21.7 % | 2.2 % | 1 in 46 |" in text
+    assert "lima-1030 better in 2, lima-1000 better in 1, tied in 1 (of 4 judged conversations)" in text
+    assert "Fleiss' κ 0.740" in text
+    assert figure(report, tmp_path / "f" / "figure7.png").read_bytes()[:8] == PNG_MAGIC
+
+
+def test_empty_database_gives_an_honest_empty_report(empty_db, tmp_path):
+    report = build_report(empty_db)
+    assert (report["conversations"], report["turns"], report["models"], report["raters"]) == (0, 0, {}, {})
+    assert report["verdicts"] == {"a_model": None, "b_model": None, "wins": 0, "losses": 0, "ties": 0,
+                                  "conversations": 0}  # fmt: skip
+    assert report["agreement"] == {"turns": 0, "raters": 0, "raw": None, "kappa": None, "method": "fleiss"}
+    assert report["paper"]["dialogue"]["fails_per_turns"] == "1 in 46"
+    text = markdown(report)
+    assert "No ratings yet" in text and "No verdicts yet" in text and "LIMA zero-shot (paper)" in text
+    assert figure(report, tmp_path / "empty.png").read_bytes()[:8] == PNG_MAGIC
+    assert export_rows(empty_db) == []
+
+
+def test_bad_databases_are_refused(tmp_path):
+    with pytest.raises(ReportError, match="no ratings database"):
+        build_report(tmp_path / "missing.db")
+    (tmp_path / "text.db").write_text("not sqlite at all, just some text that is long enough " * 5)
+    with pytest.raises(ReportError, match="not a SQLite database"):
+        build_report(tmp_path / "text.db")
+    sqlite3.connect(tmp_path / "other.db").execute("CREATE TABLE t (x)").connection.close()
+    with pytest.raises(ReportError, match="not a ratings database"):
+        build_report(tmp_path / "other.db")
+
+
+def test_export_rows_carry_the_context_the_model_saw(db):
+    rows = export_rows(db)
+    assert len(rows) == 22  # every current rating: alice 11, bob 6, carol 4, dave 1
+    row = next(
+        r for r in rows if (r["conversation_id"], r["side"], r["turn_index"], r["rater"]) == ("c1", "b", 3, "alice")
+    )
+    assert row["context"] == [
+        {"role": "user", "content": "c1 b1 ask"},
+        {"role": "assistant", "content": "c1 b1 answer"},
+        {"role": "user", "content": "c1 b2 ask"},
+        {"role": "assistant", "content": "c1 b2 answer v2"},  # the regenerated attempt, not the first
+    ]
+    assert (row["model"], row["rating"], row["verdict"], row["opener_id"]) == (NEW, "excellent", "b", "o-c1")
+    assert row["decoding"] == DECODING and isinstance(row["rated_at"], float)
+    after_error = next(r for r in rows if (r["conversation_id"], r["side"], r["turn_index"]) == ("c2", "b", 3))
+    assert [m["content"] for m in after_error["context"]] == ["c2 b1 ask", "c2 b1 answer"]  # the error left out
+    old_attempt = [
+        r for r in rows if (r["conversation_id"], r["side"], r["turn_index"], r["attempt"]) == ("c1", "b", 2, 1)
+    ]
+    assert {(r["rater"], r["rating"]) for r in old_attempt} == {("alice", "fail"), ("bob", "excellent")}
+
+
+# -- the command line --------------------------------------------------------------------------------------------
+def test_cli_json_and_out(db, tmp_path):
+    result = run_cli("-m", "demo.report", "--db", str(db), "--json")
+    assert result.returncode == 0, result.stderr
+    assert len(result.stdout.strip().splitlines()) == 1
+    report = json.loads(result.stdout)
+    assert {"models", "verdicts", "conversations", "raters"} <= report.keys()
+    for m in report["models"].values():
+        assert {"turns", "excellent", "pass", "fail", "excellent_ci", "fail_ci"} <= m.keys()
+    assert {"a_model", "b_model", "wins", "losses", "ties"} <= report["verdicts"].keys()
+
+    out = tmp_path / "out"
+    result = run_cli("-m", "demo.report", "--db", str(db), "--out", str(out), "--a-model", OLD)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("# LIMA multi-turn arena: report")
+    assert (out / "figure7.png").read_bytes()[:8] == PNG_MAGIC
+    assert (out / "summary.md").read_text(encoding="utf-8") == result.stdout
+    assert json.loads((out / "report.json").read_text())["verdicts"]["a_model"] == OLD
+
+
+def test_cli_export_roundtrips(db, tmp_path):
+    expected = export_rows(db)
+    result = run_cli(
+        "-m", "demo.report", "export", "--db", str(db), "--format", "jsonl", "--out", str(tmp_path / "r.jsonl")
+    )
+    assert result.returncode == 0, result.stderr
+    lines = (tmp_path / "r.jsonl").read_text(encoding="utf-8").splitlines()
+    assert [json.loads(line) for line in lines] == expected
+
+    export(db, "csv", tmp_path / "r.csv")
+    with (tmp_path / "r.csv").open(encoding="utf-8", newline="") as f:
+        cells = list(csv.DictReader(f))
+    assert len(cells) == len(expected)
+    assert json.loads(cells[0]["context"]) == expected[0]["context"]
+    assert json.loads(cells[0]["decoding"]) == DECODING
+    assert cells[0]["conversation_id"] == expected[0]["conversation_id"]
+
+    import datasets
+
+    export(db, "hf", tmp_path / "hf")
+    dataset = datasets.load_from_disk(str(tmp_path / "hf"))
+    assert dataset.num_rows == len(expected)
+    turn_two = next(r for r in dataset if (r["conversation_id"], r["side"], r["turn_index"]) == ("c1", "a", 2))
+    assert turn_two["context"] == [
+        {"role": "user", "content": "c1 a1 ask"},
+        {"role": "assistant", "content": "c1 a1 answer"},
+    ]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--db", "{tmp}/missing.db"], "no ratings database"),
+        (["--db", "{tmp}/text.db", "--json"], "not a SQLite database"),
+        (["export", "--db", "{db}", "--format", "parquet", "--out", "{tmp}/x"], "unknown export format"),
+        (["export", "--db", "{db}", "--format", "hf", "--out", "{tmp}/x", "--push-to-hub", "me/r"], "HF_TOKEN"),
+        (["--json"], "--db"),
+    ],
+)
+def test_cli_bad_input_is_one_line_and_exit_2(db, tmp_path, args, message):
+    (tmp_path / "text.db").write_text("plain text, not a database " * 10)
+    args = [a.format(tmp=tmp_path, db=db) for a in args]
+    result = run_cli("-m", "demo.report", *args, env={"HF_TOKEN": ""})
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert result.stderr.startswith("error: ") and message in result.stderr
