@@ -3,8 +3,10 @@
 The real app (``python demo/app.py`` in a subprocess, its two sides served by loopback TGI-protocol servers,
 ``tests/tgi_server.py``) is driven through its API by concurrent raters (``gradio_client``, one session each).
 Each rater starts a conversation, has two turns on each side, then sends ``--ratings`` ratings cycling over its
-four turns (so most are changes of an earlier rating) and a verdict. A rating counts as acknowledged when the
-API call returned.
+four turns (so most are changes of an earlier rating), each after a pause as a reader would take (``--think``,
+uniform between half and one and a half times it), and a verdict. A rating counts as acknowledged when the API
+call returned. Latencies are as gradio_client sees them, which includes its own polling (it checks for new
+messages every 50 ms), so ~60 ms is the floor on this path; the server itself answers a rating in ~12 ms.
 
   ratings_sent / ratings_stored   acknowledged ratings / rows in the append-only rating_log
   duplicates                      rows in rating_log or the current view beyond what was acknowledged
@@ -89,7 +91,9 @@ class App:
             self.process.wait(timeout=30)
 
 
-def rater(url: str, name: str, ratings: int, acked: list, latencies: list, half: threading.Event, lock) -> None:
+def rater(
+    url: str, name: str, ratings: int, think: float, acked: list, latencies: list, half: threading.Event, lock
+) -> None:
     rng = random.Random(name)
     client = Client(url, verbose=False)
     client.predict(api_name="/new_conversation")
@@ -98,6 +102,7 @@ def rater(url: str, name: str, ratings: int, acked: list, latencies: list, half:
             client.predict(text, *DECODING, name, api_name=f"/send_{side}")
     turns = [t["turn_id"] for t in client.predict(api_name="/conversation")["turns"]]
     for i in range(ratings):
+        time.sleep(rng.uniform(0.5, 1.5) * think)  # a person reads the answer before rating it
         turn_id, rating = turns[i % len(turns)], rng.choice(RATINGS)
         started = time.perf_counter()
         try:
@@ -145,7 +150,9 @@ def run(args: argparse.Namespace, workdir: Path) -> dict:
     half = threading.Event()
     half.target = args.raters * args.ratings // 2  # type: ignore[attr-defined]
     threads = [
-        threading.Thread(target=rater, args=(app.url, f"rater{n:02d}", args.ratings, acked, latencies, half, lock))
+        threading.Thread(
+            target=rater, args=(app.url, f"rater{n:02d}", args.ratings, args.think, acked, latencies, half, lock)
+        )
         for n in range(args.raters)
     ]
     started = time.perf_counter()
@@ -178,6 +185,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict:
         **result,
         "raters": args.raters,
         "ratings_per_rater": args.ratings,
+        "think_s": args.think,
         "wall_s": round(wall, 1),
         "targets": {"lost": 0, "duplicates": 0, "p99_ms": 100},
     }
@@ -187,6 +195,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--raters", type=int, default=50)
     parser.add_argument("--ratings", type=int, default=40, help="ratings per rater")
+    parser.add_argument("--think", type=float, default=3.0, help="mean seconds a rater reads before each rating")
     parser.add_argument("--kill", action="store_true", help="SIGKILL the app midway, restart it, check")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="lima-load-") as tmp:

@@ -415,6 +415,7 @@ def build(
             outputs=gr.Textbox(visible=False),
             api_name="rate",
             concurrency_limit=None,  # a rating is one short SQLite write; the store serialises them itself
+            queue=False,
         )
     return demo
 

@@ -57,6 +57,8 @@ CREATE TABLE IF NOT EXISTS ratings (          -- the current view: one row per (
     turn_id     TEXT NOT NULL REFERENCES turns(id),
     rater       TEXT NOT NULL,
     rating      TEXT NOT NULL CHECK (rating IN ('fail', 'pass', 'excellent')),
+    by_owner    INTEGER NOT NULL DEFAULT 0,   -- 1: given in the session that had the conversation (the first
+                                              -- opinion, whatever name it typed); 0: a second opinion (Review)
     first_at    REAL NOT NULL,
     updated_at  REAL NOT NULL,
     PRIMARY KEY (turn_id, rater)
@@ -120,6 +122,9 @@ class Store:
         self._db.execute("PRAGMA synchronous=FULL")  # a commit is on disk before we acknowledge it
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(ratings)")}
+        if "by_owner" not in columns:  # a database from before second opinions existed: all were the owner's
+            self._db.execute("ALTER TABLE ratings ADD COLUMN by_owner INTEGER NOT NULL DEFAULT 1")
         # Called after each committed rating / verdict (issue 5 mirrors them to the Hub); never inside the lock.
         self.listeners: list[Callable[[str, dict], None]] = []
 
@@ -259,13 +264,13 @@ class Store:
                     (turn_id, rater, rating, now),
                 ),
                 (
-                    "INSERT INTO ratings (turn_id, rater, rating, first_at, updated_at) VALUES (?, ?, ?, ?, ?)"
-                    " ON CONFLICT (turn_id, rater) DO UPDATE SET rating = excluded.rating,"
-                    " updated_at = excluded.updated_at",
-                    (turn_id, rater, rating, now, now),
+                    "INSERT INTO ratings (turn_id, rater, rating, by_owner, first_at, updated_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (turn_id, rater) DO UPDATE SET rating = excluded.rating,"
+                    " by_owner = excluded.by_owner, updated_at = excluded.updated_at",
+                    (turn_id, rater, rating, int(row["session"] == session), now, now),
                 ),
-                (
-                    "UPDATE conversations SET rater = ? WHERE id = ? AND rater = '' AND session = ?",
+                (  # the conversation's rater is the name its owner rates under (typed late, or changed)
+                    "UPDATE conversations SET rater = ? WHERE id = ? AND session = ?",
                     (rater, row["id"], session),
                 ),
             ]
@@ -315,16 +320,20 @@ class Store:
         )
         if row is None:
             return None
+        self.grant_review(session, row["id"], rater)
+        return row["id"]
+
+    def grant_review(self, session: str, conversation_id: str, rater: str) -> None:
+        """Let this session rate the turns of that conversation, as a second opinion."""
         self._write(
             [
                 (
                     "INSERT OR IGNORE INTO review_grants (session, conversation_id, rater, granted_at)"
                     " VALUES (?, ?, ?, ?)",
-                    (session, row["id"], rater, time.time()),
+                    (session, conversation_id, rater, time.time()),
                 )
             ]
         )
-        return row["id"]
 
     def review_turns(self, conversation_id: str, session: str) -> list[Turn]:
         """The latest attempt of each successful turn of a conversation granted to this session for review."""

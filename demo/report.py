@@ -72,8 +72,8 @@ def _read_all(db_path: str | Path) -> tuple[dict[str, sqlite3.Row], list[sqlite3
     try:
         conversations = {row["id"]: row for row in db.execute("SELECT * FROM conversations")}
         rated = db.execute(
-            "SELECT t.conversation_id, t.side, t.turn_index, t.attempt, t.model, r.rater, r.rating"
-            " FROM ratings r JOIN turns t ON t.id = r.turn_id"
+            "SELECT t.conversation_id, t.side, t.turn_index, t.attempt, t.model, r.rater, r.rating, r.by_owner,"
+            " r.updated_at FROM ratings r JOIN turns t ON t.id = r.turn_id"
         ).fetchall()
         # The log, in order, ends with the verdict the conversation holds now.
         log = db.execute("SELECT conversation_id, rater FROM verdict_log ORDER BY seq")
@@ -185,11 +185,12 @@ def build_report(db_path: str | Path, a_model: str | None = None, resamples: int
     counted: list[sqlite3.Row] = []
     agreement_items: list[Counter] = []
     agreement_raters: set[str] = set()
-    for (conversation_id, _side, _index), attempts in slots.items():
-        owner = conversations[conversation_id]["rater"]
-        own = [attempt for attempt, by_rater in attempts.items() if owner in by_rater]
+    for attempts in slots.values():
+        # The owner's rating: given in the session that had the conversation (under whatever name it typed).
+        own = [attempt for attempt, by_rater in attempts.items() if any(r["by_owner"] for r in by_rater.values())]
         if own:
-            counted.append(attempts[max(own)][owner])
+            mine = [r for r in attempts[max(own)].values() if r["by_owner"]]
+            counted.append(max(mine, key=lambda r: r["updated_at"]))
         latest = attempts[max(attempts)]  # agreement: the latest attempt anyone rated, if two or more did
         if len(latest) >= 2:
             agreement_items.append(Counter(row["rating"] for row in latest.values()))

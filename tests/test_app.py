@@ -167,3 +167,37 @@ def test_bad_settings_are_one_line_and_exit_2(tmp_path):
     result = run_cli("demo/app.py", "--config", str(bad_yaml))
     assert result.returncode == 2 and "unknown setting 'lefty'" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_review_second_opinions_feed_agreement_and_results_and_export_work_through_the_api(served, tmp_path):
+    url, _ = served
+    alice, bob = Client(url, verbose=False), Client(url, verbose=False)
+    alice.predict(api_name="/new_conversation")
+    for side in "ab":
+        send(alice, side, "hello")
+    turns = {t["side"]: t["turn_id"] for t in alice.predict(api_name="/conversation")["turns"]}
+    alice.predict(turns["a"], "excellent", "alice", api_name="/rate")
+    alice.predict(turns["b"], "fail", "alice", api_name="/rate")
+    alice.predict("alice", api_name="/verdict_a")
+
+    # alice cannot review her own conversation; bob is handed it, blind, and rates both turns.
+    assert alice.predict("alice", api_name="/review_next")[1] == []
+    note, handed = bob.predict("bob", api_name="/review_next")
+    assert {t["turn_id"] for t in handed} == set(turns.values()) and "rate every answer" in note
+    bob.predict(turns["a"], "excellent", "bob", api_name="/rate")
+    bob.predict(turns["b"], "pass", "bob", api_name="/rate")
+
+    _, summary, report = bob.predict("", api_name="/results")  # open locally: no admin token configured
+    assert report["models"]["zero"]["excellent"] == 100.0 and report["models"]["dialogue"]["fail"] == 100.0
+    assert report["verdicts"]["wins"] + report["verdicts"]["losses"] == 1
+    assert report["agreement"]["turns"] == 2 and report["agreement"]["raw"] == 0.5
+    assert set(report["raters"]) == {"alice", "bob"}
+    assert "zero" in summary
+    exported = Path(bob.predict("", "jsonl", api_name="/export"))
+    rows = [json.loads(line) for line in exported.read_text().splitlines()]
+    assert {(r["rater"], r["rating"]) for r in rows} == {
+        ("alice", "excellent"),
+        ("alice", "fail"),
+        ("bob", "excellent"),
+        ("bob", "pass"),
+    }

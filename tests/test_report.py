@@ -53,8 +53,10 @@ class Scenario:
     def __init__(self, path: Path) -> None:
         self.store = Store(path)
         self.clock = 0.0
+        self.owners: dict[str, str] = {}
 
     def conversation(self, cid: str, model_a: str, model_b: str, rater: str) -> None:
+        self.owners[cid] = rater
         self.store.ensure_conversation(cid, f"s-{cid}", model_a, model_b, blind=True, rater=rater, opener_id=f"o-{cid}")
 
     def turn(self, cid: str, side: str, index: int, model: str, status: str = "complete") -> str:
@@ -72,7 +74,11 @@ class Scenario:
         return turn.id
 
     def rate(self, cid: str, turn_id: str, rating: str, rater: str) -> None:
-        self.store.rate(turn_id, rating, f"s-{cid}", rater)
+        """The owner rates in the conversation's own session; anyone else through a Review hand-out."""
+        session = f"s-{cid}" if rater == self.owners[cid] else f"review-{rater}"
+        if session != f"s-{cid}":
+            self.store.grant_review(session, cid, rater)
+        self.store.rate(turn_id, rating, session, rater)
 
 
 def build_scenario(path: Path) -> Path:
