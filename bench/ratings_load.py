@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import multiprocessing
 import os
 import random
 import signal
@@ -91,9 +92,7 @@ class App:
             self.process.wait(timeout=30)
 
 
-def rater(
-    url: str, name: str, ratings: int, think: float, acked: list, latencies: list, half: threading.Event, lock
-) -> None:
+def rater(url: str, name: str, ratings: int, think: float, acked: list, latencies: list, count) -> None:
     rng = random.Random(name)
     client = Client(url, verbose=False)
     client.predict(api_name="/new_conversation")
@@ -104,38 +103,86 @@ def rater(
     for i in range(ratings):
         time.sleep(rng.uniform(0.5, 1.5) * think)  # a person reads the answer before rating it
         turn_id, rating = turns[i % len(turns)], rng.choice(RATINGS)
-        started = time.perf_counter()
+        started, sent_at = time.perf_counter(), time.time()
         try:
             client.predict(turn_id, rating, name, api_name="/rate")
         except Exception:  # the app was killed: stop, and count only what was acknowledged
             return
-        took = time.perf_counter() - started
-        with lock:
-            acked.append((turn_id, name, rating, i))
-            latencies.append(took)
-            if len(acked) >= half.target:  # type: ignore[attr-defined]
-                half.set()
+        latencies.append(time.perf_counter() - started)
+        acked.append((turn_id, name, rating, i, sent_at))
+        with count.get_lock():
+            count.value += 1
     try:
         client.predict(name, api_name=f"/verdict_{rng.choice(('a', 'b', 'tie'))}")
     except Exception:  # as above
         return
 
 
-def check(db: Path, acked: list) -> dict:
+_COUNT = None  # acknowledged ratings so far, shared by all client processes (set by the pool's initializer)
+
+
+def _share(count) -> None:
+    global _COUNT
+    _COUNT = count
+
+
+def worker(url: str, names: list[str], ratings: int, think: float) -> tuple[list, list]:
+    """One process of raters (threads): several processes keep the clients' own GIL out of the latencies."""
+    count = _COUNT
+    acked: list = []
+    latencies: list[float] = []
+    threads = [
+        threading.Thread(target=rater, args=(url, name, ratings, think, acked, latencies, count)) for name in names
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return acked, latencies
+
+
+def check(db: Path, acked: list, in_flight: int = 0) -> dict:
+    """Compare the database with what was acknowledged. ``in_flight``: calls per rater that may have been
+    committed but not answered (the app killed in between); such a row is stored, not duplicated."""
     with sqlite3.connect(db) as con:
         logged = collections.Counter(con.execute("SELECT turn_id, rater, rating FROM rating_log").fetchall())
         current = con.execute("SELECT turn_id, rater, rating FROM ratings").fetchall()
-    sent = collections.Counter((t, r, g) for t, r, g, _ in acked)
+    sent = collections.Counter((t, r, g) for t, r, g, *_ in acked)
     lost = sum((sent - logged).values())
-    extra = sum((logged - sent).values())
+    extra_by_rater = collections.Counter()
+    for (_, name, _), n in (logged - sent).items():
+        extra_by_rater[name] += n
+    extra = sum(max(0, n - in_flight) for n in extra_by_rater.values())
     last: dict[tuple[str, str], tuple[int, str]] = {}
-    for turn_id, name, rating, i in acked:
+    for turn_id, name, rating, i, _ in acked:
         if (turn_id, name) not in last or i > last[(turn_id, name)][0]:
             last[(turn_id, name)] = (i, rating)
     view = collections.Counter((t, r) for t, r, _ in current)
     view_dupes = sum(n - 1 for n in view.values() if n > 1)
-    stale = sum(1 for t, r, g in current if (t, r) in last and last[(t, r)][1] != g)
-    return {"ratings_stored": sum(logged.values()), "duplicates": extra + view_dupes, "lost": lost + stale}
+    # A current rating that is not the rater's last acknowledged one is a lost change (unless an unanswered
+    # later call, in flight at a kill, was committed: that one may legitimately be newer).
+    stale = 0 if in_flight else sum(1 for t, r, g in current if (t, r) in last and last[(t, r)][1] != g)
+    return {
+        "ratings_stored": sum(logged.values()),
+        "stored_unacknowledged": sum(extra_by_rater.values()) if in_flight else 0,
+        "duplicates": extra + view_dupes,
+        "lost": lost + stale,
+    }
+
+
+def commit_latencies(db: Path, acked: list) -> list[float]:
+    """Seconds from sending each rating to its row being committed (same machine, same clock): the server's
+    share of the latency, without the client's polling. Pairs the n-th log row of a (turn, rater) with the
+    n-th acknowledged rating of it."""
+    with sqlite3.connect(db) as con:
+        rows = con.execute("SELECT turn_id, rater, at FROM rating_log ORDER BY seq").fetchall()
+    committed: dict[tuple[str, str], list[float]] = collections.defaultdict(list)
+    for turn_id, name, at in rows:
+        committed[(turn_id, name)].append(at)
+    sent: dict[tuple[str, str], list[float]] = collections.defaultdict(list)
+    for turn_id, name, _, _, sent_at in sorted(acked, key=lambda a: a[3]):
+        sent[(turn_id, name)].append(sent_at)
+    return [at - s for key, times in sent.items() for s, at in zip(times, committed[key], strict=False)]
 
 
 def run(args: argparse.Namespace, workdir: Path) -> dict:
@@ -144,48 +191,46 @@ def run(args: argparse.Namespace, workdir: Path) -> dict:
     db = workdir / "ratings.db"
     app = App(f"zero={servers[0].url}", f"dialogue={servers[1].url}", db)
     app.start()
-    acked: list = []
-    latencies: list[float] = []
-    lock = threading.Lock()
-    half = threading.Event()
-    half.target = args.raters * args.ratings // 2  # type: ignore[attr-defined]
-    threads = [
-        threading.Thread(
-            target=rater, args=(app.url, f"rater{n:02d}", args.ratings, args.think, acked, latencies, half, lock)
-        )
-        for n in range(args.raters)
-    ]
+    context = multiprocessing.get_context("spawn")
+    count = context.Value("i", 0)
+    names = [f"rater{n:02d}" for n in range(args.raters)]
+    groups = [names[i :: args.procs] for i in range(args.procs)]
     started = time.perf_counter()
-    for thread in threads:
-        thread.start()
     result: dict = {}
+    with context.Pool(args.procs, initializer=_share, initargs=(count,)) as pool:
+        jobs = pool.starmap_async(worker, [(app.url, group, args.ratings, args.think) for group in groups])
+        if args.kill:
+            while count.value < args.raters * args.ratings // 2 and not jobs.ready():
+                time.sleep(0.05)
+            app.kill()  # a rating whose call returned is committed: every acknowledged one must survive
+        outputs = jobs.get(timeout=1800)
+    acked = [a for out, _ in outputs for a in out]
+    latencies = [x for _, lat in outputs for x in lat]
     if args.kill:
-        half.wait(timeout=600)
-        with lock:
-            app.kill()
-            acked_at_kill = list(acked)
-        for thread in threads:
-            thread.join(timeout=60)
         app.start()  # the same database, as after a crash
         app.stop()
-        result["lost_after_kill"] = check(db, acked_at_kill)["lost"]
-        result["acknowledged_before_kill"] = len(acked_at_kill)
-    for thread in threads:
-        thread.join()
+        result["lost_after_kill"] = check(db, acked, in_flight=1)["lost"]
+        result["acknowledged_before_kill"] = len(acked)
     wall = time.perf_counter() - started
     app.stop()
     for server in servers:
         server.stop()
     ms = sorted(1000 * x for x in latencies)
+    commit_ms = sorted(1000 * x for x in commit_latencies(db, acked))
     return {
         "ratings_sent": len(acked),
-        **check(db, acked),
+        **check(db, acked, in_flight=1 if args.kill else 0),
         "p50_ms": round(statistics.median(ms), 1) if ms else None,
         "p99_ms": round(ms[min(len(ms) - 1, int(0.99 * len(ms)))], 1) if ms else None,
+        "commit_p50_ms": round(statistics.median(commit_ms), 1) if commit_ms else None,
+        "commit_p99_ms": round(commit_ms[min(len(commit_ms) - 1, int(0.99 * len(commit_ms)))], 1)
+        if commit_ms
+        else None,
         **result,
         "raters": args.raters,
         "ratings_per_rater": args.ratings,
         "think_s": args.think,
+        "client_processes": args.procs,
         "wall_s": round(wall, 1),
         "targets": {"lost": 0, "duplicates": 0, "p99_ms": 100},
     }
@@ -196,6 +241,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--raters", type=int, default=50)
     parser.add_argument("--ratings", type=int, default=40, help="ratings per rater")
     parser.add_argument("--think", type=float, default=3.0, help="mean seconds a rater reads before each rating")
+    parser.add_argument("--procs", type=int, default=5, help="client processes the raters are spread over")
     parser.add_argument("--kill", action="store_true", help="SIGKILL the app midway, restart it, check")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="lima-load-") as tmp:

@@ -105,6 +105,10 @@ def build(
             skip = gr.skip()
             if conv is None:
                 raise gr.Error("Start a new conversation first.")
+            if conv.verdict is not None:  # judged and unblinded: further turns would not be blind
+                gr.Warning("This conversation has its verdict; start a new one.")
+                yield arena.chat_messages(side), skip, skip, skip
+                return
             if side.busy:
                 gr.Warning(f"Model {side_key.upper()} is still answering.")
                 yield arena.chat_messages(side), skip, skip, skip

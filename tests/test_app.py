@@ -201,3 +201,18 @@ def test_review_second_opinions_feed_agreement_and_results_and_export_work_throu
         ("bob", "excellent"),
         ("bob", "pass"),
     }
+
+
+@pytest.mark.parametrize("kill", [False, True])
+def test_ratings_load_benchmark_prints_its_json_line(kill):
+    args = ["bench/ratings_load.py", "--raters", "3", "--ratings", "6", "--think", "0", "--procs", "2"]
+    result = run_cli(*args, *(["--kill"] if kill else []))
+    assert result.returncode == 0, result.stderr[-2000:]
+    line = json.loads(result.stdout.strip().splitlines()[-1])
+    for key in ("ratings_sent", "ratings_stored", "duplicates", "lost", "p50_ms", "p99_ms"):
+        assert key in line
+    assert line["lost"] == 0 and line["duplicates"] == 0
+    if kill:
+        assert line["lost_after_kill"] == 0 and 0 < line["acknowledged_before_kill"] < 18
+    else:
+        assert line["ratings_sent"] == line["ratings_stored"] == 18
