@@ -1,5 +1,5 @@
 # The arena as a Hugging Face Space (Docker SDK): `python demo/app.py` as user 1000 on 0.0.0.0:7860.
-# Configure it with the Space's variables and secrets (DEPLOY in README.md): LIMA_ARENA_LEFT / LIMA_ARENA_RIGHT
+# Configure it with the Space's variables and secrets ("Deploy as a Space" in README.md): LIMA_ARENA_LEFT / LIMA_ARENA_RIGHT
 # (TGI or Inference Endpoint URLs), HF_TOKEN, LIMA_ARENA_DATASET_REPO, LIMA_ARENA_ADMIN_TOKEN. With no URLs it
 # falls back to the embedded default: it trains the quick-cpu pair at first start and serves it in-process.
 FROM python:3.11-slim
