@@ -182,10 +182,7 @@ def build(
 
     def make_rate(turn_id: str):
         def rate(rating: str, rater_name: str, conv: arena.Conversation | None, request: gr.Request) -> tuple:
-            try:
-                store.rate(turn_id, rating, _session(request), _rater(rater_name, request))
-            except (ratings.NotAllowed, ValueError) as err:
-                raise gr.Error(str(err)) from None
+            rate_by_id(turn_id, rating, rater_name, request)
             return _verdict_controls(conv)
 
         return rate
