@@ -55,6 +55,7 @@ def build(
     turn_limit: int = arena.DEFAULT_TURN_LIMIT,
     max_new_tokens: int = 512,
     admin: results.Admin | None = None,
+    review_open: bool = True,
 ) -> gr.Blocks:
     """The arena's Blocks for two models (configured left and right) and a ratings store."""
     openers = load_openers()
@@ -156,6 +157,10 @@ def build(
                             await asyncio.sleep(WARMUP_WAIT_S)
                             continue
                         turn.error = str(err)
+                        break
+                    except Exception as err:  # a bug or an unforeseen failure: still that side's error, not a hang
+                        log.exception("side %s (%s) failed", side_key, backend.name)
+                        turn.error = f"unexpected error: {str(err).splitlines()[0] if str(err) else type(err).__name__}"
                         break
                 turn.assistant = answer
                 stored = store.add_turn(
@@ -345,8 +350,8 @@ def build(
                         16, backends.TOTAL_TOKEN_BUDGET, value=max_new_tokens, step=16, label="max new tokens"
                     )
 
-            with gr.Tab("Review", id="review"):
-                review.layout(store, rater)
+            with gr.Tab("Review", id="review", visible=review_open):
+                review.layout(store, rater, enabled=review_open)
             with gr.Tab("Results", id="results", visible=admin.open, elem_id="tab-results") as results_tab:
                 results.layout(store, admin, admin_token)
         if admin.open:  # results are open to whoever runs the app: no token to ask for
@@ -445,8 +450,17 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: cannot use dataset repo {config.dataset_repo}: {str(err).splitlines()[0]}", file=sys.stderr)
             return 2
         store.listeners.append(copy)
-    admin = results.Admin(token=os.environ.get("LIMA_ARENA_ADMIN_TOKEN"), on_space=bool(os.environ.get("SPACE_ID")))
-    demo = build(models, store, blind=config.blind, turn_limit=config.turn_limit, max_new_tokens=max_new, admin=admin)
+    on_space = bool(os.environ.get("SPACE_ID"))
+    review_open = config.review if config.review is not None else not on_space
+    demo = build(
+        models,
+        store,
+        blind=config.blind,
+        turn_limit=config.turn_limit,
+        max_new_tokens=max_new,
+        admin=results.Admin(token=os.environ.get("LIMA_ARENA_ADMIN_TOKEN"), on_space=on_space),
+        review_open=review_open,
+    )
     demo.queue(default_concurrency_limit=8)
     try:
         demo.launch(server_name=config.host, server_port=config.port, share=config.share, footer_links=["api"])

@@ -20,11 +20,14 @@ def _rater(name: str | None, request: gr.Request | None) -> str:
     return getattr(request, "username", None) or (name or "").strip()
 
 
-def layout(store: ratings.Store, rater: gr.Textbox) -> None:
-    """The tab's components and events, inside the caller's ``gr.Tab``."""
+def layout(store: ratings.Store, rater: gr.Textbox, enabled: bool = True) -> None:
+    """The tab's components and events, inside the caller's ``gr.Tab``. Disabled (a public Space, by default),
+    the hand-out endpoint refuses too: raters never see other raters' conversations."""
     items = gr.State(())
 
     def assign(rater_name: str, request: gr.Request) -> tuple:
+        if not enabled:
+            raise gr.Error("Reviews are off in this arena (LIMA_ARENA_REVIEW=true turns them on).")
         who = _rater(rater_name, request)
         if not who:
             raise gr.Error("Type your name first: reviews are counted per rater.")

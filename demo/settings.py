@@ -39,6 +39,7 @@ class Settings:
     max_new_tokens: int | None = None  # default: 2048 for servers, 256 in-process on CPU
     runs: str = "runs"
     first_launch_recipe: str = "quick-cpu"
+    review: bool | None = None  # the Review tab; default: on locally, off on a public Space (SPACE_ID set)
     dataset_repo: str | None = None  # Hub dataset repo that receives every rating as JSONL (CommitScheduler)
     mirror_dir: str | None = None  # where those JSONL files are written (default: beside the database)
 
@@ -55,6 +56,7 @@ _HELP = {
     "max_new_tokens": "default cap on new tokens per answer",
     "runs": "where trained runs live (default runs/)",
     "first_launch_recipe": "recipe trained when no runs exist (default quick-cpu)",
+    "review": "offer the Review tab (second opinions on others' conversations); default on, off on a Space",
     "dataset_repo": "Hub dataset repo (owner/name) that also receives every rating, pushed every 5 minutes",
     "mirror_dir": "folder for the append-only JSONL copy of every rating (default: <db>.jsonl.d beside the db)",
 }

@@ -131,6 +131,8 @@ def test_space_entry_point_keeps_secrets_off_the_page_and_mirrors_every_rating(s
     client.predict(turn_id, "pass", "rater", api_name="/rate")
     with pytest.raises(Exception, match="admin token"):
         client.predict("", api_name="/results")
+    with pytest.raises(Exception, match="Reviews are off"):  # a public Space shows no one others' conversations
+        Client(url, verbose=False).predict("mallory", api_name="/review_next")
     (mirror_file,) = (tmp_path / "mirror").glob("ratings-*.jsonl")
     lines = [json.loads(line) for line in mirror_file.read_text().splitlines()]
     assert [(r["kind"], r["turn_id"], r["rating"]) for r in lines] == [
@@ -152,6 +154,7 @@ def test_results_tab_is_hidden_without_the_admin_token_and_shown_with_it(space):
         page.wait_for_selector("#status:has-text('right')", timeout=30_000)
         results_tab = page.get_by_role("tab", name="Results")
         assert results_tab.count() == 0
+        assert page.get_by_role("tab", name="Review").count() == 0  # off on a Space unless LIMA_ARENA_REVIEW
         page.get_by_text("Admin", exact=True).click()
         page.fill("#admin-token input", "wrong token")
         page.click("#admin-unlock")
