@@ -71,9 +71,13 @@ def _read_all(db_path: str | Path) -> tuple[dict[str, sqlite3.Row], list[sqlite3
     db = connect(db_path)
     try:
         conversations = {row["id"]: row for row in db.execute("SELECT * FROM conversations")}
+        columns = {row[1] for row in db.execute("PRAGMA table_info(ratings)")}
+        # A database written before `by_owner` existed: the owner's ratings are those under the conversation's name.
+        by_owner = "r.by_owner" if "by_owner" in columns else "(r.rater = c.rater)"
         rated = db.execute(
-            "SELECT t.conversation_id, t.side, t.turn_index, t.attempt, t.model, r.rater, r.rating, r.by_owner,"
-            " r.updated_at FROM ratings r JOIN turns t ON t.id = r.turn_id"
+            "SELECT t.conversation_id, t.side, t.turn_index, t.attempt, t.model, r.rater, r.rating,"
+            f" {by_owner} AS by_owner, r.updated_at FROM ratings r JOIN turns t ON t.id = r.turn_id"
+            " JOIN conversations c ON c.id = t.conversation_id"
         ).fetchall()
         # The log, in order, ends with the verdict the conversation holds now.
         log = db.execute("SELECT conversation_id, rater FROM verdict_log ORDER BY seq")

@@ -354,3 +354,15 @@ def test_cli_bad_input_is_one_line_and_exit_2(db, tmp_path, args, message):
     assert result.stdout == ""
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert result.stderr.startswith("error: ") and message in result.stderr
+
+
+def test_a_database_from_before_owner_flags_counts_the_conversations_named_rater(tmp_path):
+    s = Scenario(tmp_path / "old.db")
+    s.conversation("x", OLD, NEW, "zoe")
+    s.rate("x", s.turn("x", "a", 1, OLD), "pass", "zoe")
+    s.rate("x", s.turn("x", "b", 1, NEW), "fail", "zoe")
+    s.store.close()
+    with sqlite3.connect(tmp_path / "old.db") as db:
+        db.execute("ALTER TABLE ratings DROP COLUMN by_owner")  # the schema before second opinions
+    report = build_report(tmp_path / "old.db")
+    assert (report["models"][OLD]["pass"], report["models"][NEW]["fail"]) == (100.0, 100.0)
