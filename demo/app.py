@@ -440,6 +440,11 @@ def main(argv: list[str] | None = None) -> int:
     for model in models:  # load in-process models while the server starts
         if isinstance(model, backends.LocalBackend):
             threading.Thread(target=model.load, daemon=True).start()
+    servers = [(where, m) for where, m in zip(("left", "right"), models, strict=True) if not hasattr(m, "load")]
+    if servers:  # say at once whether each server answers (the page shows the same, refreshed per visit)
+        statuses = asyncio.run(_probe_all([m for _, m in servers]))
+        for (where, _), status in zip(servers, statuses, strict=True):
+            (log.info if status.ok else log.warning)("%s: %s: %s", where, status.model, status.detail)
     store = ratings.Store(config.db)
     if config.dataset_repo or config.mirror_dir:
         # Secrets come from the environment only (HF_TOKEN); a Space's disk is ephemeral, the dataset is not.
@@ -469,6 +474,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: cannot listen on {config.host}:{config.port} ({reason}): pass a free --port", file=sys.stderr)
         return 2
     return 0
+
+
+async def _probe_all(models: list) -> list[backends.Status]:
+    return await asyncio.gather(*(m.probe() for m in models))
 
 
 def _cuda() -> bool:
