@@ -473,7 +473,11 @@ def export(db_path: str | Path, fmt: str, out: str | Path, push_to_hub: str | No
         dataset = datasets.Dataset.from_list(rows)
         dataset.save_to_disk(str(out))
         if push_to_hub:
-            dataset.push_to_hub(push_to_hub, private=True, token=token)
+            try:
+                dataset.push_to_hub(push_to_hub, private=True, token=token)
+            except Exception as exc:  # no network, a rejected token, a repo we may not write: all one line
+                reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise ReportError(f"saved {out}, but pushing it to {push_to_hub} failed: {reason}") from None
     return out
 
 
