@@ -13,6 +13,7 @@ import asyncio
 import json
 import logging
 import os
+import sqlite3
 import sys
 import threading
 import time
@@ -440,12 +441,17 @@ def main(argv: list[str] | None = None) -> int:
     for model in models:  # load in-process models while the server starts
         if isinstance(model, backends.LocalBackend):
             threading.Thread(target=model.load, daemon=True).start()
-    servers = [(where, m) for where, m in zip(("left", "right"), models, strict=True) if not hasattr(m, "load")]
+    sides = zip(("left", "right"), models, strict=True)
+    servers = [(where, m) for where, m in sides if isinstance(m, backends.RemoteBackend)]
     if servers:  # say at once whether each server answers (the page shows the same, refreshed per visit)
         statuses = asyncio.run(_probe_all([m for _, m in servers]))
         for (where, _), status in zip(servers, statuses, strict=True):
             (log.info if status.ok else log.warning)("%s: %s: %s", where, status.model, status.detail)
-    store = ratings.Store(config.db)
+    try:
+        store = ratings.Store(config.db)
+    except (OSError, sqlite3.Error) as err:
+        print(f"error: cannot open the ratings database {config.db}: {err}", file=sys.stderr)
+        return 2
     if config.dataset_repo or config.mirror_dir:
         # Secrets come from the environment only (HF_TOKEN); a Space's disk is ephemeral, the dataset is not.
         folder = config.mirror_dir or f"{config.db}.jsonl.d"

@@ -167,6 +167,10 @@ def test_bad_settings_are_one_line_and_exit_2(tmp_path):
     result = run_cli("demo/app.py", "--config", str(bad_yaml))
     assert result.returncode == 2 and "unknown setting 'lefty'" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+    dead = "http://127.0.0.1:9"  # nothing listens there: the start-up probe warns, then the database error ends it
+    result = run_cli("demo/app.py", "--left", dead, "--right", dead, "--db", "/proc/no-such-dir/x.db")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("error: cannot open the ratings database")
 
 
 def test_review_second_opinions_feed_agreement_and_results_and_export_work_through_the_api(served, tmp_path):
