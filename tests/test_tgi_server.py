@@ -123,7 +123,7 @@ def test_error_status_raises_with_tgi_message(server: TGIServer, status: int):
     assert error.response.status_code == status
     assert error.server_message == message
     assert message in str(error)
-    raw = httpx.post(f"{server.url}/generate", json={"inputs": "hi"})
+    raw = httpx.post(f"{server.url}/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}]})
     assert raw.status_code == status
     assert raw.json() == {"error": message, "error_type": error_type}
     health = httpx.get(f"{server.url}/health")
@@ -194,36 +194,3 @@ def test_health_and_info(server: TGIServer):
     assert health.status_code == 503
     assert health.json() == {"error": "unhealthy", "error_type": "healthcheck"}
     assert server.requests == []  # only generation bodies are recorded
-
-
-def test_native_generate_stream_and_generate(server: TGIServer):
-    server.behaviour = Behaviour(reply=FIVE)
-    body = {"inputs": "Count:", "parameters": {"max_new_tokens": 10, "details": True}}
-    with httpx.stream("POST", f"{server.url}/generate_stream", json=body) as response:
-        events = [json.loads(line[len("data:") :]) for line in response.iter_lines() if line.startswith("data:")]
-    assert [e["token"]["text"] for e in events] == ["one", " two", " three", " four", " five", "</s>"]
-    assert events[-1]["token"]["special"] is True  # EOS
-    assert [e["index"] for e in events] == list(range(6))
-    assert all(e["generated_text"] is None for e in events[:-1])
-    assert events[-1]["generated_text"] == FIVE
-    assert events[-1]["details"]["finish_reason"] == "eos_token"
-
-    answer = httpx.post(f"{server.url}/generate", json={"inputs": "Count:", "parameters": {"max_new_tokens": 2}})
-    assert answer.json() == {"generated_text": "one two"}
-
-    server.behaviour = Behaviour(reply=FIVE, stream_error_after_tokens=1)
-    with httpx.stream("POST", f"{server.url}/generate_stream", json=body) as response:
-        lines = [line for line in response.iter_lines() if line]
-    assert json.loads(lines[-1][len("data:") :]) == {"error": ERRORS[424][1], "error_type": "generation"}
-    assert len(server.requests) == 3
-
-
-def test_text_generation_client_on_compat_route(server: TGIServer):
-    server.behaviour = Behaviour(reply=FIVE)
-
-    async def generate():
-        async with AsyncInferenceClient(base_url=server.url) as client:
-            stream = await client.text_generation("Count:", stream=True, max_new_tokens=10)
-            return [token async for token in stream]
-
-    assert "".join(asyncio.run(generate())).startswith(FIVE)

@@ -11,9 +11,8 @@ Standard library only. It answers the routes a chat client needs, with the shape
   (huggingface_hub sends ``"dummy"`` when given a URL), and a mid-stream failure is sent as TGI 3.x does on this
   route: ``data: {"error": {"message": ..., "http_status_code": 422}}`` followed by ``data: [DONE]``
   (``Behaviour.chat_stream_error_style = "tgi"`` sends the native ``{"error": ..., "error_type": ...}`` instead).
-- ``POST /generate_stream``, ``POST /generate`` and the compat ``POST /`` (``stream`` in the body): TGI's native
-  API; a mid-stream failure is the native ``data: {"error": ..., "error_type": "generation"}`` event, after which the
-  stream ends.
+
+The native ``/generate`` routes are left out: the arena speaks only the chat route.
 
 Errors are TGI's: the status code and a JSON body ``{"error": message, "error_type": type}``.
 
@@ -45,7 +44,6 @@ from typing import Any, ClassVar
 
 TGI_VERSION = "3.3.7"
 SYSTEM_FINGERPRINT = f"{TGI_VERSION}-native"
-EOS_TOKEN = {"id": 1, "text": "</s>", "logprob": -0.01, "special": True}
 
 #: HTTP status -> TGI ``error_type`` and a message like the one TGI sends for it.
 ERRORS: dict[int, tuple[str, str]] = {
@@ -141,18 +139,13 @@ class _Handler(BaseHTTPRequestHandler):
             created = int(time.time())
             model = {"id": behaviour.model_id, "object": "model", "created": created, "owned_by": behaviour.model_id}
             self._send_json(200, {"object": "list", "data": [model]})
-        elif self.path in ("/generate", "/generate_stream", "/v1/chat/completions"):
+        elif self.path == "/v1/chat/completions":
             self._send_body(405, b"", "text/plain; charset=utf-8")
         else:
             self._send_body(404, b"", "text/plain; charset=utf-8")
 
     def do_POST(self) -> None:
-        routes = {
-            "/v1/chat/completions": self._chat,
-            "/generate": self._generate,
-            "/generate_stream": self._generate_stream,
-            "/": self._compat_generate,
-        }
+        routes = {"/v1/chat/completions": self._chat}
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length) if length else b""
         route = routes.get(self.path.split("?", 1)[0])
@@ -229,74 +222,6 @@ class _Handler(BaseHTTPRequestHandler):
             self._event("[DONE]")
         self._end_stream()
 
-    def _generate_stream(self, body: dict, behaviour: Behaviour) -> None:
-        if not isinstance(body.get("inputs"), str):
-            self._send_body(
-                422, b"Failed to deserialize the JSON body into the target type: missing field `inputs`", "text/plain"
-            )
-            return
-        parameters = body.get("parameters") or {}
-        tokens, finish = _plan(behaviour.tokens(), parameters.get("max_new_tokens"))
-        text = "".join(tokens)
-        generated = len(tokens) + (finish == "stop")
-        details = {
-            "finish_reason": "eos_token" if finish == "stop" else "length",
-            "generated_tokens": generated,
-            "seed": parameters.get("seed"),
-            "input_length": len(re.findall(r"\S+", body["inputs"])),
-        }
-
-        def event(i: int, token: dict, final: bool) -> dict:
-            return {
-                "index": i,
-                "token": token,
-                "generated_text": text if final else None,
-                "details": details if final and parameters.get("details") else None,
-            }
-
-        last = len(tokens) - 1
-        self._start_stream()
-        completed = self._pace(
-            tokens,
-            behaviour,
-            on_token=lambda i, tok: self._event(event(i, _token(i, tok), i == last and finish == "length")),
-            on_stream_error=lambda: self._event(
-                {"error": behaviour.stream_error_message(), "error_type": "generation"}
-            ),
-        )
-        if completed and finish == "stop":
-            self._event(event(len(tokens), EOS_TOKEN, True))
-        self._end_stream()
-
-    def _compat_generate(self, body: dict, behaviour: Behaviour) -> None:
-        """``POST /``: TGI's compat route (what ``InferenceClient.text_generation`` posts to when given a URL)."""
-        if body.get("stream"):
-            self._generate_stream(body, behaviour)
-        else:
-            self._generate(body, behaviour, as_list=True)
-
-    def _generate(self, body: dict, behaviour: Behaviour, as_list: bool = False) -> None:
-        if not isinstance(body.get("inputs"), str):
-            self._send_body(
-                422, b"Failed to deserialize the JSON body into the target type: missing field `inputs`", "text/plain"
-            )
-            return
-        parameters = body.get("parameters") or {}
-        tokens, finish = _plan(behaviour.tokens(), parameters.get("max_new_tokens"))
-        if not self._pace(tokens, behaviour, on_token=lambda i, tok: None, on_stream_error=None):
-            return
-        answer: dict[str, Any] = {"generated_text": "".join(tokens)}
-        if parameters.get("details"):
-            token_list = [_token(i, tok) for i, tok in enumerate(tokens)] + ([EOS_TOKEN] if finish == "stop" else [])
-            answer["details"] = {
-                "finish_reason": "eos_token" if finish == "stop" else "length",
-                "generated_tokens": len(token_list),
-                "seed": parameters.get("seed"),
-                "prefill": [],
-                "tokens": token_list,
-            }
-        self._send_json(200, [answer] if as_list else answer)
-
     def _pace(self, tokens: list[str], behaviour: Behaviour, on_token: Any, on_stream_error: Any) -> bool:
         """Produce ``tokens`` at the set pace; False if a simulated failure ended the request (already answered)."""
         stopping = self.server.tgi._stopping
@@ -358,10 +283,6 @@ def _plan(tokens: list[str], max_tokens: Any) -> tuple[list[str], str]:
     if isinstance(max_tokens, int) and 0 <= max_tokens <= len(tokens):
         return tokens[:max_tokens], "length"
     return tokens, "stop"
-
-
-def _token(i: int, text: str) -> dict:
-    return {"id": 100 + i, "text": text, "logprob": -0.1, "special": False}
 
 
 def _envelope(obj: str, model: str) -> dict:
