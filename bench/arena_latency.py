@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import socket
 import statistics
 import sys
 import tempfile
@@ -32,17 +31,11 @@ sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
 from gradio_client import Client  # noqa: E402
 from huggingface_hub import AsyncInferenceClient  # noqa: E402
-from tgi_server import Behaviour, TGIServer  # noqa: E402
+from tgi_server import Behaviour, TGIServer, free_port  # noqa: E402
 
 from demo import app, backends, ratings  # noqa: E402
 
 DECODING = (0.7, 0.9, 1.2, 2048)  # temperature, top-p, repetition penalty, max new tokens
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def answered(output: tuple) -> bool:

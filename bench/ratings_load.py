@@ -29,7 +29,6 @@ import multiprocessing
 import os
 import random
 import signal
-import socket
 import sqlite3
 import statistics
 import subprocess
@@ -44,16 +43,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
 from gradio_client import Client  # noqa: E402
-from tgi_server import Behaviour, TGIServer  # noqa: E402
+from tgi_server import Behaviour, TGIServer, free_port  # noqa: E402
 
 DECODING = (0.7, 0.9, 1.2, 64)
 RATINGS = ("fail", "pass", "excellent")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class App:

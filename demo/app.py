@@ -40,15 +40,6 @@ def load_openers(path: Path = OPENERS_FILE) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def _session(request: gr.Request | None) -> str:
-    return getattr(request, "session_hash", None) or "anonymous"
-
-
-def _rater(name: str | None, request: gr.Request | None) -> str:
-    """The logged-in Hugging Face user on a Space with OAuth, else the typed name."""
-    return getattr(request, "username", None) or (name or "").strip() or "anonymous"
-
-
 def build(
     models: list[backends.LocalBackend | backends.RemoteBackend],
     store: ratings.Store,
@@ -132,7 +123,7 @@ def build(
                     gr.Warning(f"This conversation reached its limit of {turn_limit} turns; start a new one.")
                     yield arena.chat_messages(side), skip, skip, skip
                     return
-            session, rater = _session(request), _rater(rater_name, request)
+            session, rater = arena.session_of(request), arena.rater_of(rater_name, request)
             backend = models[conv.models[index]]
             names = [models[i].name for i in conv.models]
             store.ensure_conversation(conv.id, session, names[0], names[1], conv.blind, rater, conv.opener_id)
@@ -203,7 +194,7 @@ def build(
             if conv is None:
                 raise gr.Error("Start a new conversation first.")
             try:
-                store.set_verdict(conv.id, verdict, _session(request), _rater(rater_name, request))
+                store.set_verdict(conv.id, verdict, arena.session_of(request), arena.rater_of(rater_name, request))
             except (ratings.NotAllowed, ValueError) as err:
                 raise gr.Error(str(err)) from None
             conv.verdict = verdict
@@ -220,7 +211,7 @@ def build(
         if conv is not None:
             conv.opener_id = opener["id"]
             if store.conversation(conv.id):
-                store.set_opener(conv.id, _session(request), opener["id"])
+                store.set_opener(conv.id, arena.session_of(request), opener["id"])
         follow_ups = "\n".join(f"{n}. {arena.safe_markdown(f)}" for n, f in enumerate(opener["follow_ups"], 1))
         return opener["prompt"], f"**Planned follow-ups** (adapt them to what each side said):\n\n{follow_ups}"
 
@@ -230,10 +221,10 @@ def build(
 
     def current_conversation(conv: arena.Conversation | None, request: gr.Request) -> dict:
         """The session's current conversation as stored: turn ids, texts, ratings, verdict (for API clients)."""
-        if conv is None or store.conversation(conv.id) is None:
+        record = store.conversation(conv.id) if conv is not None else None
+        if record is None:
             return {"id": conv.id if conv else None, "turns": [], "ratings": {}, "verdict": None}
-        record = store.conversation(conv.id)
-        if record["session"] != _session(request):
+        if record["session"] != arena.session_of(request):
             raise gr.Error("this conversation does not belong to your session")
         turns = [
             {"turn_id": t.id, "side": t.side, "turn_index": t.turn_index, "attempt": t.attempt, "status": t.status}
@@ -244,7 +235,7 @@ def build(
     def rate_by_id(turn_id: str, rating: str, rater_name: str, request: gr.Request) -> str:
         """API: rate a turn of one's own conversation by id (the server checks the id belongs to the session)."""
         try:
-            store.rate(turn_id, rating, _session(request), _rater(rater_name, request))
+            store.rate(turn_id, rating, arena.session_of(request), arena.rater_of(rater_name, request))
         except (ratings.NotAllowed, ValueError) as err:
             raise gr.Error(str(err)) from None
         return "saved"

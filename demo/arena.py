@@ -73,6 +73,16 @@ class Side:
         return tuple((n, t.turn_id) for n, t in enumerate(self.turns, 1) if t.turn_id and not t.error)
 
 
+def session_of(request: object) -> str:
+    """Who owns what in the store: the browser (or API client) session of a Gradio request."""
+    return getattr(request, "session_hash", None) or "anonymous"
+
+
+def rater_of(name: str | None, request: object, default: str = "anonymous") -> str:
+    """The logged-in Hugging Face user on a Space with OAuth, else the typed name, else ``default``."""
+    return getattr(request, "username", None) or (name or "").strip() or default
+
+
 def check_message(text: str | None) -> str:
     """The message to send, or ValueError with what is wrong with it."""
     text = (text or "").strip()

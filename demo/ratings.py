@@ -247,7 +247,7 @@ class Store:
             raise ValueError(f"rating must be one of {', '.join(RATINGS)}, got {rating!r}")
         row = self._one(
             "SELECT t.status, t.side, t.turn_index, t.attempt, t.model, t.user_text, t.assistant_text, c.session,"
-            " c.id, c.rater AS owner, EXISTS (SELECT 1 FROM review_grants g WHERE g.session = ? AND"
+            " c.id, EXISTS (SELECT 1 FROM review_grants g WHERE g.session = ? AND"
             " g.conversation_id = c.id) AS granted FROM turns t JOIN conversations c ON c.id = t.conversation_id"
             " WHERE t.id = ?",
             (session, str(turn_id)),

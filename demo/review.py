@@ -12,14 +12,6 @@ import gradio as gr
 from demo import arena, ratings
 
 
-def _session(request: gr.Request | None) -> str:
-    return getattr(request, "session_hash", None) or "anonymous"
-
-
-def _rater(name: str | None, request: gr.Request | None) -> str:
-    return getattr(request, "username", None) or (name or "").strip()
-
-
 def layout(store: ratings.Store, rater: gr.Textbox, enabled: bool = True) -> None:
     """The tab's components and events, inside the caller's ``gr.Tab``. Disabled (a public Space, by default),
     the hand-out endpoint refuses too: raters never see other raters' conversations."""
@@ -28,25 +20,25 @@ def layout(store: ratings.Store, rater: gr.Textbox, enabled: bool = True) -> Non
     def assign(rater_name: str, request: gr.Request) -> tuple:
         if not enabled:
             raise gr.Error("Reviews are off in this arena (LIMA_ARENA_REVIEW=true turns them on).")
-        who = _rater(rater_name, request)
+        who = arena.rater_of(rater_name, request, default="")
         if not who:
             raise gr.Error("Type your name first: reviews are counted per rater.")
-        conversation_id = store.assign_review(_session(request), who)
+        conversation_id = store.assign_review(arena.session_of(request), who)
         if conversation_id is None:
             nothing = "Nothing to review right now: every conversation rated by someone else has your opinion."
             return (), nothing, []
-        turns = store.review_turns(conversation_id, _session(request))
+        turns = store.review_turns(conversation_id, arena.session_of(request))
         shown = tuple((t.id, t.side, t.turn_index, t.user_text, t.assistant_text) for t in turns)
         listed = [{"turn_id": t.id, "side": t.side, "turn_index": t.turn_index} for t in turns]
         return shown, f"Conversation `{conversation_id[:8]}`: rate every answer of both sides.", listed
 
     def make_rate(turn_id: str):
         def rate(rating: str, rater_name: str, request: gr.Request) -> None:
-            who = _rater(rater_name, request)
+            who = arena.rater_of(rater_name, request, default="")
             if not who:
                 raise gr.Error("Type your name first.")
             try:
-                store.rate(turn_id, rating, _session(request), who)
+                store.rate(turn_id, rating, arena.session_of(request), who)
             except (ratings.NotAllowed, ValueError) as err:
                 raise gr.Error(str(err)) from None
 

@@ -13,6 +13,9 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 DIALOGUES = REPO / "dialogues"
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
+# Debian's chromium, which the README's test command installs; Playwright drives it headless.
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
 
 
 @pytest.fixture(scope="session")

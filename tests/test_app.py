@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,17 +15,11 @@ from pathlib import Path
 import pytest
 from conftest import REPO, run_cli
 from gradio_client import Client
-from tgi_server import Behaviour, TGIServer
+from tgi_server import Behaviour, TGIServer, free_port
 
 from demo import app, backends, ratings
 
 DECODING = (0.7, 0.9, 1.2, 64)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

@@ -3,8 +3,6 @@ speak TGI's streaming protocol on loopback."""
 
 from __future__ import annotations
 
-import shutil
-import socket
 import sqlite3
 import threading
 import time
@@ -14,24 +12,17 @@ from pathlib import Path
 from typing import ClassVar
 
 import pytest
-from tgi_server import Behaviour, TGIServer
+from conftest import CHROMIUM, CHROMIUM_ARGS
+from tgi_server import Behaviour, TGIServer, free_port
 
 from demo import app, backends, ratings
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(
     CHROMIUM is None, reason="needs Debian's chromium (apt-get install chromium), as the README's test command does"
 )
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
 
 REPLY_A = "Paris is the capital of France and its largest city by far, on the Seine."
 REPLY_B = "The capital of France is Paris, home to about two million people."
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

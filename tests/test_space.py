@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import shutil
 import signal
 import subprocess
 import sys
@@ -17,13 +16,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO
+from conftest import CHROMIUM, CHROMIUM_ARGS, REPO
 from gradio_client import Client
-from test_app import free_port
-from tgi_server import Behaviour, TGIServer
+from tgi_server import Behaviour, TGIServer, free_port
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
 ADMIN_TOKEN = "admin-secret-4f9c"
 HF_TOKEN = "hf_secret_never_in_the_page"
 

@@ -278,6 +278,13 @@ class _Handler(BaseHTTPRequestHandler):
             self.connection.shutdown(socket.SHUT_RDWR)
 
 
+def free_port() -> int:
+    """A free loopback port (for the app under test, beside these servers)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def _plan(tokens: list[str], max_tokens: Any) -> tuple[list[str], str]:
     """The tokens to send and the finish reason: "length" when ``max_tokens`` cuts the reply, else "stop" (EOS)."""
     if isinstance(max_tokens, int) and 0 <= max_tokens <= len(tokens):
