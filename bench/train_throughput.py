@@ -36,7 +36,7 @@ from trl import SFTConfig, SFTTrainer
 from finetune.base_models import resolve_base
 from finetune.data import load_training_sets
 from finetune.recipe import Recipe
-from finetune.train import TokenCounter, build_trainer, encode, load_for_training
+from finetune.train import TokenCounter, build_trainer, encode, load_for_training, training_args
 
 
 class StepTimer(TrainerCallback):
@@ -66,12 +66,13 @@ def rows_for(base: str, batch: int, steps: int, seed: int = 0):
 
 
 def run_ours(base: str, batch: int, steps: int, workdir: Path) -> tuple[float, float]:
-    recipe, model, tokenizer, eot, rows = rows_for(base, batch, steps)
+    recipe = Recipe(base=base, lima="sample", residual_dropout=0.2, precision="bf16", gradient_checkpointing=False)
     recipe.batch_size = batch
     recipe.per_device_batch_size = 1 if not torch.cuda.is_available() else 4
-    trainer = build_trainer(
-        recipe, model, tokenizer, eot, rows, workdir / "ours", max_steps=steps, save_strategy="no", disable_tqdm=True
-    )
+    # The training order of finetune/train.py: arguments (and the distributed state) before the model.
+    args = training_args(recipe, workdir / "ours", max_steps=steps, save_strategy="no", disable_tqdm=True)
+    _, model, tokenizer, eot, rows = rows_for(base, batch, steps)
+    trainer = build_trainer(recipe, args, model, tokenizer, eot, rows)
     timer = StepTimer(trainer.data_collator)
     trainer.add_callback(timer)
     trainer.train()

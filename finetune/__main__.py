@@ -107,7 +107,8 @@ def run_train(args: argparse.Namespace) -> int:
 
     models = ["zero-shot", "dialogue"] if args.model == "both" else [args.model]
     for run_dir in train(recipe, models, args.output, resume=args.resume):
-        print(f"{run_dir}: selected {(run_dir / 'selected').read_text().strip()}")
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"{run_dir}: selected {(run_dir / 'selected').read_text().strip()}")
     return 0
 
 
@@ -133,15 +134,21 @@ def main(argv: list[str] | None = None) -> int:
     add_train_parser(commands)
     add_select_parser(commands)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("finetune").setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    # Under torchrun / accelerate launch every process runs this: the main one logs and reports, the others
+    # say only what goes wrong, tagged with their rank.
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    tag = f"[rank {rank}] " if world > 1 else ""
+    logging.basicConfig(level=logging.WARNING, format=f"{tag}%(levelname)s %(name)s: %(message)s")
+    level = logging.DEBUG if args.verbose else logging.INFO
+    logging.getLogger("finetune").setLevel(level if rank == 0 else logging.WARNING)
     if not args.verbose:  # its retry warnings would repeat, at length, what our one line says
         os.environ.setdefault("HF_HUB_VERBOSITY", "error")
     try:
         return args.run(args)
     except UserError as exc:
-        for line in exc.lines:
-            print(line, file=sys.stderr)
+        if rank == 0:  # every process meets the same mistake; one of them says it
+            for line in exc.lines:
+                print(line, file=sys.stderr)
         return 2
 
 

@@ -13,6 +13,8 @@ nothing but are unknown to TGI's template engine (minijinja), where they would s
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 EOT = "<|end_of_turn|>"
@@ -39,27 +41,33 @@ SERVING_TEMPLATE = CHAT_TEMPLATE.replace("{%- generation -%}", "").replace("{%- 
 def add_end_of_turn(model, tokenizer) -> int:
     """Add EOT to the tokenizer and the model (mean-initialised), install the template; return EOT's id.
 
-    Mean initialisation (the average of the existing embeddings) puts the new row where the model's hidden
+    Mean initialisation (the average of the rows the base trained) puts the new row where the model's hidden
     states already live, so its first logits are neither huge nor negligible (Hewitt, "Initializing New Word
-    Embeddings for Pretrained Language Models", 2021).
+    Embeddings for Pretrained Language Models", 2021). It applies whether or not the matrix grows: bases whose
+    embedding matrix is padded past the tokenizer (Qwen-style, rounded up to a multiple of 64 or 128) give EOT
+    one of those padding rows, which the base never trained. A base that already has EOT (a model of ours
+    trained again) keeps its trained row.
     """
-    if EOT not in tokenizer.get_vocab():
+    new = EOT not in tokenizer.get_vocab()
+    trained_rows = len(tokenizer)  # the tokenizer's vocabulary; rows past it are padding the base never saw
+    if new:
         tokenizer.add_special_tokens({"additional_special_tokens": [EOT]})
     eot_id = tokenizer.convert_tokens_to_ids(EOT)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token or EOT
     tokenizer.chat_template = CHAT_TEMPLATE
 
-    embeddings = model.get_input_embeddings()
-    old_rows = embeddings.weight.shape[0]
-    if eot_id >= old_rows:
-        model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
-        with torch.no_grad():
-            input_rows = model.get_input_embeddings().weight
-            input_rows[old_rows:] = input_rows[:old_rows].mean(dim=0, keepdim=True)
-            output = model.get_output_embeddings()
-            if output is not None and output.weight is not input_rows:  # untied head: initialise it the same way
-                output.weight[old_rows:] = output.weight[:old_rows].mean(dim=0, keepdim=True)
+    if eot_id >= model.get_input_embeddings().weight.shape[0]:
+        model.resize_token_embeddings(eot_id + 1, mean_resizing=False)
+    if new:
+        matrices = [model.get_input_embeddings().weight]
+        output = model.get_output_embeddings()
+        if output is not None and output.weight is not matrices[0]:  # untied head: initialise it the same way
+            matrices.append(output.weight)
+        with _gathered(matrices), torch.no_grad():
+            for weight in matrices:
+                rows = min(trained_rows, eot_id, weight.shape[0])
+                weight[eot_id] = weight[:rows].mean(dim=0)
 
     stop = [eot_id]
     base_eos = model.generation_config.eos_token_id
@@ -70,3 +78,17 @@ def add_end_of_turn(model, tokenizer) -> int:
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.config.pad_token_id = tokenizer.pad_token_id
     return eot_id
+
+
+def _gathered(weights):
+    """Under DeepSpeed ZeRO-3 (zero3_init_flag) each process holds a slice of every weight: gather the full
+    matrices for the edit, made on rank 0 and partitioned again on exit. Anywhere else the weights are whole.
+    (Under FSDP's CPU-RAM-efficient loading the other ranks hold meta tensors: the edit is a no-op there and
+    FSDP broadcasts rank 0's rows.)"""
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    if is_deepspeed_zero3_enabled():
+        import deepspeed
+
+        return deepspeed.zero.GatheredParameters(weights, modifier_rank=0)
+    return contextlib.nullcontext()

@@ -1,13 +1,18 @@
 """Train LIMA's zero-shot model (lima-1000) and dialogue model (lima-1030) from one base.
 
-Read top to bottom: `train` loads the data once and trains each model with `train_model`, which
-  1. loads the base and adds the end-of-turn token (chat_format.py),
-  2. renders every example with the chat template and masks the loss to assistant turns + EOT,
+Read top to bottom: `train` loads the data once and trains each model with `train_model`, which, in the
+order of the alignment-handbook's scripts/sft.py,
+  1. builds the training arguments, which start the distributed state (one process, DDP, FSDP or DeepSpeed
+     as `accelerate launch` / `torchrun` set it up), so the batch is split over the real world size and the
+     engines' loading options (FSDP's CPU-RAM-efficient loading, ZeRO-3's sharded init) apply to the model,
+  2. lets the main process claim the run directory while the others wait for its answer,
+  3. loads the base and adds the end-of-turn token (chat_format.py) and residual dropout (residual_dropout.py),
+  4. renders every example with the chat template and masks the loss to assistant turns + EOT,
      truncating at max_length and dropping examples left with no assistant token,
-  3. installs residual dropout (residual_dropout.py),
-  4. hands everything to TRL's SFTTrainer with the recipe's optimiser, schedule, batch and length grouping,
-  5. saves a servable model directory (DESIGN.md, contract 2) at the end of each epoch in the keep window,
-     and names the chosen one in `selected`.
+  5. hands everything to TRL's SFTTrainer with the recipe's optimiser, schedule, batch and length grouping,
+  6. saves a servable model directory (DESIGN.md, contract 2) at the end of each epoch in the keep window,
+     through the trainer's own save path (every process takes part; the main process alone writes), and
+     names the chosen one in `selected`.
 Only what LIMA adds is written here; the training loop, collator, optimiser and scheduler are the libraries'.
 """
 
@@ -120,6 +125,25 @@ class LimaTrainer(SFTTrainer):
             )
         return optimizer
 
+    serving_dtype: torch.dtype | None = None  # set by save_servable for the length of one servable save
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        # save_model gathers the weights as its engine needs (FSDP full state dict, ZeRO-3 16-bit
+        # consolidation, plain state dict) and ends here on the writing process. Master weights stay fp32 for
+        # training; a servable copy is written in the run's precision. Resume checkpoints pass through untouched.
+        if self.serving_dtype is None:
+            return super()._save(output_dir, state_dict)
+        model = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
+        if state_dict is None:
+            state_dict = model.state_dict()
+        dtype = self.serving_dtype
+        state_dict = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state_dict.items()}
+        previous, model.config.dtype = model.config.dtype, dtype
+        try:
+            super()._save(output_dir, state_dict)
+        finally:
+            model.config.dtype = previous
+
     def create_scheduler(self, num_training_steps: int, optimizer=None):
         if self.lr_scheduler is None:
             lr_end = self.args.lr_scheduler_kwargs["lr_end"]
@@ -155,6 +179,26 @@ class TokenCounter:
         return self.real / self.total if self.total else 1.0
 
 
+def effective_batch(args) -> int:
+    return args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
+
+
+class RecordBatch(TrainerCallback):
+    """Puts the batch the trainer really runs with into log_history, so runs on different device counts can be
+    compared: per-device micro-batch x gradient accumulation x processes must equal the recipe's batch."""
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        state.log_history.append(
+            {
+                "step": state.global_step,
+                "processes": args.world_size,
+                "per_device_batch_size": args.per_device_train_batch_size,
+                "gradient_accumulation_steps": args.gradient_accumulation_steps,
+                "effective_batch": effective_batch(args),
+            }
+        )
+
+
 class KeepEpochs(TrainerCallback):
     """At the end of each epoch in the keep window, save a servable model directory (not optimizer state)."""
 
@@ -171,15 +215,23 @@ class KeepEpochs(TrainerCallback):
 def train(
     recipe: Recipe, models: list[str], output: Path, resume: bool = False, sets: TrainingSets | None = None
 ) -> list[Path]:
-    """Train each requested model ('zero-shot', 'dialogue') and return their run directories."""
-    sets = sets or load_training_sets(recipe.lima, recipe.dialogues or DIALOGUES_DIR)
-    base_dir = resolve_base(recipe.base)
-    run_dirs = []
-    for which in models:
+    """Train each requested model ('zero-shot', 'dialogue') and return their run directories.
+
+    Every process of a distributed launch runs this; each model's training arguments come first, so what
+    follows knows its rank and the world size.
+    """
+    run_dirs = [output / recipe.name / MODEL_DIRS[which] for which in models]
+    args = training_args(recipe, run_dirs[0] / "checkpoints")
+    # Downloads and conversions into shared caches happen once, on each node's main process; the others
+    # then read what it wrote.
+    with args.main_process_first(desc="loading the data and the base model"):
+        sets = sets or load_training_sets(recipe.lima, recipe.dialogues or DIALOGUES_DIR)
+        base_dir = resolve_base(recipe.base)
+    for which, run_dir in zip(models, run_dirs, strict=True):
+        if run_dir != run_dirs[0]:
+            args = training_args(recipe, run_dir / "checkpoints")
         examples = sets.zero_shot if which == "zero-shot" else sets.dialogue
-        run_dir = output / recipe.name / MODEL_DIRS[which]
-        train_model(recipe, which, examples, sets, base_dir, run_dir, resume)
-        run_dirs.append(run_dir)
+        train_model(recipe, which, examples, sets, base_dir, run_dir, resume, args)
     return run_dirs
 
 
@@ -191,6 +243,7 @@ def train_model(
     base_dir: Path,
     run_dir: Path,
     resume: bool,
+    args: SFTConfig,
 ) -> None:
     data_label = (
         sets.single_turn_label if which == "zero-shot" else f"{sets.single_turn_label} + {sets.dialogues_label}"
@@ -201,45 +254,29 @@ def train_model(
         "base": str(recipe.base),
         "data": {"fingerprint": fingerprint(examples), "examples": len(examples), "built_from": data_label},
     }
-    if _claim_run_dir(run_dir, identity, resume) == "complete":
+    if _claim_on_main(run_dir, identity, resume) == "complete":
         log.info("%s: already complete, nothing to do", run_dir)
         return
-    file_log = _log_to_file(run_dir / "train.log")
+    file_log = _log_to_file(run_dir / "train.log") if args.should_save else None
     try:
-        _train(recipe, which, examples, data_label, identity, base_dir, run_dir, resume)
+        _train(recipe, which, examples, data_label, identity, base_dir, run_dir, resume, args)
     finally:
-        logging.getLogger().removeHandler(file_log)
-        file_log.close()
+        if file_log is not None:
+            logging.getLogger().removeHandler(file_log)
+            file_log.close()
 
 
-def load_for_training(recipe: Recipe, base_dir: Path | str):
-    """The base model and tokenizer, with EOT added and residual dropout installed. Returns (model, tokenizer, eot)."""
-    tokenizer = AutoTokenizer.from_pretrained(base_dir)
-    # fp32 master weights always: bf16 runs as autocast (or FSDP mixed precision), because a bf16 weight cannot
-    # hold an update of lr 1e-5 relative to its size, so pure-bf16 AdamW would silently skip most of them.
-    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
-    eot_id = chat_format.add_end_of_turn(model, tokenizer)
-    rates = add_residual_dropout(model, recipe.residual_dropout)
-    log.info("residual dropout by layer: %s", ", ".join(f"{r:.3f}" for r in rates))
-    return model, tokenizer, eot_id
+def training_args(recipe: Recipe, output_dir: Path, **overrides) -> SFTConfig:
+    """LIMA's recipe as SFTConfig; `overrides` go to it as is (benchmarks).
 
-
-def build_trainer(recipe: Recipe, model, tokenizer, eot_id: int, rows: list[dict], output_dir: Path, **overrides):
-    """LIMA's recipe as an SFTTrainer over pre-tokenized rows; `overrides` go to SFTConfig (benchmarks)."""
-    from datasets import Dataset
-
+    Built before the model: constructing it starts the distributed state, whose world size splits the batch
+    into per-device micro-batches x gradient accumulation x processes.
+    """
     on_cuda = torch.cuda.is_available()
-    world = max(torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1, 1)
-    per_step = recipe.per_device_batch_size * world
-    if recipe.batch_size % per_step:
-        raise UserError(
-            f"error: batch_size {recipe.batch_size} is not a multiple of per_device_batch_size x devices = {per_step}"
-        )
     settings = dict(
         output_dir=str(output_dir),
         num_train_epochs=recipe.epochs,
         per_device_train_batch_size=recipe.per_device_batch_size,
-        gradient_accumulation_steps=recipe.batch_size // per_step,
         learning_rate=recipe.learning_rate,
         lr_scheduler_type="polynomial",
         lr_scheduler_kwargs={"lr_end": recipe.final_learning_rate, "power": 1.0},
@@ -254,6 +291,7 @@ def build_trainer(recipe: Recipe, model, tokenizer, eot_id: int, rows: list[dict
         activation_checkpointing=recipe.gradient_checkpointing,
         activation_checkpointing_kwargs={"use_reentrant": False},
         dataloader_pin_memory=on_cuda,
+        ddp_find_unused_parameters=False,  # every weight takes part in every step; the search costs a graph walk
         train_sampling_strategy="group_by_length" if recipe.group_by_length else "random",
         save_strategy="epoch",
         save_total_limit=1,  # the last epoch's full state, for --resume; removed when the run completes
@@ -262,22 +300,52 @@ def build_trainer(recipe: Recipe, model, tokenizer, eot_id: int, rows: list[dict
         seed=recipe.seed,
         disable_tqdm=False,
     )
+    args = SFTConfig(**{**settings, **overrides})
+    per_step = recipe.per_device_batch_size * args.world_size
+    if recipe.batch_size % per_step:
+        raise UserError(
+            f"error: batch_size {recipe.batch_size} is not a multiple of per_device_batch_size x processes = "
+            f"{recipe.per_device_batch_size} x {args.world_size}: change per_device_batch_size or the process count"
+        )
+    if "gradient_accumulation_steps" not in overrides:
+        args.gradient_accumulation_steps = recipe.batch_size // per_step
+    return args
+
+
+def load_for_training(recipe: Recipe, base_dir: Path | str):
+    """The base model and tokenizer, with EOT added and residual dropout installed. Returns (model, tokenizer, eot).
+
+    Call it after `training_args`: from_pretrained then loads as the engine asks (under FSDP's
+    cpu_ram_efficient_loading only rank 0 reads the weights; under ZeRO-3's zero3_init each rank a shard).
+    """
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    # fp32 master weights always: bf16 runs as autocast (or FSDP mixed precision), because a bf16 weight cannot
+    # hold an update of lr 1e-5 relative to its size, so pure-bf16 AdamW would silently skip most of them.
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    eot_id = chat_format.add_end_of_turn(model, tokenizer)
+    rates = add_residual_dropout(model, recipe.residual_dropout)
+    log.info("residual dropout by layer: %s", ", ".join(f"{r:.3f}" for r in rates))
+    return model, tokenizer, eot_id
+
+
+def build_trainer(recipe: Recipe, args: SFTConfig, model, tokenizer, eot_id: int, rows: list[dict]) -> LimaTrainer:
+    """An SFTTrainer over pre-tokenized rows, with LIMA's schedule, the EOT row's rate and token counting."""
+    from datasets import Dataset
+
     dataset = Dataset.from_list([{"input_ids": r["input_ids"], "labels": r["labels"]} for r in rows])
-    peft_config = _lora_config(model, recipe.lora, eot_id, on_cpu=not on_cuda) if recipe.lora else None
+    on_cpu = args.device.type == "cpu"
+    peft_config = _lora_config(model, recipe.lora, eot_id, on_cpu=on_cpu) if recipe.lora else None
     trainer = LimaTrainer(
-        model=model,
-        args=SFTConfig(**{**settings, **overrides}),
-        train_dataset=dataset,
-        processing_class=tokenizer,
-        peft_config=peft_config,
+        model=model, args=args, train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config
     )
     if recipe.lora:
         trainer.eot_lr_scale = float(recipe.lora.get("eot_lr_scale", 1.0))
     trainer.data_collator = TokenCounter(trainer.data_collator)
+    trainer.add_callback(RecordBatch())
     return trainer
 
 
-def _train(recipe, which, examples, data_label, identity, base_dir, run_dir, resume) -> None:
+def _train(recipe, which, examples, data_label, identity, base_dir, run_dir, resume, args) -> None:
     log.info("training %s (%s) on %d examples: %s", which, run_dir, len(examples), data_label)
     model, tokenizer, eot_id = load_for_training(recipe, base_dir)
     encoded = encode(examples, tokenizer, recipe.max_length)
@@ -294,9 +362,16 @@ def _train(recipe, which, examples, data_label, identity, base_dir, run_dir, res
         recipe.max_length,
         encoded.dropped,
     )
+    log.info(
+        "batch %d = %d per device x %d accumulation steps x %d processes",
+        recipe.batch_size,
+        args.per_device_train_batch_size,
+        args.gradient_accumulation_steps,
+        args.world_size,
+    )
     tokenizer.chat_template = chat_format.SERVING_TEMPLATE  # what every saved model carries
-    checkpoints = run_dir / "checkpoints"
-    trainer = build_trainer(recipe, model, tokenizer, eot_id, rows, checkpoints)
+    checkpoints = Path(args.output_dir)
+    trainer = build_trainer(recipe, args, model, tokenizer, eot_id, rows)
     counter = trainer.data_collator
     started = time.time()
 
@@ -306,13 +381,15 @@ def _train(recipe, which, examples, data_label, identity, base_dir, run_dir, res
         figures = {
             "epoch": epoch,
             "steps": trainer.state.global_step,
+            "effective_batch": effective_batch(args),
+            "processes": args.world_size,
             "train_loss": _last_loss(trainer.state.log_history),
-            "real_token_fraction": round(counter.fraction, 4),
+            "real_token_fraction": round(counter.fraction, 4),  # as seen by the main process
             "train_seconds": round(time.time() - started, 1),
             "examples": len(rows),
             "truncated": truncated,
             "dropped": encoded.dropped,
-            "device": _device_name(),
+            "device": _device_name(args.world_size),
         }
         save_servable(trainer, tokenizer, run_dir / f"epoch-{epoch}", identity, figures)
 
@@ -336,6 +413,7 @@ def _train(recipe, which, examples, data_label, identity, base_dir, run_dir, res
             (run_dir / SELECTED).write_text(f"epoch-{recipe.keep_epochs[1]}\n")
         _write_run_file(run_dir, {**identity, "status": "complete"})
         shutil.rmtree(checkpoints, ignore_errors=True)
+    trainer.accelerator.wait_for_everyone()  # nobody starts the next model while the main process still writes
 
 
 def _lora_config(model, settings: dict[str, Any], eot_id: int, on_cpu: bool):
@@ -366,31 +444,41 @@ def _lora_config(model, settings: dict[str, Any], eot_id: int, on_cpu: bool):
 
 
 def save_servable(trainer, tokenizer, path: Path, identity: dict, figures: dict) -> None:
-    """Write a model directory that AutoModelForCausalLM, TGI and vLLM load as is, with its model card."""
-    model = trainer.model
+    """Write a model directory that AutoModelForCausalLM, TGI and vLLM load as is, with its model card.
+
+    Every process calls this (gathering sharded weights is a collective); the main process alone writes.
+    """
     dtype = torch.bfloat16 if identity["recipe"]["precision"] == "bf16" else torch.float32
-    state = None if hasattr(model, "merge_and_unload") else trainer.accelerator.get_state_dict(model)  # collective
-    if trainer.is_world_process_zero():
-        unwrapped = trainer.accelerator.unwrap_model(model)
-        if state is None:  # LoRA: serve merged weights, keep training the adapter
+    unwrapped = trainer.accelerator.unwrap_model(trainer.model)
+    if hasattr(unwrapped, "merge_and_unload"):  # LoRA: serve merged weights, keep training the adapter
+        if trainer.is_world_process_zero():
             merged = copy.deepcopy(unwrapped).merge_and_unload()
             if merged.get_output_embeddings().weight is not merged.get_input_embeddings().weight:
                 # A head trained on its own (modules_to_save): saved as tied, it would be replaced on load.
                 merged.config.get_text_config().tie_word_embeddings = False
                 merged.config.tie_word_embeddings = False
             merged.to(dtype).save_pretrained(path)
-        else:  # master weights stay fp32 for training; the served copy is written in the run's precision
-            previous, unwrapped.config.dtype = unwrapped.config.dtype, dtype
-            state = {key: value.to(dtype) if value.is_floating_point() else value for key, value in state.items()}
-            unwrapped.save_pretrained(path, state_dict=state)
-            unwrapped.config.dtype = previous
-    if not trainer.is_world_process_zero():
-        return
-    tokenizer.save_pretrained(path, save_jinja_files=False)  # the template inside tokenizer_config.json (TGI)
-    (path / "chat_template.jinja").unlink(missing_ok=True)
-    (path / "training_args.bin").unlink(missing_ok=True)
-    (path / "README.md").write_text(model_card(identity, figures), encoding="utf-8")
-    log.info("saved %s", path)
+    else:
+        # The trainer's own save path gathers what FSDP or ZeRO-3 sharded; resume checkpoints stay sharded
+        # (SHARDED_STATE_DICT in fsdp.yaml), and only this servable copy is gathered whole, on rank 0.
+        plugin = getattr(trainer.accelerator.state, "fsdp_plugin", None)
+        previous = plugin.state_dict_type if plugin is not None else None
+        trainer.serving_dtype = dtype
+        try:
+            if plugin is not None:
+                plugin.set_state_dict_type("FULL_STATE_DICT")
+            trainer.save_model(str(path))
+        finally:
+            trainer.serving_dtype = None
+            if plugin is not None:
+                plugin.set_state_dict_type(previous)
+    if trainer.is_world_process_zero():
+        tokenizer.save_pretrained(path, save_jinja_files=False)  # the template inside tokenizer_config.json (TGI)
+        (path / "chat_template.jinja").unlink(missing_ok=True)
+        (path / "training_args.bin").unlink(missing_ok=True)
+        (path / "README.md").write_text(model_card(identity, figures), encoding="utf-8")
+        log.info("saved %s", path)
+    trainer.accelerator.wait_for_everyone()
 
 
 def model_card(identity: dict, figures: dict) -> str:
@@ -441,6 +529,27 @@ def model_card(identity: dict, figures: dict) -> str:
 # ------------------------------------------------------------------------------------------- helpers
 
 
+def _claim_on_main(run_dir: Path, identity: dict, resume: bool) -> str:
+    """The main process claims the run directory; the others wait for its answer and share its outcome,
+    a refusal included, so no process reads a run.yaml another has just written, and none hangs."""
+    from accelerate import PartialState
+    from accelerate.utils import broadcast_object_list
+
+    state = PartialState()
+    outcome: list[Any] = [None]
+    if state.is_main_process:
+        try:
+            outcome[0] = ("ok", _claim_run_dir(run_dir, identity, resume))
+        except UserError as exc:
+            outcome[0] = ("refused", exc.lines)
+    if state.num_processes > 1:
+        broadcast_object_list(outcome, from_process=0)
+    kind, value = outcome[0]
+    if kind == "refused":
+        raise UserError(*value)
+    return value
+
+
 def _claim_run_dir(run_dir: Path, identity: dict, resume: bool) -> str:
     """Refuse to mix runs in one directory; returns 'new', 'resume' or 'complete'."""
     run_file = run_dir / RUN_FILE
@@ -488,10 +597,11 @@ def _last_loss(history: list[dict]) -> float | None:
     return round(losses[-1], 4) if losses else None
 
 
-def _device_name() -> str:
+def _device_name(processes: int) -> str:
     if torch.cuda.is_available():
-        return f"{torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}"
-    return f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)"
+        return f"{processes} x {torch.cuda.get_device_name(0)}"
+    threads = f"{torch.get_num_threads()} threads"
+    return f"CPU ({platform.machine()}, " + (f"{processes} processes x {threads})" if processes > 1 else f"{threads})")
 
 
 def select(run_dir: Path, epoch: int) -> Path:
