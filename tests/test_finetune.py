@@ -15,7 +15,7 @@ import time
 import pytest
 import torch
 import yaml
-from conftest import REPO, run_cli
+from conftest import REPO, assert_servable, run_cli
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from finetune import chat_format
@@ -210,24 +210,7 @@ def test_both_models_keep_only_the_window_of_epochs(trained):
 
 
 def test_saved_dir_reloads_renders_generates_and_stops_at_eot(trained):
-    path = trained / "lima-1030" / "epoch-3"
-    config = json.loads((path / "tokenizer_config.json").read_text())
-    assert config["chat_template"] == chat_format.SERVING_TEMPLATE  # where TGI reads it
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path)
-    eot = tokenizer.convert_tokens_to_ids(chat_format.EOT)
-    assert model.generation_config.eos_token_id[0] == eot
-    prompt = tokenizer.apply_chat_template(DIALOGUE[:1], add_generation_prompt=True, tokenize=False)
-    assert prompt.endswith("User:\nName a prime." + chat_format.EOT + "\nAssistant:\n")
-
-    ids = tokenizer.apply_chat_template(DIALOGUE[:1], add_generation_prompt=True, return_tensors="pt", return_dict=True)
-    # The tiny model is random: make it say EOT at its third token, and see generation stop there by itself.
-    model.generation_config.do_sample = False
-    free = model.generate(**ids, max_new_tokens=2)
-    bias = {(*tuple(free[0, ids["input_ids"].shape[1] :].tolist()), eot): 1e4}
-    out = model.generate(**ids, max_new_tokens=20, sequence_bias=bias)
-    new = out[0, ids["input_ids"].shape[1] :].tolist()
-    assert new[-1] == eot and len(new) == 3
+    assert_servable(trained / "lima-1030" / "epoch-3")
 
 
 def test_select_names_a_kept_epoch(trained, tmp_path):
