@@ -56,6 +56,35 @@ def test_eot_is_new_mean_initialised_and_stops_generation(tiny):
     assert model.generation_config.eos_token_id[0] == eot
 
 
+@pytest.mark.parametrize("tied", [False, True], ids=["untied", "tied"])
+def test_eot_on_a_padded_vocabulary_is_mean_initialised_from_the_trained_rows(tied):
+    # Qwen-style: the embedding matrix is rounded up past the tokenizer, and EOT lands on a padding row.
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir())
+    known = len(tokenizer)
+    padded = (known // 64 + 2) * 64
+    shape = dict(hidden_size=32, intermediate_size=64, num_attention_heads=2, num_key_value_heads=2)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=padded, num_hidden_layers=1, tie_word_embeddings=tied, **shape))
+    with torch.no_grad():  # padding rows the base never trained: far from every real row
+        model.get_input_embeddings().weight[known:] = 50.0
+        model.get_output_embeddings().weight[known:] = 50.0
+    inputs = model.get_input_embeddings().weight.detach().clone()
+    outputs = model.get_output_embeddings().weight.detach().clone()
+
+    eot = chat_format.add_end_of_turn(model, tokenizer)
+    assert eot == known < padded == model.get_input_embeddings().weight.shape[0]  # no resize: a padding row
+    now_in, now_out = model.get_input_embeddings().weight, model.get_output_embeddings().weight
+    assert torch.allclose(now_in[eot], inputs[:known].mean(0), atol=1e-6)
+    assert torch.allclose(now_out[eot], outputs[:known].mean(0), atol=1e-6)
+    assert torch.equal(now_in[eot + 1 :], inputs[eot + 1 :])  # the other padding rows are left alone
+
+    # a base that already has EOT (one of our models, trained again) keeps its trained row
+    trained_row = now_in[eot].detach().clone() + 1.0
+    with torch.no_grad():
+        now_in[eot] = trained_row
+    assert chat_format.add_end_of_turn(model, tokenizer) == eot
+    assert torch.equal(model.get_input_embeddings().weight[eot], trained_row)
+
+
 def test_label_mask_covers_exactly_assistant_turns_and_eot(tiny):
     _, tokenizer, eot = tiny
     encoded = encode([Example(DIALOGUE, "test")], tokenizer, max_length=2048)
