@@ -409,7 +409,8 @@ def test_accelerate_configs_parse(name):
     assert config.mixed_precision == "bf16"
     assert config.num_processes == (32 if name == "multi-node" else 8)
     if name != "zero3":
-        assert config.fsdp_config["fsdp_state_dict_type"] == "FULL_STATE_DICT"
+        assert config.fsdp_config["fsdp_state_dict_type"] == "SHARDED_STATE_DICT"  # resume state stays sharded
+        assert config.fsdp_config["fsdp_cpu_ram_efficient_loading"] is True
     else:
         assert config.deepspeed_config["zero_stage"] == 3
 
