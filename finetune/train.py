@@ -137,12 +137,13 @@ class LimaTrainer(SFTTrainer):
         if state_dict is None:
             state_dict = model.state_dict()
         dtype = self.serving_dtype
-        state_dict = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state_dict.items()}
-        previous, model.config.dtype = model.config.dtype, dtype
-        try:
-            super()._save(output_dir, state_dict)
-        finally:
-            model.config.dtype = previous
+        super()._save(output_dir, {k: v.to(dtype) if v.is_floating_point() else v for k, v in state_dict.items()})
+        if self.args.should_save:
+            # save_pretrained writes the dtype of the live (fp32) parameters into config.json; servers load
+            # a model in that dtype by default, so it must name what the weights are.
+            config = copy.deepcopy(model.config)
+            config.dtype = dtype
+            config.save_pretrained(output_dir)
 
     def create_scheduler(self, num_training_steps: int, optimizer=None):
         if self.lr_scheduler is None:

@@ -242,6 +242,38 @@ def test_saved_dir_reloads_renders_generates_and_stops_at_eot(trained):
     assert_servable(trained / "lima-1030" / "epoch-3")
 
 
+def test_a_servable_save_goes_through_the_trainers_save_path_in_the_runs_precision(tiny, tmp_path):
+    """FSDP and ZeRO-3 gather sharded weights only inside Trainer.save_model (ZeRO-3 through the engine, which
+    trainer.model is not): a servable save must go through it, and write bf16 while training stays fp32."""
+    from safetensors import safe_open
+
+    from finetune.train import build_trainer, save_servable, training_args
+
+    recipe = load_recipe("test", ["precision=bf16"])
+    base = tiny_model_dir()
+    args = training_args(recipe, tmp_path / "checkpoints", max_steps=1, save_strategy="no", disable_tqdm=True)
+    model = AutoModelForCausalLM.from_pretrained(base)
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    eot = chat_format.add_end_of_turn(model, tokenizer)
+    rows = encode([Example(DIALOGUE, "test")], tokenizer, 2048).rows
+    trainer = build_trainer(recipe, args, model, tokenizer, eot, rows)
+    calls = []
+    original = trainer.save_model
+    trainer.save_model = lambda output_dir=None, **kw: calls.append(output_dir) or original(output_dir, **kw)
+
+    identity = {"recipe": recipe.to_dict(), "model": "dialogue", "base": "tiny:llama"}
+    identity["data"] = {"fingerprint": "x", "examples": 1, "built_from": "test"}
+    save_servable(trainer, tokenizer, tmp_path / "epoch-1", identity, {"epoch": 1})
+    assert calls == [str(tmp_path / "epoch-1")]
+    with safe_open(tmp_path / "epoch-1" / "model.safetensors", "pt") as saved:
+        assert {saved.get_tensor(key).dtype for key in saved.keys()} == {torch.bfloat16}  # noqa: SIM118 (not a dict)
+    assert json.loads((tmp_path / "epoch-1" / "config.json").read_text())["dtype"] == "bfloat16"
+    assert next(trainer.model.parameters()).dtype == torch.float32  # the master weights are untouched
+    assert str(trainer.model.config.dtype).removeprefix("torch.") == "float32"
+    assert not (tmp_path / "epoch-1" / "training_args.bin").exists()
+    assert (tmp_path / "epoch-1" / "README.md").is_file()
+
+
 def test_select_names_a_kept_epoch(trained, tmp_path):
     run = trained / "lima-1000"
     assert select(run, 2).name == "epoch-2"
