@@ -10,14 +10,19 @@ optimiser. Each measures real (non-padding) tokens per second over all its optim
                LM head), given only what parity needs: the batch, the precision, the step count
   naive        a hand loop that pads every example to 2,048 tokens
 
+Beside tokens/s: peak memory per method (GPU memory allocated on CUDA) and, with a known peak (H100/H200:
+989 dense bf16 TFLOP/s, or --peak-tflops), model FLOPs utilisation: the model's FLOPs for the real tokens
+(6 x matmul parameters + 6 x layers x hidden x length per token, causal attention) over time x peak.
+
 Prints one JSON line. `python bench/train_throughput.py [--base bundled:gemma-3-270m] [--steps 2]`; with
 `--base tiny:llama` it is a seconds-long smoke run. On this machine (2 CPU cores) the bundled base takes
-about 10 minutes.
+about 10 minutes. bench/gpu_check.py runs it on a GPU.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import random
 import resource
@@ -38,22 +43,50 @@ from finetune.data import load_training_sets
 from finetune.recipe import Recipe
 from finetune.train import TokenCounter, build_trainer, encode, load_for_training, training_args
 
+PEAK_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0}  # dense bf16, the vendors' figures
+
 
 class StepTimer(TrainerCallback):
-    """Times the optimiser steps of a run; the collator wrapper counts the tokens they saw."""
+    """Times the optimiser steps of a run and its peak memory; the collator wrapper counts the tokens they saw."""
 
     def __init__(self, counter: TokenCounter):
         self.counter = counter
         self.started = self.seconds = 0.0
+        self.peak_mb = 0
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.started = time.perf_counter()
 
     def on_train_end(self, args, state, control, **kwargs):
         self.seconds = time.perf_counter() - self.started
+        self.peak_mb = peak_memory_mb()
 
-    def result(self) -> tuple[float, float]:
-        return self.counter.real / self.seconds, self.counter.fraction
+    def result(self) -> dict:
+        return {"tok_s": self.counter.real / self.seconds, "fraction": self.counter.fraction, "peak_mb": self.peak_mb}
+
+
+def reset_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def peak_memory_mb() -> int:
+    if torch.cuda.is_available():
+        return round(torch.cuda.max_memory_allocated() / 2**20)
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+
+
+def flops_per_token(model, rows) -> float:
+    """Training FLOPs per real token: 6 x the parameters that multiply (the input embedding is a lookup; the
+    output head multiplies, tied or not) + causal attention's 6 x layers x hidden x length."""
+    config = model.config.get_text_config()
+    matmul = sum(p.numel() for p in model.parameters()) - model.get_input_embeddings().weight.numel()
+    matmul += model.get_output_embeddings().weight.numel()
+    tokens = sum(len(r["input_ids"]) for r in rows)
+    squares = sum(len(r["input_ids"]) ** 2 for r in rows)
+    return 6 * matmul + 6 * config.num_hidden_layers * config.hidden_size * squares / tokens
 
 
 def rows_for(base: str, batch: int, steps: int, seed: int = 0):
@@ -65,10 +98,11 @@ def rows_for(base: str, batch: int, steps: int, seed: int = 0):
     return recipe, model, tokenizer, eot, rows[: batch * steps]
 
 
-def run_ours(base: str, batch: int, steps: int, workdir: Path) -> tuple[float, float]:
+def run_ours(base: str, batch: int, steps: int, per_device: int, workdir: Path) -> dict:
     recipe = Recipe(base=base, lima="sample", residual_dropout=0.2, precision="bf16", gradient_checkpointing=False)
     recipe.batch_size = batch
-    recipe.per_device_batch_size = 1 if not torch.cuda.is_available() else 4
+    recipe.per_device_batch_size = per_device
+    reset_memory()
     # The training order of finetune/train.py: arguments (and the distributed state) before the model.
     args = training_args(recipe, workdir / "ours", max_steps=steps, save_strategy="no", disable_tqdm=True)
     _, model, tokenizer, eot, rows = rows_for(base, batch, steps)
@@ -76,12 +110,13 @@ def run_ours(base: str, batch: int, steps: int, workdir: Path) -> tuple[float, f
     timer = StepTimer(trainer.data_collator)
     trainer.add_callback(timer)
     trainer.train()
-    return timer.result()
+    return {**timer.result(), "flops_per_token": flops_per_token(model, rows)}
 
 
-def run_trl_default(base: str, batch: int, steps: int, workdir: Path) -> tuple[float, float]:
+def run_trl_default(base: str, batch: int, steps: int, workdir: Path) -> dict:
     from datasets import Dataset
 
+    reset_memory()
     _, model, tokenizer, _, rows = rows_for(base, batch, steps)
     on_cuda = torch.cuda.is_available()
     args = SFTConfig(
@@ -104,6 +139,7 @@ def run_trl_default(base: str, batch: int, steps: int, workdir: Path) -> tuple[f
 
 
 def run_naive(base: str, batch: int, steps: int) -> float:
+    reset_memory()
     _recipe, model, tokenizer, _, rows = rows_for(base, batch, steps)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model.to(device).train()
@@ -131,23 +167,40 @@ def main() -> None:
     parser.add_argument("--base", default="bundled:gemma-3-270m")
     parser.add_argument("--batch", type=int, default=8, help="effective batch (examples per optimiser step)")
     parser.add_argument("--steps", type=int, default=2, help="optimiser steps per method")
+    parser.add_argument("--per-device", type=int, default=None, help="our micro-batch (default: 1 on CPUs, 8 on a GPU)")
+    parser.add_argument("--peak-tflops", type=float, default=None, help="the device's peak, for MFU")
+    parser.add_argument("--no-naive", action="store_true", help="skip the naive pad-to-2048 loop")
     args = parser.parse_args()
+    on_cuda = torch.cuda.is_available()
+    device = torch.cuda.get_device_name(0) if on_cuda else f"cpu x{torch.get_num_threads()}"
+    per_device = args.per_device or (8 if on_cuda else 1)
+    peak = args.peak_tflops or next((v for k, v in PEAK_TFLOPS.items() if on_cuda and k in device), None)
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
-        ours, ours_fraction = run_ours(args.base, args.batch, args.steps, Path(tmp))
-        trl, trl_fraction = run_trl_default(args.base, args.batch, args.steps, Path(tmp))
-    naive = run_naive(args.base, args.batch, args.steps)
+        ours = run_ours(args.base, args.batch, args.steps, per_device, Path(tmp))
+        trl = run_trl_default(args.base, args.batch, args.steps, Path(tmp))
+    naive = None if args.no_naive else run_naive(args.base, args.batch, args.steps)
+
+    def mfu(tok_s: float) -> float | None:
+        return round(tok_s * ours["flops_per_token"] / (peak * 1e12), 3) if peak else None
+
     result = {
         "base": args.base,
-        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu x{torch.get_num_threads()}",
+        "device": device,
         "effective_batch": args.batch,
+        "per_device_batch": per_device,
         "steps": args.steps,
-        "ours_tok_s": round(ours, 1),
-        "trl_default_tok_s": round(trl, 1),
-        "naive_tok_s": round(naive, 1),
-        "ours_vs_trl_default": round(ours / trl, 2),
-        "ours_real_token_fraction": round(ours_fraction, 3),
-        "trl_default_real_token_fraction": round(trl_fraction, 3),
+        "ours_tok_s": round(ours["tok_s"], 1),
+        "trl_default_tok_s": round(trl["tok_s"], 1),
+        "naive_tok_s": round(naive, 1) if naive is not None else None,
+        "ours_vs_trl_default": round(ours["tok_s"] / trl["tok_s"], 2),
+        "ours_real_token_fraction": round(ours["fraction"], 3),
+        "trl_default_real_token_fraction": round(trl["fraction"], 3),
+        "ours_mfu": mfu(ours["tok_s"]),
+        "trl_default_mfu": mfu(trl["tok_s"]),
+        "peak_tflops": peak,
+        "ours_peak_memory_mb": ours["peak_mb"],
+        "trl_default_peak_memory_mb": trl["peak_mb"],
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
     }
     print(json.dumps(result))

@@ -374,6 +374,7 @@ def _train(recipe, which, examples, data_label, identity, base_dir, run_dir, res
     checkpoints = Path(args.output_dir)
     trainer = build_trainer(recipe, args, model, tokenizer, eot_id, rows)
     counter = trainer.data_collator
+    log.info("engine: %s on %s", trainer.accelerator.distributed_type.value, _device_name(args.world_size))
     started = time.time()
 
     def save_epoch(epoch: int) -> None:
@@ -391,6 +392,8 @@ def _train(recipe, which, examples, data_label, identity, base_dir, run_dir, res
             "truncated": truncated,
             "dropped": encoded.dropped,
             "device": _device_name(args.world_size),
+            "engine": trainer.accelerator.distributed_type.value,
+            "peak_memory_mb": _peak_memory_mb(),  # the main process's: GPU memory allocated, else CPU RSS
         }
         save_servable(trainer, tokenizer, run_dir / f"epoch-{epoch}", identity, figures)
 
@@ -596,6 +599,14 @@ def _log_to_file(path: Path) -> logging.Handler:
 def _last_loss(history: list[dict]) -> float | None:
     losses = [entry["loss"] for entry in history if "loss" in entry]
     return round(losses[-1], 4) if losses else None
+
+
+def _peak_memory_mb() -> int:
+    if torch.cuda.is_available():
+        return round(torch.cuda.max_memory_allocated() / 2**20)
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 
 def _device_name(processes: int) -> str:
