@@ -49,36 +49,3 @@ def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path = REPO) -> 
     """Run ``python ARGS`` as a user would, in a fresh interpreter."""
     full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
     return subprocess.run([sys.executable, *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=600)
-
-
-SERVABLE_DIALOGUE = [{"role": "user", "content": "Name a prime."}]
-
-
-def assert_servable(path: Path) -> None:
-    """A saved epoch is what contract 2 says: it reloads, carries the serving template where TGI reads it,
-    stops at EOT, and generates until EOT by itself."""
-    import json
-
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from finetune import chat_format
-
-    config = json.loads((path / "tokenizer_config.json").read_text())
-    assert config["chat_template"] == chat_format.SERVING_TEMPLATE  # where TGI reads it
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path)
-    eot = tokenizer.convert_tokens_to_ids(chat_format.EOT)
-    assert model.generation_config.eos_token_id[0] == eot
-    prompt = tokenizer.apply_chat_template(SERVABLE_DIALOGUE, add_generation_prompt=True, tokenize=False)
-    assert prompt.endswith("User:\nName a prime." + chat_format.EOT + "\nAssistant:\n")
-
-    ids = tokenizer.apply_chat_template(
-        SERVABLE_DIALOGUE, add_generation_prompt=True, return_tensors="pt", return_dict=True
-    )
-    # The tiny model is random: make it say EOT at its third token, and see generation stop there by itself.
-    model.generation_config.do_sample = False
-    free = model.generate(**ids, max_new_tokens=2)
-    bias = {(*tuple(free[0, ids["input_ids"].shape[1] :].tolist()), eot): 1e4}
-    out = model.generate(**ids, max_new_tokens=20, sequence_bias=bias)
-    new = out[0, ids["input_ids"].shape[1] :].tolist()
-    assert new[-1] == eot and len(new) == 3

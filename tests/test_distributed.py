@@ -23,7 +23,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import FIXTURES, REPO, assert_servable
+from conftest import FIXTURES, REPO
+
+from finetune.servable import check_servable
 
 AUDIT = FIXTURES / "audit"
 PROCESSES = 2
@@ -116,7 +118,7 @@ def test_both_models_complete_in_two_processes_with_the_same_batch_and_steps(two
 def test_kept_epochs_of_a_two_process_run_are_servable(two_process_run):
     runs, _, _ = two_process_run
     for name in ("lima-1000", "lima-1030"):
-        assert_servable(runs / name / "epoch-3")
+        assert check_servable(runs / name / "epoch-3") == []
 
 
 def test_only_the_main_process_writes_files(two_process_run):
@@ -187,4 +189,4 @@ def test_a_two_process_run_killed_mid_epoch_resumes_and_completes(tmp_path):
     steps, records = batch_record(run_dir)
     assert steps == 12 and {r["effective_batch"] for r in records} == {4}  # 8 examples / 4 x 6 epochs
     assert not_resume_state(writes(audit_log).get("rank-1", [])) == []
-    assert_servable(run_dir / "epoch-6")
+    assert check_servable(run_dir / "epoch-6") == []

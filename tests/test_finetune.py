@@ -15,7 +15,7 @@ import time
 import pytest
 import torch
 import yaml
-from conftest import REPO, assert_servable, run_cli
+from conftest import REPO, run_cli
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from finetune import chat_format
@@ -23,6 +23,7 @@ from finetune.base_models import tiny_model_dir
 from finetune.data import Example
 from finetune.recipe import load_recipe
 from finetune.residual_dropout import add_residual_dropout, installed_rates, residual_branches
+from finetune.servable import check_servable
 from finetune.train import encode, lima_schedule, select
 
 DIALOGUE = [
@@ -239,7 +240,7 @@ def test_both_models_keep_only_the_window_of_epochs(trained):
 
 
 def test_saved_dir_reloads_renders_generates_and_stops_at_eot(trained):
-    assert_servable(trained / "lima-1030" / "epoch-3")
+    assert check_servable(trained / "lima-1030" / "epoch-3") == []
 
 
 def test_a_servable_save_goes_through_the_trainers_save_path_in_the_runs_precision(tiny, tmp_path):
@@ -256,6 +257,7 @@ def test_a_servable_save_goes_through_the_trainers_save_path_in_the_runs_precisi
     tokenizer = AutoTokenizer.from_pretrained(base)
     eot = chat_format.add_end_of_turn(model, tokenizer)
     rows = encode([Example(DIALOGUE, "test")], tokenizer, 2048).rows
+    tokenizer.chat_template = chat_format.SERVING_TEMPLATE  # as train.py sets it before training
     trainer = build_trainer(recipe, args, model, tokenizer, eot, rows)
     calls = []
     original = trainer.save_model
@@ -272,6 +274,12 @@ def test_a_servable_save_goes_through_the_trainers_save_path_in_the_runs_precisi
     assert str(trainer.model.config.dtype).removeprefix("torch.") == "float32"
     assert not (tmp_path / "epoch-1" / "training_args.bin").exists()
     assert (tmp_path / "epoch-1" / "README.md").is_file()
+    assert check_servable(tmp_path / "epoch-1") == []
+
+    # what save_pretrained alone wrote before: bf16 weights under a config that says float32
+    config_path = tmp_path / "epoch-1" / "config.json"
+    config_path.write_text(json.dumps({**json.loads(config_path.read_text()), "dtype": "float32"}))
+    assert check_servable(tmp_path / "epoch-1") == ["model.safetensors stores ['BF16'], config.json says float32"]
 
 
 def test_select_names_a_kept_epoch(trained, tmp_path):
