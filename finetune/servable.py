@@ -4,7 +4,7 @@ bench/gpu_check.py on the folders a GPU run wrote.
 It reloads the folder with AutoTokenizer / AutoModelForCausalLM, checks the serving template sits where TGI
 reads it (tokenizer_config.json) and renders LIMA's format, that EOT is the first stop id, that config.json
 names the dtype the weights are stored in, and that generation ends at EOT by itself: a random or barely
-trained model is made to say EOT at its third token (a sequence bias), and generate must stop there.
+trained model is made to say EOT by its third token (a sequence bias), and generate must stop there.
 """
 
 from __future__ import annotations
@@ -52,7 +52,8 @@ def check_servable(path: Path, device: str = "cpu") -> list[str]:
         free = model.generate(**ids, max_new_tokens=2, do_sample=False)
         bias = {(*tuple(free[0, start:].tolist()), eot): 1e4}
         new = model.generate(**ids, max_new_tokens=20, do_sample=False, sequence_bias=bias)[0, start:].tolist()
-    if new[-1:] != [eot] or len(new) != 3:
+    # (a model may say EOT sooner by itself; it must stop at the first one, and by the third token)
+    if new[-1:] != [eot] or new.count(eot) != 1 or len(new) > 3:
         problems.append(f"generation did not stop at EOT by itself: {new}")
     return problems
 

@@ -471,3 +471,15 @@ def test_throughput_benchmark_prints_its_json_line():
     assert all(line[key] > 0 for key in keys)
     assert line["ours_real_token_fraction"] == 1.0  # micro-batches of one on a CPU: no padding at all
     assert 0 < line["trl_default_real_token_fraction"] < 1.0
+
+
+def test_gpu_check_runs_its_training_leg_and_throughput_on_cpu_as_a_smoke_run(tmp_path):
+    # The check itself needs a GPU (bench/gpu_check.py); --smoke keeps the script honest where there is none.
+    result = run_cli("bench/gpu_check.py", "--smoke", "--out", str(tmp_path), "--throughput-steps", "1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    line = json.loads(result.stdout.strip().splitlines()[-1])
+    assert line["plain"]["ok"] is True and line["plain"]["problems"] == []
+    assert (line["plain"]["steps"], line["plain"]["effective_batch"], line["plain"]["multi_turn_examples"]) == (3, 8, 8)
+    assert line["plain"]["residual_dropout_logged"] and line["plain"]["peak_memory_mb"] > 0
+    assert line["fsdp"]["ok"] is None and "no CUDA" in line["fsdp"]["skipped"]
+    assert line["ours_tok_s"] > 0 and line["trl_default_tok_s"] > 0
