@@ -137,7 +137,11 @@ class LimaTrainer(SFTTrainer):
         if state_dict is None:
             state_dict = model.state_dict()
         dtype = self.serving_dtype
-        super()._save(output_dir, {k: v.to(dtype) if v.is_floating_point() else v for k, v in state_dict.items()})
+        # Key by key, in place: the gathered fp32 copy (FSDP, rank 0's CPU) shrinks as the bf16 one grows.
+        for key, value in state_dict.items():
+            if value.is_floating_point():
+                state_dict[key] = value.to(dtype)
+        super()._save(output_dir, state_dict)
         if self.args.should_save:
             # save_pretrained writes the dtype of the live (fp32) parameters into config.json; servers load
             # a model in that dtype by default, so it must name what the weights are.
