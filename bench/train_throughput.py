@@ -2,7 +2,7 @@
 
 Same base, same data (a fixed random draw from the single-turn sample + our 30 dialogues, so LIMA-shaped
 lengths: mostly a few hundred tokens, some dialogues near 2,048), same effective batch, same precision and
-optimiser. Each measures real (non-padding) tokens per second over all its optimiser steps.
+optimiser. Each measures real (non-padding) tokens per second over its optimiser steps after the first.
 
   ours         LIMA's trainer (finetune/train.py): micro-batches of 1 on CPUs (no padding at all) or length
                grouping on GPUs, gradient accumulation to the batch, the plain LM head on CPUs
@@ -47,22 +47,35 @@ PEAK_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0}  # dense bf16, the v
 
 
 class StepTimer(TrainerCallback):
-    """Times the optimiser steps of a run and its peak memory; the collator wrapper counts the tokens they saw."""
+    """Real tokens per second over a run's optimiser steps after the first (which warms kernels and allocators
+    up), from the trainer's own non-padding token count; its peak memory; the collator's real-token fraction."""
 
     def __init__(self, counter: TokenCounter):
         self.counter = counter
-        self.started = self.seconds = 0.0
+        self.mark: tuple[float, int] = (0.0, 0)
+        self.tok_s = 0.0
         self.peak_mb = 0
 
+    @staticmethod
+    def now() -> float:
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
     def on_train_begin(self, args, state, control, **kwargs):
-        self.started = time.perf_counter()
+        self.mark = (self.now(), state.num_input_tokens_seen)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == 1 and state.max_steps > 1:
+            self.mark = (self.now(), state.num_input_tokens_seen)
 
     def on_train_end(self, args, state, control, **kwargs):
-        self.seconds = time.perf_counter() - self.started
+        started, tokens = self.mark
+        self.tok_s = (state.num_input_tokens_seen - tokens) / (self.now() - started)
         self.peak_mb = peak_memory_mb()
 
     def result(self) -> dict:
-        return {"tok_s": self.counter.real / self.seconds, "fraction": self.counter.fraction, "peak_mb": self.peak_mb}
+        return {"tok_s": self.tok_s, "fraction": self.counter.fraction, "peak_mb": self.peak_mb}
 
 
 def reset_memory() -> None:
@@ -104,7 +117,14 @@ def run_ours(base: str, batch: int, steps: int, per_device: int, workdir: Path) 
     recipe.per_device_batch_size = per_device
     reset_memory()
     # The training order of finetune/train.py: arguments (and the distributed state) before the model.
-    args = training_args(recipe, workdir / "ours", max_steps=steps, save_strategy="no", disable_tqdm=True)
+    args = training_args(
+        recipe,
+        workdir / "ours",
+        max_steps=steps,
+        save_strategy="no",
+        disable_tqdm=True,
+        include_num_input_tokens_seen="non_padding",
+    )
     _, model, tokenizer, eot, rows = rows_for(base, batch, steps)
     trainer = build_trainer(recipe, args, model, tokenizer, eot, rows)
     timer = StepTimer(trainer.data_collator)
@@ -121,13 +141,16 @@ def run_trl_default(base: str, batch: int, steps: int, workdir: Path) -> dict:
     on_cuda = torch.cuda.is_available()
     args = SFTConfig(
         output_dir=str(workdir / "trl"),
-        per_device_train_batch_size=batch,
+        # TRL's default micro-batch (8), accumulated to the same effective batch
+        per_device_train_batch_size=min(8, batch),
+        gradient_accumulation_steps=max(batch // 8, 1),
         max_steps=steps,
         bf16=True,
         use_cpu=not on_cuda,
         save_strategy="no",
         report_to="none",
         disable_tqdm=True,
+        include_num_input_tokens_seen="non_padding",
     )
     dataset = Dataset.from_list([{"input_ids": r["input_ids"], "labels": r["labels"]} for r in rows])
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
