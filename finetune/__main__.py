@@ -126,6 +126,32 @@ def run_select(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_check_served_parser(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "check-served",
+        help="check a model folder before serving it on TGI, vLLM or transformers serve",
+        description="Check that a saved model folder serves as trained: its chat template renders a multi-turn "
+        "conversation byte for byte the same in transformers (Jinja2) and in minijinja as TGI's router runs it, "
+        "generation_config.json stops at EOT, and config.json names the dtype its weights are stored in.",
+    )
+    parser.add_argument("model_dir", type=Path, help="a model folder, e.g. runs/quick-cpu/lima-1030/epoch-3")
+    parser.add_argument("--generate", action="store_true", help="also load the model and see it stop at EOT")
+    parser.set_defaults(run=run_check_served)
+
+
+def run_check_served(args: argparse.Namespace) -> int:
+    from finetune.servable import check_files, check_generation
+
+    problems = check_files(args.model_dir)
+    if not problems and args.generate:
+        problems = check_generation(args.model_dir)
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise UserError(f"error: {args.model_dir}: {problems[0]}{more}")
+    print(f"{args.model_dir}: servable (template identical in TGI's minijinja and Jinja2, stops at EOT)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m finetune", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -133,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     add_data_parser(commands)
     add_train_parser(commands)
     add_select_parser(commands)
+    add_check_served_parser(commands)
     args = parser.parse_args(argv)
     # Under torchrun / accelerate launch every process runs this: the main one logs and reports, the others
     # say only what goes wrong, tagged with their rank.

@@ -1,10 +1,13 @@
-"""Is a saved model directory what DESIGN.md's contract 2 promises? One function, used by the tests and by
-bench/gpu_check.py on the folders a GPU run wrote.
+"""Is a saved model directory what DESIGN.md's contract 2 promises? Used at every servable save, by
+`python -m finetune check-served DIR`, by the tests and by bench/gpu_check.py.
 
-It reloads the folder with AutoTokenizer / AutoModelForCausalLM, checks the serving template sits where TGI
-reads it (tokenizer_config.json) and renders LIMA's format, that EOT is the first stop id, that config.json
-names the dtype the weights are stored in, and that generation ends at EOT by itself: a random or barely
-trained model is made to say EOT by its third token (a sequence bias), and generate must stop there.
+`check_files` reads the folder without loading weights: the chat template sits where TGI reads it
+(tokenizer_config.json), renders a multi-turn conversation byte for byte the same in transformers (Jinja2, as
+training, vLLM and transformers serve render it) and in minijinja configured as TGI's router configures it,
+config.json names the dtype the weights are stored in, and, for a LIMA model (its tokenizer has EOT), the
+template is our serving template and EOT the first stop id. `check_generation`
+loads the model and sees generation end at EOT by itself: a random or barely trained model is made to say EOT
+by its third token (a sequence bias), and generate must stop there.
 """
 
 from __future__ import annotations
@@ -17,16 +20,91 @@ import torch
 from finetune import chat_format
 
 PROMPT = [{"role": "user", "content": "Name a prime."}]
+# A conversation as the arena sends it: several turns, Markdown, quotes, a trailing space, non-ASCII text.
+CONVERSATION = [
+    {"role": "user", "content": 'Name a prime, and say why it\'s prime.\n\n- one line\n- "quoted" '},
+    {"role": "assistant", "content": "**Seven**: its only divisors are 1 and 7.\n\n```python\nprint(7)\n```"},
+    {"role": "user", "content": "Et un nombre pair ? ½ ≠ 2 — 😀"},
+]
+# TGI >= 3.3 deletes these exact strings from a template before compiling it (router, chat_template.rs), so
+# templates that mark assistant text for assistant-only loss still load there.
+TGI_DELETES = ("{% generation %}", "{% endgeneration %}")
 
 
 def check_servable(path: Path, device: str = "cpu") -> list[str]:
     """The problems found in the model folder `path`; an empty list when it is servable."""
-    from safetensors import safe_open
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    problems = check_files(path)
+    return problems or check_generation(path, device)
 
-    problems = []
+
+def render_like_tgi(template: str, messages: list[dict], bos_token: str | None, eos_token: str | None) -> str:
+    """Render a chat template as TGI's router does (router/src/infer/chat_template.rs): minijinja with
+    minijinja-contrib's pycompat methods (.strip(), .upper(), ...), a `raise_exception` function, no
+    trim_blocks / lstrip_blocks, `add_generation_prompt` always true, bos_token / eos_token from
+    tokenizer_config.json. PyPI's minijinja wraps the same Rust engine (2.9 here, TGI 3.3 builds with 2.8)."""
+    import minijinja
+
+    def raise_exception(message: str) -> str:
+        raise ValueError(message)
+
+    for tag in TGI_DELETES:
+        template = template.replace(tag, "")
+    env = minijinja.Environment(pycompat=True, keep_trailing_newline=False)
+    env.add_function("raise_exception", raise_exception)
+    return env.render_str(
+        template, messages=messages, bos_token=bos_token, eos_token=eos_token, add_generation_prompt=True
+    )
+
+
+def check_template(path: Path) -> list[str]:
+    """The saved template must render the same bytes in transformers and in TGI's engine."""
+    from transformers import AutoTokenizer
+
     config = json.loads((path / "tokenizer_config.json").read_text(encoding="utf-8"))
-    if config.get("chat_template") != chat_format.SERVING_TEMPLATE:
+    template = config.get("chat_template")
+    if not isinstance(template, str):
+        return ["tokenizer_config.json has no chat_template (TGI answers 422 template_error without one)"]
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    try:
+        expected = tokenizer.apply_chat_template(CONVERSATION, add_generation_prompt=True, tokenize=False)
+    except Exception as exc:  # the template's own error, e.g. its raise_exception
+        return [f"transformers (Jinja2) cannot render the chat template: {str(exc).splitlines()[0]}"]
+
+    def token(name: str) -> str | None:
+        value = config.get(name)
+        return value.get("content") if isinstance(value, dict) else value
+
+    try:
+        served = render_like_tgi(template, CONVERSATION, token("bos_token"), token("eos_token"))
+    except Exception as exc:  # the engine's own error: the template would not render on TGI at all
+        return [f"TGI's template engine (minijinja) cannot render the chat template: {str(exc).splitlines()[0]}"]
+    if served == expected:
+        return []
+    at = next(
+        (i for i, (a, b) in enumerate(zip(served, expected, strict=False)) if a != b), min(len(served), len(expected))
+    )
+    return [
+        f"the chat template renders differently on TGI (minijinja) from transformers (Jinja2) at character {at}: "
+        f"{served[at : at + 30]!r} instead of {expected[at : at + 30]!r}"
+    ]
+
+
+def check_files(path: Path) -> list[str]:
+    """What a server reads, checked without loading the weights."""
+    from safetensors import safe_open
+    from transformers import GenerationConfig
+
+    path = Path(path)
+    missing = [name for name in ("config.json", "tokenizer_config.json") if not (path / name).is_file()]
+    if missing:
+        return [f"not a saved model folder: no {' or '.join(missing)}"]
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    ours = chat_format.EOT in tokenizer.get_vocab()  # a LIMA model of ours: its own contract applies too
+    config = json.loads((path / "tokenizer_config.json").read_text(encoding="utf-8"))
+    problems = check_template(path)
+    if ours and config.get("chat_template") != chat_format.SERVING_TEMPLATE:
         problems.append("tokenizer_config.json does not carry the serving template")
     declared = json.loads((path / "config.json").read_text(encoding="utf-8")).get("dtype")
     for weights in sorted(path.glob("*.safetensors")):
@@ -34,13 +112,25 @@ def check_servable(path: Path, device: str = "cpu") -> list[str]:
             stored = {str(saved.get_slice(key).get_dtype()) for key in saved.keys()}  # noqa: SIM118 (not a dict)
         if stored - {_safetensors_name(declared)}:
             problems.append(f"{weights.name} stores {sorted(stored)}, config.json says {declared}")
+    if not ours:
+        return problems
+    if not (path / "generation_config.json").is_file():
+        return [*problems, "no generation_config.json: servers would not stop at EOT"]
+    eot = tokenizer.convert_tokens_to_ids(chat_format.EOT)
+    stops = GenerationConfig.from_pretrained(path).eos_token_id
+    if not isinstance(stops, list) or stops[0] != eot:
+        problems.append(f"generation_config.json eos_token_id {stops} does not start with EOT ({eot})")
+    return problems
 
+
+def check_generation(path: Path, device: str = "cpu") -> list[str]:
+    """Load the model and see generation end at EOT by itself."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    problems = []
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path).to(device).eval()
     eot = tokenizer.convert_tokens_to_ids(chat_format.EOT)
-    stops = model.generation_config.eos_token_id
-    if not isinstance(stops, list) or stops[0] != eot:
-        problems.append(f"generation_config.json eos_token_id {stops} does not start with EOT ({eot})")
     prompt = tokenizer.apply_chat_template(PROMPT, add_generation_prompt=True, tokenize=False)
     if not prompt.endswith("User:\nName a prime." + chat_format.EOT + "\nAssistant:\n"):
         problems.append(f"the template renders {prompt[-60:]!r}")

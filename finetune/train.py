@@ -40,6 +40,7 @@ from finetune.data import DIALOGUES_DIR, Example, TrainingSets, fingerprint, loa
 from finetune.errors import UserError
 from finetune.recipe import Recipe
 from finetune.residual_dropout import add_residual_dropout
+from finetune.servable import check_files
 
 log = logging.getLogger(__name__)
 
@@ -485,7 +486,10 @@ def save_servable(trainer, tokenizer, path: Path, identity: dict, figures: dict)
         (path / "chat_template.jinja").unlink(missing_ok=True)
         (path / "training_args.bin").unlink(missing_ok=True)
         (path / "README.md").write_text(model_card(identity, figures), encoding="utf-8")
-        log.info("saved %s", path)
+        problems = check_files(path)  # what TGI, vLLM and transformers serve will read, before anyone serves it
+        if problems:
+            raise UserError(f"error: {path}: not servable: {problems[0]}")
+        log.info("saved %s (checked: the template renders the same in TGI's engine)", path)
     trainer.accelerator.wait_for_everyone()
 
 

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import itertools
 import json
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -21,9 +23,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Llama
 from finetune import chat_format
 from finetune.base_models import tiny_model_dir
 from finetune.data import Example
+from finetune.errors import UserError
 from finetune.recipe import load_recipe
 from finetune.residual_dropout import add_residual_dropout, installed_rates, residual_branches
-from finetune.servable import check_servable
+from finetune.servable import check_files, check_servable
 from finetune.train import encode, lima_schedule, select
 
 DIALOGUE = [
@@ -280,6 +283,51 @@ def test_a_servable_save_goes_through_the_trainers_save_path_in_the_runs_precisi
     config_path = tmp_path / "epoch-1" / "config.json"
     config_path.write_text(json.dumps({**json.loads(config_path.read_text()), "dtype": "float32"}))
     assert check_servable(tmp_path / "epoch-1") == ["model.safetensors stores ['BF16'], config.json says float32"]
+
+    # A template TGI's engine cannot render fails the save, in one line: the training template's
+    # `{%- generation -%}` markers (TGI deletes only the exact `{% generation %}` spelling).
+    tokenizer.chat_template = chat_format.CHAT_TEMPLATE
+    with pytest.raises(UserError) as refused:
+        save_servable(trainer, tokenizer, tmp_path / "epoch-2", identity, {"epoch": 2})
+    assert len(refused.value.lines) == 1
+    assert refused.value.lines[0].startswith(f"error: {tmp_path / 'epoch-2'}: not servable: TGI's template engine")
+
+
+def test_check_served_passes_a_kept_epoch_and_names_what_would_differ_on_tgi(trained, tmp_path):
+    good = trained / "lima-1030" / "epoch-3"
+    result = run_cli("-m", "finetune", "check-served", str(good), "--generate")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"{good}: servable (template identical in TGI's minijinja and Jinja2, stops at EOT)"
+
+    def with_template(template: str | None) -> Path:
+        folder = tmp_path / "model"
+        shutil.rmtree(folder, ignore_errors=True)
+        shutil.copytree(good, folder)
+        config = json.loads((folder / "tokenizer_config.json").read_text())
+        config["chat_template"] = template
+        (folder / "tokenizer_config.json").write_text(json.dumps(config))
+        return folder
+
+    # renders in both engines, but not the same bytes: minijinja prints a mapping as JSON, Jinja2 as Python
+    differs = with_template("{{ {'turns': messages|length} }}" + chat_format.SERVING_TEMPLATE)
+    problems = check_files(differs)
+    assert problems[0].startswith(
+        "the chat template renders differently on TGI (minijinja) from transformers (Jinja2) at character 1: "
+    )
+    for template, expected in [
+        (chat_format.SERVING_TEMPLATE.replace("'User:", "'User:' ~ raise_exception('no users') ~ '"), "cannot render"),
+        (None, "has no chat_template"),
+    ]:
+        result = run_cli("-m", "finetune", "check-served", str(with_template(template)))
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 2 and len(lines) == 1 and "Traceback" not in result.stderr
+        assert lines[0].startswith(f"error: {tmp_path / 'model'}: ") and expected in lines[0], lines
+    result = run_cli("-m", "finetune", "check-served", str(tmp_path / "nowhere"))
+    assert result.returncode == 2
+    assert (
+        result.stderr.strip()
+        == f"error: {tmp_path / 'nowhere'}: not a saved model folder: no config.json or tokenizer_config.json"
+    )
 
 
 def test_select_names_a_kept_epoch(trained, tmp_path):
