@@ -13,6 +13,7 @@ import subprocess
 import sys
 from dataclasses import dataclass, fields
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -164,8 +165,40 @@ def _selected(run_dir: Path) -> Path | None:
     return epoch_dir if (epoch_dir / "config.json").is_file() else None
 
 
+def check_source(flag: str, spec: str) -> None:
+    """A side that cannot work stops the start, in one line; a URL is allowed to answer later (servers often
+    start after the arena), and the start-up probe says how it answers."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    from demo.backends import parse_source
+
+    _, source = parse_source(spec)
+    what_to_pass = "pass a trained model folder (runs/<recipe>/<model>/epoch-N), a Hub id, or a server URL"
+    if source.startswith(("http://", "https://")):
+        if not urlsplit(source).hostname:
+            raise SettingsError(f"{flag} {source}: a URL needs a host, e.g. http://127.0.0.1:8080")
+        return
+    path = Path(source).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise SettingsError(f"{flag} {source}: the folder holds no model (no config.json): {what_to_pass}")
+        return
+    if path.exists():
+        raise SettingsError(f"{flag} {source}: a file, not a model folder: {what_to_pass}")
+    if source.startswith((".", "/", "~")) or source.count("/") > 1:
+        raise SettingsError(f"{flag} {source}: no such folder: {what_to_pass}")
+    try:
+        validate_repo_id(source)
+    except HFValidationError:
+        raise SettingsError(f"{flag} {source}: neither a folder here nor a valid Hub id: {what_to_pass}") from None
+
+
 def resolve_sides(settings: Settings) -> tuple[str, str]:
     """The two sources; trains the first-launch pair (terminal progress bars) when no runs exist yet."""
+    for flag, spec in (("--left", settings.left), ("--right", settings.right)):
+        if spec:
+            check_source(flag, spec)
     if settings.left and settings.right:
         return settings.left, settings.right
     runs = Path(settings.runs)

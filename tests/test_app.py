@@ -160,6 +160,13 @@ def test_bad_settings_are_one_line_and_exit_2(tmp_path):
     result = run_cli("demo/app.py", "--config", str(bad_yaml))
     assert result.returncode == 2 and "unknown setting 'lefty'" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+    # a side that cannot work stops the start, naming its flag, before anything serves
+    result = run_cli("demo/app.py", "--left", "/nonexistent", "--right", str(tmp_path))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "error: --left /nonexistent: no such folder: pass a trained model folder (runs/<recipe>/<model>/epoch-N), "
+        "a Hub id, or a server URL"
+    ]
     dead = "http://127.0.0.1:9"  # nothing listens there: the start-up probe warns, then the database error ends it
     result = run_cli("demo/app.py", "--left", dead, "--right", dead, "--db", "/proc/no-such-dir/x.db")
     assert result.returncode == 2 and "Traceback" not in result.stderr

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from demo.settings import Settings, SettingsError, latest_pair, parse, resolve_sides
+from demo.settings import Settings, SettingsError, check_source, latest_pair, parse, resolve_sides
 
 
 def write(path: Path, text: str) -> Path:
@@ -151,3 +151,29 @@ def test_a_failed_first_launch_says_what_to_run(tmp_path):
         resolve_sides(Settings(runs=str(runs), first_launch_recipe="no-such-recipe"))
     command = f"python -m finetune train --recipe no-such-recipe --output {runs}"
     assert str(caught.value) == f"training the first-launch pair failed; run {command} to see why"
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        ("/nonexistent", "--left /nonexistent: no such folder: pass a trained model folder"),
+        ("A=./runs/nope/epoch-3", "--left ./runs/nope/epoch-3: no such folder"),
+        ("bad id!!", "--left bad id!!: neither a folder here nor a valid Hub id"),
+        ("http://", "--left http://: a URL needs a host"),
+        ("{folder}", "--left {folder}: the folder holds no model (no config.json)"),
+        ("{file}", "--left {file}: a file, not a model folder"),
+    ],
+    ids=["missing folder", "named missing folder", "malformed id", "url without host", "not a model", "a file"],
+)
+def test_a_source_that_cannot_work_is_one_line_naming_its_flag(tmp_path, spec, expected):
+    (tmp_path / "notes.txt").write_text("x")
+    spec = spec.format(folder=tmp_path, file=tmp_path / "notes.txt")
+    with pytest.raises(SettingsError) as caught:
+        check_source("--left", spec)
+    assert str(caught.value).startswith(expected.format(folder=tmp_path, file=tmp_path / "notes.txt"))
+    assert "\n" not in str(caught.value)
+
+
+def test_sources_that_can_work_pass_even_if_a_server_is_not_up_yet(trained):
+    for spec in (str(trained / "lima-1030" / "epoch-3"), "B=http://127.0.0.1:9", "org/some-model", "gpt2"):
+        check_source("--right", spec)
