@@ -41,7 +41,7 @@ from trl import SFTConfig, SFTTrainer
 from finetune.base_models import resolve_base
 from finetune.data import load_training_sets
 from finetune.recipe import Recipe
-from finetune.train import TokenCounter, build_trainer, encode, load_for_training, training_args
+from finetune.train import TokenCounter, build_trainer, encode, load_for_training, peak_memory_mb, training_args
 
 PEAK_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0}  # dense bf16, the vendors' figures
 
@@ -83,12 +83,6 @@ def reset_memory() -> None:
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-
-
-def peak_memory_mb() -> int:
-    if torch.cuda.is_available():
-        return round(torch.cuda.max_memory_allocated() / 2**20)
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 
 def flops_per_token(model, rows) -> float:

@@ -140,11 +140,9 @@ def add_check_served_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def run_check_served(args: argparse.Namespace) -> int:
-    from finetune.servable import check_files, check_generation
+    from finetune.servable import check_files, check_servable
 
-    problems = check_files(args.model_dir)
-    if not problems and args.generate:
-        problems = check_generation(args.model_dir)
+    problems = check_servable(args.model_dir) if args.generate else check_files(args.model_dir)
     if problems:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         raise UserError(f"error: {args.model_dir}: {problems[0]}{more}")

@@ -56,15 +56,12 @@ def render_like_tgi(template: str, messages: list[dict], bos_token: str | None, 
     )
 
 
-def check_template(path: Path) -> list[str]:
-    """The saved template must render the same bytes in transformers and in TGI's engine."""
-    from transformers import AutoTokenizer
-
-    config = json.loads((path / "tokenizer_config.json").read_text(encoding="utf-8"))
+def check_template(tokenizer, config: dict) -> list[str]:
+    """The saved template (`config`: tokenizer_config.json, as TGI reads it) must render the same bytes in
+    transformers (`tokenizer`, loaded from the same folder) and in TGI's engine."""
     template = config.get("chat_template")
     if not isinstance(template, str):
         return ["tokenizer_config.json has no chat_template (TGI answers 422 template_error without one)"]
-    tokenizer = AutoTokenizer.from_pretrained(path)
     try:
         expected = tokenizer.apply_chat_template(CONVERSATION, add_generation_prompt=True, tokenize=False)
     except Exception as exc:  # the template's own error, e.g. its raise_exception
@@ -92,18 +89,16 @@ def check_template(path: Path) -> list[str]:
 def check_files(path: Path) -> list[str]:
     """What a server reads, checked without loading the weights."""
     from safetensors import safe_open
-    from transformers import GenerationConfig
+    from transformers import AutoTokenizer, GenerationConfig
 
     path = Path(path)
     missing = [name for name in ("config.json", "tokenizer_config.json") if not (path / name).is_file()]
     if missing:
         return [f"not a saved model folder: no {' or '.join(missing)}"]
-    from transformers import AutoTokenizer
-
     tokenizer = AutoTokenizer.from_pretrained(path)
     ours = chat_format.EOT in tokenizer.get_vocab()  # a LIMA model of ours: its own contract applies too
     config = json.loads((path / "tokenizer_config.json").read_text(encoding="utf-8"))
-    problems = check_template(path)
+    problems = check_template(tokenizer, config)
     if ours and config.get("chat_template") != chat_format.SERVING_TEMPLATE:
         problems.append("tokenizer_config.json does not carry the serving template")
     declared = json.loads((path / "config.json").read_text(encoding="utf-8")).get("dtype")

@@ -398,7 +398,7 @@ def _train(recipe, which, examples, data_label, identity, base_dir, run_dir, res
             "dropped": encoded.dropped,
             "device": _device_name(args.world_size),
             "engine": trainer.accelerator.distributed_type.value,
-            "peak_memory_mb": _peak_memory_mb(),  # the main process's: GPU memory allocated, else CPU RSS
+            "peak_memory_mb": peak_memory_mb(),  # the main process's: GPU memory allocated, else CPU RSS
         }
         save_servable(trainer, tokenizer, run_dir / f"epoch-{epoch}", identity, figures)
 
@@ -609,7 +609,8 @@ def _last_loss(history: list[dict]) -> float | None:
     return round(losses[-1], 4) if losses else None
 
 
-def _peak_memory_mb() -> int:
+def peak_memory_mb() -> int:
+    """This process's peak: GPU memory allocated on CUDA, else the CPU's resident set."""
     if torch.cuda.is_available():
         return round(torch.cuda.max_memory_allocated() / 2**20)
     import resource
