@@ -163,7 +163,7 @@ def build(
                     backend.name,
                     text,
                     answer,
-                    decoding.as_dict(),
+                    backend.decoding_record(decoding),
                     started,
                     first_token_s,
                     status="error" if turn.error else "complete",

@@ -6,7 +6,15 @@ Both kinds stream text chunks through the same async interface, so the arena nev
   streamed through ``TextIteratorStreamer`` from a generation thread. The chat template comes from the model
   directory, exactly as training used it; generation stops at the EOT listed in ``generation_config.json``.
 - ``RemoteBackend``: an ``http(s)://`` URL spoken to with ``huggingface_hub.AsyncInferenceClient``'s
-  ``chat_completion(stream=True)``, so the server applies the model's own chat template too.
+  ``chat_completion(stream=True)``, so the server applies the model's own chat template too. The probe learns
+  which server it is (TGI, vLLM, transformers serve, or another OpenAI-compatible one) and each request tells
+  that server the paper's decoding in its own terms (``server_terms``): the same rater setting means the same
+  decoding on every side.
+
+One meaning of the repetition penalty (``PENALTY_SCOPE``): CTRL's penalty over the whole context, the prompt
+and the answer so far. TGI, vLLM and transformers (``generate``, so transformers serve) all apply it that way
+and none can be told otherwise, so the in-process backend does the same. Every stored turn records the
+decoding as sent, in the server's terms, with that scope (``decoding_record``).
 
 Every failure a rater can meet (unreachable, warming up, overloaded, timeout, a server error) is raised as a
 ``BackendError`` whose message is one line fit to show in that side's pane.
@@ -15,6 +23,7 @@ Every failure a rater can meet (unreachable, warming up, overloaded, timeout, a 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import threading
@@ -23,13 +32,13 @@ from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import httpx
-
 log = logging.getLogger(__name__)
 
-# The paper's decoding (section 4.1): nucleus sampling p = 0.9, temperature 0.7, repetition penalty 1.2 over
-# the generated tokens, at most 2,048 tokens in all (prompt + answer).
+# The paper's decoding (section 4.1): nucleus sampling p = 0.9, temperature 0.7, a repetition penalty of 1.2
+# (Keskar et al.'s, over "previously generated tokens"), at most 2,048 tokens in all (prompt + answer).
 TOTAL_TOKEN_BUDGET = 2048
+# What the penalty covers on every side: the prompt and the answer so far (see the module docstring).
+PENALTY_SCOPE = "context"
 
 
 @dataclass(frozen=True)
@@ -41,6 +50,23 @@ class Decoding:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+    @property
+    def greedy(self) -> bool:
+        """Temperature 0 means the most likely token, as TGI, vLLM and transformers serve all read it."""
+        return self.temperature <= 0
+
+
+def decoding_record(decoding: Decoding, server: str, sent: dict, scope: str, may_ignore: tuple[str, ...]) -> dict:
+    """What a turn stores: the rater's setting, the server's kind, the fields it was sent (in its terms), what
+    the penalty covered there, and which settings it may have ignored."""
+    return {
+        **decoding.as_dict(),
+        "server": server,
+        "sent": sent,
+        "penalty_scope": scope,
+        "may_ignore": list(may_ignore),
+    }
 
 
 class BackendError(Exception):
@@ -69,7 +95,8 @@ def parse_source(spec: str) -> tuple[str | None, str]:
 def make_backend(spec: str, **kwargs) -> LocalBackend | RemoteBackend:
     name, source = parse_source(spec)
     if source.startswith(("http://", "https://")):
-        return RemoteBackend(source, name=name)
+        url, _, model = source.partition("#")  # the fragment names one of the server's models
+        return RemoteBackend(url, name=name, model=model.strip() or None)
     return LocalBackend(source, name=name, **kwargs)
 
 
@@ -128,6 +155,26 @@ class LocalBackend:
             return Status(False, self.name, self.load_error)
         return Status(True, self.name, f"in-process on {self.device}")
 
+    @staticmethod
+    def generate_kwargs(decoding: Decoding, room: int = TOTAL_TOKEN_BUDGET) -> dict:
+        """The paper's decoding as ``generate`` arguments. ``top_k=0`` keeps a ``generation_config.json``
+        default (Gemma's base ships ``top_k: 64``) from narrowing the nucleus, as TGI, which never reads one,
+        does not either; the penalty is transformers' own, over the whole context (``PENALTY_SCOPE``)."""
+        max_new = min(decoding.max_new_tokens, room)
+        if decoding.greedy:
+            return {"do_sample": False, "repetition_penalty": decoding.repetition_penalty, "max_new_tokens": max_new}
+        return {
+            "do_sample": True,
+            "temperature": decoding.temperature,
+            "top_p": decoding.top_p,
+            "top_k": 0,
+            "repetition_penalty": decoding.repetition_penalty,
+            "max_new_tokens": max_new,
+        }
+
+    def decoding_record(self, decoding: Decoding) -> dict:
+        return decoding_record(decoding, "in-process", self.generate_kwargs(decoding), PENALTY_SCOPE, ())
+
     async def stream(self, messages: list[dict], decoding: Decoding) -> AsyncIterator[str]:
         await asyncio.to_thread(self.load)
         if self.load_error:
@@ -149,7 +196,7 @@ class LocalBackend:
         failure: list[BaseException] = []
 
         def generate() -> None:
-            from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
+            from transformers import StoppingCriteria, StoppingCriteriaList
 
             class Cancelled(StoppingCriteria):
                 def __call__(self, input_ids, scores, **kwargs):
@@ -160,13 +207,7 @@ class LocalBackend:
                     model.generate(
                         **encoded,
                         streamer=streamer,
-                        do_sample=True,
-                        temperature=decoding.temperature,
-                        top_p=decoding.top_p,
-                        max_new_tokens=min(decoding.max_new_tokens, room),
-                        logits_processor=LogitsProcessorList(
-                            [GeneratedTokensRepetitionPenalty(prompt_len, decoding.repetition_penalty)]
-                        ),
+                        **self.generate_kwargs(decoding, room),
                         stopping_criteria=StoppingCriteriaList([Cancelled()]),
                     )
             except BaseException as err:
@@ -186,24 +227,6 @@ class LocalBackend:
             raise BackendError(f"generation failed: {failure[0]}")
 
 
-class GeneratedTokensRepetitionPenalty:
-    """CTRL's repetition penalty applied to tokens the model generated, not to the prompt (LIMA section 4.1)."""
-
-    def __init__(self, prompt_len: int, penalty: float) -> None:
-        self.prompt_len = prompt_len
-        self.penalty = penalty
-
-    def __call__(self, input_ids, scores):
-        import torch
-
-        generated = input_ids[:, self.prompt_len :]
-        if self.penalty == 1.0 or generated.shape[1] == 0:
-            return scores
-        picked = torch.gather(scores, 1, generated)
-        picked = torch.where(picked < 0, picked * self.penalty, picked / self.penalty)
-        return scores.scatter(1, generated, picked)
-
-
 # -- TGI / OpenAI-compatible servers ------------------------------------------------------------------------
 _STATUS_MESSAGES = {
     401: "the server refused the token (401): set HF_TOKEN to a token with access",
@@ -216,64 +239,179 @@ _STATUS_MESSAGES = {
 }
 
 
-class RemoteBackend:
-    """A TGI server (or vLLM, SGLang, an Inference Endpoint) at ``url``; the token comes from ``HF_TOKEN``."""
+def server_terms(kind: str, decoding: Decoding, model: str | None) -> tuple[dict, tuple[str, ...]]:
+    """The request fields that give ``decoding`` on a server of ``kind``, and the settings it may ignore.
 
-    def __init__(self, url: str, name: str | None = None, timeout: float = 120.0) -> None:
-        self.source = url.rstrip("/")
-        self.url = self.source
+    ``model`` is what the side names after ``#`` in its source (None: the server's only model)."""
+    if kind == "tgi":
+        # TGI 3.3 (router/src/lib.rs @ db931fc, ChatRequest::try_into_generate, lines 941-1040): the chat route
+        # has no repetition_penalty field and drops unknown ones; line 960 is the only way to set it:
+        #     let repetition_penalty = presence_penalty.map(|x| x + 2.0);
+        # and it is applied over prompt + generated ids (server/.../flash_causal_lm.py:2005, all_input_ids_tensor).
+        # `temperature: 0` is greedy (966-970); top_p must be < 1.0 (validation.rs:258-264), so 1.0 is left out.
+        # `model` is a LoRA adapter id unless it is "tgi" (lib.rs:1031).
+        body = {
+            "model": model or "tgi",
+            "max_tokens": decoding.max_new_tokens,
+            "temperature": max(decoding.temperature, 0.0),
+            "presence_penalty": round(decoding.repetition_penalty - 2.0, 6),
+        }
+        if decoding.top_p < 1.0:
+            body["top_p"] = decoding.top_p
+        return body, ()
+    if kind == "transformers":
+        # transformers serve (transformers/cli/serving, 5.x): unknown body fields are a 422
+        # (utils.py _validate_request); frequency_penalty becomes generate's repetition_penalty as 1 + value
+        # (chat_completion.py _build_generation_config); a positive temperature does not turn sampling on unless
+        # the generation config says so, and `generation_config` (a JSON string) is how to say it, with top_k 0
+        # for the paper's pure nucleus. generate applies the penalty over the whole input (prompt + answer).
+        body = {
+            "max_tokens": decoding.max_new_tokens,
+            "temperature": max(decoding.temperature, 0.0),
+            "top_p": decoding.top_p,
+            "frequency_penalty": round(decoding.repetition_penalty - 1.0, 6),
+            "generation_config": json.dumps({"do_sample": not decoding.greedy, "top_k": 0}),
+        }
+        return ({"model": model, **body} if model else body), ()
+    body = {
+        "max_tokens": decoding.max_new_tokens,
+        "temperature": max(decoding.temperature, 0.0),
+        "top_p": decoding.top_p,
+        # Not in the OpenAI schema: vLLM and SGLang read it at the top level of the body.
+        "repetition_penalty": decoding.repetition_penalty,
+    }
+    if model:
+        body = {"model": model, **body}
+    if kind == "vllm":
+        # vLLM fills every field a request leaves out from the model's generation_config.json
+        # (entrypoints/openai/chat_completion/protocol.py to_sampling_params, "user -> server default"):
+        # name top_k and min_p too, so a base model's defaults do not narrow the nucleus. Its penalty covers
+        # prompt and output tokens (model_executor/layers/utils.py apply_repetition_penalties).
+        return {**body, "top_k": 0, "min_p": 0.0}, ()
+    return body, ("repetition_penalty",)  # an OpenAI-compatible server of unknown make may drop it
+
+
+_SCOPES = {"tgi": PENALTY_SCOPE, "vllm": PENALTY_SCOPE, "transformers": PENALTY_SCOPE}
+_KIND_NAMES = {"tgi": "TGI", "vllm": "vLLM", "transformers": "transformers serve", "openai": "OpenAI-compatible server"}
+
+
+class RemoteBackend:
+    """A TGI server (or vLLM, SGLang, transformers serve, an Inference Endpoint) at ``url``; the token comes
+    from ``HF_TOKEN``. ``model`` names one of the server's models (the source's ``#fragment``); it never goes
+    into the URL."""
+
+    def __init__(self, url: str, name: str | None = None, timeout: float = 120.0, model: str | None = None) -> None:
+        self.source = url.rstrip("/") + (f"#{model}" if model else "")
+        self.url = url.rstrip("/")
         self.timeout = timeout
+        self.model = model or None
         self.model_id: str | None = None
-        self.name = name or self.url
+        self.kind: str | None = None  # learnt by probe(): "tgi", "vllm", "transformers" or "openai"
+        self.version: str | None = None
+        self.name = name or self.source
 
     def _token(self) -> str | None:
         return os.environ.get("HF_TOKEN") or None
 
-    def _headers(self) -> dict[str, str]:
-        token = self._token()
-        return {"Authorization": f"Bearer {token}"} if token else {}
+    def _client(self):
+        from huggingface_hub import AsyncInferenceClient
+
+        # provider="hf-inference": the provider under which health_check and get_endpoint_info speak to a URL.
+        token, timeout = self._token(), self.timeout
+        return AsyncInferenceClient(base_url=self.url, token=token, timeout=timeout, provider="hf-inference")
+
+    async def _get_json(self, client, route: str) -> object | None:
+        """``GET route`` with the client's own HTTP session; the JSON, or None for an error status or non-JSON."""
+        from huggingface_hub.utils import build_hf_headers
+
+        session = await client._get_async_client()  # the client's httpx2 session (what chat_completion uses)
+        response = await session.get(f"{self.url}{route}", headers=build_hf_headers(token=self._token()), timeout=10)
+        if response.status_code != 200:
+            return None
+        try:
+            return response.json()
+        except ValueError:
+            return None
 
     async def probe(self) -> Status:
-        """``/health`` then ``/info`` (TGI) or ``/v1/models`` (OpenAI-compatible servers)."""
+        """``/health``, then which server this is: TGI answers ``/info`` (router/src/lib.rs ``Info``), vLLM
+        ``/version``, transformers serve ``/health`` with ``{"status": "ok"}`` (cli/serving/server.py) or
+        models with a ``status`` (model_manager.py ``list_models``); anything else is OpenAI-compatible."""
+        import httpx2
+        from huggingface_hub.errors import HfHubHTTPError
+
         try:
-            async with httpx.AsyncClient(timeout=10, headers=self._headers()) as client:
-                health = await client.get(f"{self.url}/health")
-                if health.status_code == 503:
-                    return Status(False, self.name, "warming up (503)")
-                if health.status_code >= 400:
-                    return Status(False, self.name, f"/health answered {health.status_code}")
-                info = await client.get(f"{self.url}/info")
-                if info.status_code == 200:
-                    data = info.json()
-                    self.model_id = data.get("model_id")
-                    detail = f"TGI {data.get('version', '?')} serving {self.model_id}"
+            async with self._client() as client:
+                if not await client.health_check():
+                    return Status(False, self.name, "/health does not answer 200 yet: warming up or unhealthy")
+                try:
+                    info = await client.get_endpoint_info()
+                except (HfHubHTTPError, ValueError):
+                    info = None
+                if isinstance(info, dict) and "max_total_tokens" in info and "model_id" in info:
+                    self.kind, self.version, self.model_id = "tgi", str(info.get("version", "?")), info["model_id"]
                 else:
-                    models = await client.get(f"{self.url}/v1/models")
-                    ids = [m.get("id") for m in models.json().get("data", [])] if models.status_code == 200 else []
-                    self.model_id = ids[0] if ids else None
-                    detail = f"OpenAI-compatible server serving {self.model_id or 'an unnamed model'}"
-        except httpx.HTTPError as err:
+                    health = await self._get_json(client, "/health")
+                    version = await self._get_json(client, "/version")
+                    listed = await self._get_json(client, "/v1/models")
+                    models = listed.get("data", []) if isinstance(listed, dict) else []
+                    models = [m for m in models if isinstance(m, dict) and m.get("id")]
+                    if isinstance(version, dict) and "version" in version:
+                        self.kind, self.version = "vllm", str(version["version"])
+                    elif health == {"status": "ok"} or any("status" in m for m in models):
+                        self.kind = "transformers"
+                    else:
+                        self.kind = "openai"
+                    ids = [m["id"] for m in models]
+                    if self.model is None and len(ids) > 1:
+                        shown = ", ".join(ids[:3]) + (", ..." if len(ids) > 3 else "")
+                        return Status(
+                            False, self.name, f"serves {len(ids)} models ({shown}): name one after # in the source"
+                        )
+                    self.model_id = self.model or (ids[0] if ids else None)
+        except (httpx2.HTTPError, OSError) as err:
             return Status(False, self.name, f"unreachable: {_one_line(err) or type(err).__name__}")
-        except ValueError:
-            return Status(False, self.name, "answered, but not with TGI's JSON")
-        return Status(True, self.name, detail)
+        return Status(True, self.name, self.describe())
+
+    def describe(self) -> str:
+        """The status line: what serves this side and how it takes the paper's decoding."""
+        kind = self.kind or "openai"
+        server = _KIND_NAMES[kind] + (f" {self.version}" if self.version else "")
+        served = self.model_id or "an unnamed model"
+        if kind == "tgi" and self.model:
+            served = f"{served} with adapter {self.model}"
+        _, may_ignore = server_terms(kind, Decoding(), self.model)
+        if may_ignore:
+            return f"{server} serving {served}; it may ignore {', '.join(may_ignore)} (not in the OpenAI API)"
+        how = {"tgi": "as presence_penalty", "transformers": "as frequency_penalty"}.get(kind, "as repetition_penalty")
+        return f"{server} serving {served}; repetition penalty sent {how}, over the whole context"
+
+    def _target(self) -> str | None:
+        """The request's ``model``: on TGI an adapter id (none: the base model); elsewhere the model to use,
+        named after ``#`` or the server's only one (vLLM refuses a name it does not serve)."""
+        return self.model if self.kind == "tgi" else (self.model or self.model_id)
+
+    def decoding_record(self, decoding: Decoding) -> dict:
+        kind = self.kind or "openai"
+        sent, may_ignore = server_terms(kind, decoding, self._target())
+        server = kind + (f" {self.version}" if self.version else "")
+        return decoding_record(decoding, server, sent, _SCOPES.get(kind, "unknown"), may_ignore)
 
     async def stream(self, messages: list[dict], decoding: Decoding) -> AsyncIterator[str]:
         import httpx2  # huggingface_hub's own HTTP transport: its errors are httpx2's
-        from huggingface_hub import AsyncInferenceClient
         from huggingface_hub.errors import HfHubHTTPError, InferenceTimeoutError, TextGenerationError
 
+        if self.kind is None:  # not probed yet (or the server was down then): learn what it is first
+            await self.probe()
+        sent, _ = server_terms(self.kind or "openai", decoding, self._target())
+        fields = dict(sent)
+        named = {key: fields.pop(key) for key in ("model", "max_tokens", "temperature", "top_p") if key in fields}
+        for key in ("presence_penalty", "frequency_penalty"):
+            if key in fields:
+                named[key] = fields.pop(key)
         try:
-            async with AsyncInferenceClient(base_url=self.url, token=self._token(), timeout=self.timeout) as client:
-                chunks = await client.chat_completion(
-                    messages,
-                    stream=True,
-                    max_tokens=decoding.max_new_tokens,
-                    temperature=decoding.temperature,
-                    top_p=decoding.top_p,
-                    # Not in the OpenAI schema: vLLM and SGLang read it; servers that do not know it ignore it.
-                    extra_body={"repetition_penalty": decoding.repetition_penalty},
-                )
+            async with self._client() as client:
+                chunks = await client.chat_completion(messages, stream=True, **named, extra_body=fields or None)
                 async for chunk in chunks:
                     if chunk.choices and chunk.choices[0].delta.content:
                         yield chunk.choices[0].delta.content

@@ -39,18 +39,27 @@ def check_servable(path: Path, device: str = "cpu") -> list[str]:
 
 def render_like_tgi(template: str, messages: list[dict], bos_token: str | None, eos_token: str | None) -> str:
     """Render a chat template as TGI's router does (router/src/infer/chat_template.rs): minijinja with
-    minijinja-contrib's pycompat methods (.strip(), .upper(), ...), a `raise_exception` function, no
+    minijinja-contrib's pycompat methods (.strip(), .upper(), ...), `raise_exception` and `strftime_now`, no
     trim_blocks / lstrip_blocks, `add_generation_prompt` always true, bos_token / eos_token from
     tokenizer_config.json. PyPI's minijinja wraps the same Rust engine (2.9 here, TGI 3.3 builds with 2.8)."""
+    import time
+
     import minijinja
 
     def raise_exception(message: str) -> str:
         raise ValueError(message)
 
+    def strftime_now(fmt: str) -> str:
+        return time.strftime(fmt)
+
+    # The router's rewrites before compiling (chat_template.rs @ db931fc, lines 39-52).
+    template = template.replace("messages[0]['content'][0]['text']", "messages[0]['content']")
+    template = template.replace("[::-1]", "|reverse")
     for tag in TGI_DELETES:
         template = template.replace(tag, "")
     env = minijinja.Environment(pycompat=True, keep_trailing_newline=False)
     env.add_function("raise_exception", raise_exception)
+    env.add_function("strftime_now", strftime_now)
     return env.render_str(
         template, messages=messages, bos_token=bos_token, eos_token=eos_token, add_generation_prompt=True
     )

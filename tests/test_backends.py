@@ -1,8 +1,9 @@
 """demo/backends.py with real parts: the tiny trained model in process, and the loopback TGI server over HTTP.
 
-The local model is tiny and random, so its text is checked against a greedy reference run of the same model: a
-near-zero temperature makes the backend's sampling pick the argmax, which pins down the prompt (the model's own chat
-template), the repetition penalty and the token cap exactly.
+The local model is tiny and random, so its text is checked against a greedy reference run of the same model:
+temperature 0 is greedy (as on TGI, vLLM and transformers serve), which pins down the prompt (the model's own chat
+template), the repetition penalty (over the whole context, as every server applies it) and the token cap exactly.
+Against the TGI look-alike, tests read what TGI would have applied (``TGIServer.applied``), not only what was sent.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from demo.backends import (
     TOTAL_TOKEN_BUDGET,
     BackendError,
     Decoding,
-    GeneratedTokensRepetitionPenalty,
     LocalBackend,
     RemoteBackend,
     make_backend,
@@ -35,7 +35,7 @@ HISTORY = [
     {"role": "assistant", "content": "Hello! How can I help?"},
     {"role": "user", "content": "Tell me a joke."},
 ]
-GREEDY = 1e-4  # temperature: sampling then always takes the most likely token
+GREEDY = 0.0  # temperature 0: the most likely token, on every backend
 FIVE = "one two three four five"
 
 
@@ -94,19 +94,15 @@ def local(trained: Path) -> LocalBackend:
 
 
 def greedy_reference(backend: LocalBackend, messages: list[dict], max_new_tokens: int, penalty: float) -> list[int]:
-    """Token ids greedy decoding appends to the chat-template prompt, with the paper's generated-tokens penalty."""
-    from transformers import LogitsProcessorList
-
+    """Token ids greedy decoding appends to the chat-template prompt, with transformers' own repetition penalty
+    (over the whole context, as TGI, vLLM and transformers serve apply it)."""
     encoded = backend.tokenizer.apply_chat_template(
         messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
     )
     prompt_len = encoded["input_ids"].shape[1]
     with torch.no_grad():
         out = backend.model.generate(
-            **encoded,
-            do_sample=False,
-            max_new_tokens=max_new_tokens,
-            logits_processor=LogitsProcessorList([GeneratedTokensRepetitionPenalty(prompt_len, penalty)]),
+            **encoded, do_sample=False, max_new_tokens=max_new_tokens, repetition_penalty=penalty
         )
     return out[0, prompt_len:].tolist()
 
@@ -194,22 +190,28 @@ def test_local_closing_the_stream_stops_generation(local: LocalBackend):
     assert error is None and chunks
 
 
-# -- the paper's repetition penalty -------------------------------------------------------------------------
-def test_repetition_penalty_only_on_generated_tokens():
-    # Prompt: tokens 1 and 2; generated so far: 3, 4, and 3 again.
-    input_ids = torch.tensor([[1, 2, 3, 4, 3]])
-    scores = torch.tensor([[0.5, 2.0, -1.0, 3.0, -2.0, 1.0]])
-    out = GeneratedTokensRepetitionPenalty(prompt_len=2, penalty=2.0)(input_ids, scores)
-    expected = torch.tensor([[0.5, 2.0, -1.0, 1.5, -4.0, 1.0]])  # positive / penalty, negative * penalty, once
-    assert torch.equal(out, expected)
-    assert torch.equal(scores, torch.tensor([[0.5, 2.0, -1.0, 3.0, -2.0, 1.0]]))  # input left as it was
-
-
-def test_repetition_penalty_off_or_nothing_generated_leaves_scores():
-    scores = torch.tensor([[0.5, 2.0, -1.0, 3.0]])
-    input_ids = torch.tensor([[1, 2, 3]])
-    assert torch.equal(GeneratedTokensRepetitionPenalty(1, 1.0)(input_ids, scores), scores)
-    assert torch.equal(GeneratedTokensRepetitionPenalty(3, 1.2)(input_ids, scores), scores)  # only the prompt
+# -- what each side is asked for -----------------------------------------------------------------------------
+def test_local_decoding_is_the_papers_with_no_hidden_top_k(local: LocalBackend):
+    sampled = LocalBackend.generate_kwargs(Decoding())
+    assert sampled == {
+        "do_sample": True,
+        "temperature": 0.7,
+        "top_p": 0.9,
+        "top_k": 0,  # a generation_config.json top_k default would narrow the nucleus
+        "repetition_penalty": 1.2,
+        "max_new_tokens": 512,
+    }
+    assert LocalBackend.generate_kwargs(Decoding(temperature=0.0), room=100) == {
+        "do_sample": False,
+        "repetition_penalty": 1.2,
+        "max_new_tokens": 100,
+    }
+    record = local.decoding_record(Decoding())
+    assert record["server"] == "in-process" and record["penalty_scope"] == "context"
+    assert record["sent"] == sampled and record["may_ignore"] == []
+    assert {
+        k: record[k] for k in ("temperature", "top_p", "repetition_penalty", "max_new_tokens")
+    } == Decoding().as_dict()
 
 
 # -- TGI over HTTP ------------------------------------------------------------------------------------------
@@ -224,11 +226,14 @@ def test_remote_probe_reads_info(server: TGIServer):
     backend = RemoteBackend(server.url + "/", name="B")
     status = asyncio.run(backend.probe())
     assert status.ok
-    assert (status.model, status.detail) == ("B", "TGI 3.3.7 serving GAIR/lima-1030")
-    assert backend.model_id == "GAIR/lima-1030"
+    assert status.model == "B"
+    assert status.detail == (
+        "TGI 3.3.7 serving GAIR/lima-1030; repetition penalty sent as presence_penalty, over the whole context"
+    )
+    assert (backend.kind, backend.version, backend.model_id) == ("tgi", "3.3.7", "GAIR/lima-1030")
 
 
-def test_remote_streams_the_reply_and_sends_the_papers_decoding(server: TGIServer, monkeypatch):
+def test_tgi_applies_the_papers_decoding_through_presence_penalty(server: TGIServer, monkeypatch):
     monkeypatch.setenv("HF_TOKEN", "hf_test_token")
     backend = RemoteBackend(server.url)
     chunks, error = collect(backend, HISTORY, Decoding(max_new_tokens=300))
@@ -238,8 +243,111 @@ def test_remote_streams_the_reply_and_sends_the_papers_decoding(server: TGIServe
     assert body["messages"] == HISTORY
     assert body["stream"] is True
     assert (body["max_tokens"], body["temperature"], body["top_p"]) == (300, 0.7, 0.9)
-    assert body["repetition_penalty"] == 1.2
+    assert body["model"] == "tgi"  # not an adapter id: the base model, said the way TGI means it
+    assert "repetition_penalty" not in body  # TGI's chat route would drop it silently
+    (applied,) = server.applied  # what TGI's router hands the model
+    assert applied["repetition_penalty"] == pytest.approx(1.2)
+    assert (applied["do_sample"], applied["temperature"], applied["top_p"], applied["top_k"]) == (True, 0.7, 0.9, None)
+    assert (applied["max_new_tokens"], applied["adapter"]) == (300, None)
     assert server.headers[0]["authorization"] == "Bearer hf_test_token"  # HF_TOKEN from the environment
+
+    record = backend.decoding_record(Decoding(max_new_tokens=300))
+    assert record["server"] == "tgi 3.3.7" and record["penalty_scope"] == "context" and record["may_ignore"] == []
+    assert record["sent"] == {k: body[k] for k in ("model", "max_tokens", "temperature", "presence_penalty", "top_p")}
+
+
+def test_tgi_greedy_and_no_nucleus_are_said_the_way_tgi_validates_them(server: TGIServer):
+    backend = RemoteBackend(server.url)
+    assert collect(backend, HISTORY, Decoding(temperature=0.0, top_p=1.0, repetition_penalty=1.0))[1] is None
+    (body,) = server.requests
+    assert "top_p" not in body  # validation.rs refuses top_p 1.0: no nucleus is no top_p
+    (applied,) = server.applied
+    assert (applied["do_sample"], applied["top_p"], applied["repetition_penalty"]) == (False, 1.0, 1.0)
+
+
+def test_tgi_look_alike_ignores_repetition_penalty_and_validates_like_tgi(server: TGIServer):
+    """What the arena used to send: TGI applies no penalty for it. And TGI's range checks, as 422 validation."""
+    from huggingface_hub import AsyncInferenceClient
+
+    async def chat(**fields):
+        async with AsyncInferenceClient(base_url=server.url) as client:
+            return await client.chat_completion(HISTORY, max_tokens=5, **fields)
+
+    asyncio.run(chat(temperature=0.7, top_p=0.9, extra_body={"repetition_penalty": 1.2}))
+    assert server.applied[-1]["repetition_penalty"] == 1.0
+    for fields, message in [
+        ({"temperature": -0.1}, "`temperature` must be strictly positive"),
+        ({"top_p": 1.0}, "`top_p` must be > 0.0 and < 1.0"),
+        ({"presence_penalty": -2.5}, "`repetition_penalty` must be strictly positive"),
+        ({"frequency_penalty": 2.5}, "`frequency_penalty` must be >= -2.0 and <= 2.0"),
+    ]:
+        with pytest.raises(Exception) as caught:
+            asyncio.run(chat(**fields))
+        assert getattr(caught.value, "response", None) is not None and caught.value.response.status_code == 422
+        assert message in str(caught.value)
+
+
+def test_tgi_renders_the_served_folders_template_as_transformers_does(trained: Path):
+    """TGI's minijinja renders the saved template to the very prompt transformers built in training."""
+    from transformers import AutoTokenizer
+
+    model_dir = trained / "lima-1030" / "epoch-3"
+    with TGIServer(Behaviour(reply=FIVE), model_dir=model_dir) as tgi:
+        assert collect(RemoteBackend(tgi.url), HISTORY, Decoding(max_new_tokens=8))[1] is None
+        (applied,) = tgi.applied
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    expected = tokenizer.apply_chat_template(HISTORY, add_generation_prompt=True, tokenize=False)
+    assert applied["prompt"] == expected
+    assert applied["input_tokens"] == len(tokenizer(expected, add_special_tokens=False)["input_ids"])
+
+
+def test_tgi_without_a_template_is_its_422_template_error(tmp_path: Path, trained: Path):
+    model_dir = tmp_path / "base"
+    shutil.copytree(trained / "lima-1030" / "epoch-3", model_dir)
+    config = json.loads((model_dir / "tokenizer_config.json").read_text())
+    del config["chat_template"]
+    (model_dir / "tokenizer_config.json").write_text(json.dumps(config))
+    with TGIServer(Behaviour(reply=FIVE), model_dir=model_dir) as tgi:
+        chunks, error = collect(RemoteBackend(tgi.url))
+    message = assert_one_line(error)
+    assert chunks == [] and "(422)" in message and "Template error: template not found" in message
+
+
+def test_tgi_model_is_an_adapter_id_named_after_the_hash(server: TGIServer):
+    server.behaviour = Behaviour(reply=FIVE, adapters=("lima-1030-lora",))
+    loaded = make_backend(f"A={server.url}#lima-1030-lora")
+    assert (loaded.url, loaded.model, loaded.source) == (server.url, "lima-1030-lora", f"{server.url}#lima-1030-lora")
+    status = asyncio.run(loaded.probe())
+    assert status.ok and "with adapter lima-1030-lora" in status.detail
+    unknown = make_backend(f"{server.url}#no-such-adapter")
+    for backend in (loaded, unknown):
+        assert collect(backend, HISTORY, Decoding(max_new_tokens=4))[1] is None
+    assert [body["model"] for body in server.requests] == ["lima-1030-lora", "no-such-adapter"]
+    # TGI runs an id it never loaded on the base model, silently (flash_causal_lm.py ADAPTER_TO_INDEX.get(id, 0)).
+    assert [applied["adapter"] for applied in server.applied] == ["lima-1030-lora", None]
+
+
+@pytest.mark.parametrize(
+    ("server_kind", "kind", "extra"),
+    [("vllm", "vllm", {"repetition_penalty": 1.2, "top_k": 0, "min_p": 0.0}), ("openai", "openai", {})],
+)
+def test_other_servers_get_repetition_penalty_at_the_top_level(server_kind: str, kind: str, extra: dict):
+    with TGIServer(Behaviour(reply=FIVE, server=server_kind, model_id="org/lima-1030")) as other:
+        backend = RemoteBackend(other.url)
+        status = asyncio.run(backend.probe())
+        assert status.ok and backend.kind == kind
+        assert collect(backend, HISTORY, Decoding(max_new_tokens=16))[1] is None
+        (body,) = other.requests
+    assert body["repetition_penalty"] == 1.2 and "presence_penalty" not in body
+    assert body["model"] == "org/lima-1030"  # the server's only model, by name (vLLM refuses another)
+    assert {key: body[key] for key in extra} == extra
+    record = backend.decoding_record(Decoding(max_new_tokens=16))
+    if kind == "vllm":
+        assert status.detail.startswith("vLLM 0.33.0 serving org/lima-1030; repetition penalty sent as")
+        assert (record["penalty_scope"], record["may_ignore"]) == ("context", [])
+    else:  # a server of unknown make: the pane says the penalty may not be applied, and the turn records it
+        assert "may ignore repetition_penalty" in status.detail
+        assert (record["penalty_scope"], record["may_ignore"]) == ("unknown", ["repetition_penalty"])
 
 
 def test_remote_max_new_tokens_caps_the_answer(server: TGIServer):

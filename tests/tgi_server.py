@@ -12,6 +12,21 @@ Standard library only. It answers the routes a chat client needs, with the shape
   route: ``data: {"error": {"message": ..., "http_status_code": 422}}`` followed by ``data: [DONE]``
   (``Behaviour.chat_stream_error_style = "tgi"`` sends the native ``{"error": ..., "error_type": ...}`` instead).
 
+Where TGI's behaviour decides what a model would generate, the server does what TGI's router does and records it
+(``TGIServer.applied``, one dict per chat request: the ``GenerateParameters`` the router hands to the model), so a
+test asserts the decoding TGI would really apply, not only what the client sent:
+
+- Unknown body fields are ignored (``ChatRequest`` has no ``deny_unknown_fields``), so ``repetition_penalty`` in the
+  body does nothing. The repetition penalty is ``presence_penalty + 2.0`` (``lib.rs`` ``try_into_generate``, line 960
+  at db931fc); ``temperature: 0`` is greedy (966-970); ``top_k`` and ``typical_p`` are always None.
+- ``model`` is a LoRA adapter id unless it is ``"tgi"`` (lib.rs:1031); an id the server did not load runs the base
+  model (``flash_causal_lm.py``: ``ADAPTER_TO_INDEX.get(adapter_id, 0)``), so ``applied["adapter"]`` is None then.
+- Ranges are validated as ``router/src/validation.rs`` does (lines 152-287), with its messages, as 422 ``validation``.
+- With ``model_dir``, the prompt is rendered from that folder's ``tokenizer_config.json`` chat template with
+  minijinja configured as TGI's router configures it (``finetune.servable.render_like_tgi``; PyPI's ``minijinja``
+  wraps the same Rust engine), counted with its ``tokenizer.json``, and checked against ``max_total_tokens``; a folder
+  without a template is TGI's 422 ``template_error``.
+
 The native ``/generate`` routes are left out: the arena speaks only the chat route.
 
 Errors are TGI's: the status code and a JSON body ``{"error": message, "error_type": type}``.
@@ -43,6 +58,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, ClassVar
 
 TGI_VERSION = "3.3.7"
+VLLM_VERSION = "0.33.0"
 SYSTEM_FINGERPRINT = f"{TGI_VERSION}-native"
 
 #: HTTP status -> TGI ``error_type`` and a message like the one TGI sends for it.
@@ -77,6 +93,11 @@ class Behaviour:
     stream_error_after_tokens: int | None = None  # after N tokens send an SSE error event and end the stream
     chat_stream_error_style: str = "openai"  # "openai": TGI 3.x's chat error event; "tgi": {"error", "error_type"}
     model_id: str = "test/model"
+    adapters: tuple[str, ...] = ()  # LoRA adapter ids the server loaded (TGI's --lora-adapters)
+    # "tgi"; or the routes by which the arena tells other servers apart: "vllm" (GET /version, as vLLM 0.33's
+    # entrypoints/serve/instrumentator/basic.py; no /info; a chat for a model it does not serve is its 404), or
+    # "openai" (an OpenAI-compatible server of unknown make: neither). Generation is the same look-alike in all.
+    server: str = "tgi"
 
     def tokens(self) -> list[str]:
         return re.findall(r"\s*\S+", self.reply)
@@ -133,8 +154,10 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send_json(503, {"error": "unhealthy", "error_type": "healthcheck"})
             else:
                 self._send_body(200, b"", "text/plain; charset=utf-8")
-        elif self.path == "/info":
+        elif self.path == "/info" and behaviour.server == "tgi":
             self._send_json(200, tgi.info())
+        elif self.path == "/version" and behaviour.server == "vllm":
+            self._send_json(200, {"version": VLLM_VERSION})
         elif self.path == "/v1/models":
             created = int(time.time())
             model = {"id": behaviour.model_id, "object": "model", "created": created, "owned_by": behaviour.model_id}
@@ -175,10 +198,22 @@ class _Handler(BaseHTTPRequestHandler):
                 422, b"Failed to deserialize the JSON body into the target type: missing field `messages`", "text/plain"
             )
             return
+        tgi = self.server.tgi
+        if behaviour.server == "vllm" and body.get("model") != behaviour.model_id:  # serving_engine.py _check_model
+            error = {"message": f"The model `{body.get('model')}` does not exist.", "type": "NotFoundError"}
+            self._send_json(404, {"error": {**error, "param": "model", "code": 404}})
+            return
+        try:
+            applied = tgi.apply(body, behaviour) if behaviour.server == "tgi" else {}
+        except TGIError as error:
+            self._send_error(422, error.error_type, str(error))
+            return
         max_tokens = body.get("max_tokens", body.get("max_completion_tokens"))
         tokens, finish = _plan(behaviour.tokens(), max_tokens)
         model = body.get("model")
         model = behaviour.model_id if model in (None, "tgi") else str(model)
+        if applied:
+            tgi._applied(applied)
         prompt_tokens = sum(len(re.findall(r"\S+", str(m.get("content") or ""))) for m in body["messages"])
         usage = {
             "prompt_tokens": prompt_tokens,
@@ -278,6 +313,67 @@ class _Handler(BaseHTTPRequestHandler):
             self.connection.shutdown(socket.SHUT_RDWR)
 
 
+class TGIError(Exception):
+    """A request TGI's router refuses before generating: 422 with ``error_type``."""
+
+    def __init__(self, message: str, error_type: str = "validation") -> None:
+        super().__init__(message)
+        self.error_type = error_type
+
+
+def _number(body: dict, key: str) -> float | None:
+    value = body.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):  # serde: a type error, before validation
+        raise TGIError(f"Failed to deserialize the JSON body into the target type: {key}: invalid type", "validation")
+    return float(value)
+
+
+def generate_parameters(body: dict, adapters: tuple[str, ...] = ()) -> dict:
+    """TGI 3.3's ``ChatRequest::try_into_generate`` (router/src/lib.rs:941-1040 @ db931fc) and the checks of
+    ``Validation::validate`` (router/src/validation.rs:225-287): the parameters the model would generate with."""
+    presence_penalty = _number(body, "presence_penalty")
+    frequency_penalty = _number(body, "frequency_penalty")
+    temperature = _number(body, "temperature")
+    top_p = _number(body, "top_p")
+    max_tokens = body.get("max_tokens", body.get("max_completion_tokens"))
+    repetition_penalty = None if presence_penalty is None else presence_penalty + 2.0  # lib.rs:960
+    do_sample, temperature = (False, None) if temperature == 0.0 else (True, temperature)  # lib.rs:966-970
+    model = body.get("model")
+    adapter_id = None if model in (None, "tgi") else str(model)  # lib.rs:1031
+
+    temperature = 1.0 if temperature is None else temperature
+    if temperature <= 0.0:  # validation.rs:242-244
+        raise TGIError("Input validation error: `temperature` must be strictly positive")
+    repetition_penalty = 1.0 if repetition_penalty is None else repetition_penalty
+    if repetition_penalty <= 0.0:  # validation.rs:247-249
+        raise TGIError("Input validation error: `repetition_penalty` must be strictly positive")
+    frequency_penalty = 0.0 if frequency_penalty is None else frequency_penalty
+    if not -2.0 <= frequency_penalty <= 2.0:  # validation.rs:252-254
+        raise TGIError("Input validation error: `frequency_penalty` must be >= -2.0 and <= 2.0")
+    if top_p is not None and not 0.0 < top_p < 1.0:  # validation.rs:258-264
+        raise TGIError("Input validation error: `top_p` must be > 0.0 and < 1.0")
+    if max_tokens == 0:  # validation.rs:285-287
+        raise TGIError("Input validation error: `max_new_tokens` must be strictly positive")
+    return {
+        "do_sample": do_sample,
+        "temperature": temperature,
+        "top_p": 1.0 if top_p is None else top_p,
+        "top_k": None,  # lib.rs:1026: the chat route has no top_k
+        "typical_p": None,
+        "repetition_penalty": repetition_penalty,
+        "frequency_penalty": frequency_penalty,
+        "max_new_tokens": max_tokens,
+        "seed": body.get("seed"),
+        "stop": list(body.get("stop") or []),
+        "adapter_id": adapter_id,
+        # flash_causal_lm.py:568, 1065: ADAPTER_TO_INDEX.get(adapter_id, 0) -- an unknown id runs the base model
+        "adapter": adapter_id if adapter_id in adapters else None,
+        "penalty_scope": "context",  # flash_causal_lm.py:2005: the penalty sees all_input_ids (prompt + generated)
+    }
+
+
 def free_port() -> int:
     """A free loopback port (for the app under test, beside these servers)."""
     with socket.socket() as sock:
@@ -307,11 +403,17 @@ class TGIServer:
 
     POLL_S: ClassVar[float] = 0.05
 
-    def __init__(self, behaviour: Behaviour | None = None, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self, behaviour: Behaviour | None = None, host: str = "127.0.0.1", port: int = 0, model_dir: Any = None
+    ) -> None:
         self.behaviour = behaviour or Behaviour()
         self.host = host
         self.port = port
+        self.model_dir = model_dir
+        self._template: tuple[str | None, str | None, str | None] | None = None
+        self._tokenizer: Any = None
         self.requests: list[dict] = []
+        self.applied: list[dict] = []  # per chat request TGI accepted: what the model would generate with
         self.headers: list[dict[str, str]] = []  # the HTTP headers of each recorded request, in order
         self._lock = threading.Lock()
         self._connections: set[socket.socket] = set()
@@ -381,6 +483,65 @@ class TGIServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+    def _load_model_dir(self) -> None:
+        """The template and tokenizer TGI reads from the model folder (tokenizer_config.json, tokenizer.json)."""
+        if self._template is not None or self.model_dir is None:
+            return
+        from pathlib import Path
+
+        from tokenizers import Tokenizer
+
+        folder = Path(self.model_dir)
+        config = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
+
+        def token(name: str) -> str | None:
+            value = config.get(name)
+            return value.get("content") if isinstance(value, dict) else value
+
+        self._template = (config.get("chat_template"), token("bos_token"), token("eos_token"))
+        self._tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+
+    def apply(self, body: dict, behaviour: Behaviour) -> dict:
+        """What TGI would do with a chat request: its generate parameters, and with a model folder the prompt
+        its template renders and the token budget check (validation.rs:152-187). Raises ``TGIError``."""
+        applied = generate_parameters(body, behaviour.adapters)
+        if self.model_dir is None:
+            return applied
+        from finetune.servable import render_like_tgi
+
+        self._load_model_dir()
+        template, bos, eos = self._template
+        if not isinstance(template, str):  # infer/mod.rs:234: TemplateNotFound
+            raise TGIError("Template error: template not found", "template_error")
+        messages = [{"role": m.get("role"), "content": m.get("content") or ""} for m in body["messages"]]
+        try:
+            prompt = render_like_tgi(template, messages, bos, eos)
+        except Exception as error:  # minijinja's own error, or the template's raise_exception
+            raise TGIError(f"Template error: {str(error).splitlines()[0]}", "template_error") from None
+        input_length = len(self._tokenizer.encode(prompt, add_special_tokens=False).ids)  # lib.rs: no specials
+        info = self.info()
+        # validation.rs:152-179: the budget is checked on the first chunk of at most DEFAULT_GENERATION_LENGTH
+        # (1024) new tokens (TGI re-queues longer answers chunk by chunk); the answer may run to max_new_tokens,
+        # which defaults to what is left of max_total_tokens.
+        requested = applied["max_new_tokens"]
+        max_new = requested if requested is not None else max(info["max_total_tokens"] - input_length, 0)
+        chunk = min(max_new, 1024)
+        if input_length + chunk > info["max_total_tokens"]:
+            raise TGIError(
+                f"Input validation error: `inputs` tokens + `max_new_tokens` must be <= {info['max_total_tokens']}. "
+                f"Given: {input_length} `inputs` tokens and {chunk} `max_new_tokens`"
+            )
+        if input_length > info["max_input_tokens"]:
+            raise TGIError(
+                f"Input validation error: `inputs` must have less than {info['max_input_tokens']} tokens. "
+                f"Given: {input_length}"
+            )
+        return {**applied, "max_new_tokens": max_new, "prompt": prompt, "input_tokens": input_length}
+
+    def _applied(self, applied: dict) -> None:
+        with self._lock:
+            self.applied.append(applied)
 
     def _record(self, body: dict, headers: dict[str, str]) -> None:
         with self._lock:
