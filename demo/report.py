@@ -8,6 +8,9 @@ Pure computation over a read-only SQLite connection, so it can run beside a live
 - **Confidence intervals**: 95 % percentile bootstrap that resamples *conversations* with replacement, since
   the turns of one conversation are not independent (a model that derails tends to stay derailed).
 - **Verdicts**: one per judged conversation, credited to the model that sat on the winning side.
+- **Decoding**: a conversation whose two sides ran different decoding (another temperature, top-p, penalty or
+  token cap, a penalty over another scope, or a server that may have ignored a setting) is flagged in
+  ``decoding_mismatch``: its verdict compares more than the models.
 
 ``python -m demo.report --db ratings.db [--json] [--out DIR] [--a-model NAME]`` prints the summary;
 ``python -m demo.report export --db ratings.db --format jsonl|csv|hf --out PATH`` writes every rating with its turn.
@@ -66,10 +69,14 @@ def connect(db_path: str | Path) -> sqlite3.Connection:
     return db
 
 
-def _read_all(db_path: str | Path) -> tuple[dict[str, sqlite3.Row], list[sqlite3.Row], dict[str, str]]:
-    """Conversations by id, every current rating joined to its turn, and who gave each current verdict."""
+def _read_all(
+    db_path: str | Path,
+) -> tuple[dict[str, sqlite3.Row], list[sqlite3.Row], dict[str, str], list[sqlite3.Row]]:
+    """Conversations by id, every current rating joined to its turn, who gave each current verdict, and every
+    turn's side and decoding."""
     db = connect(db_path)
     try:
+        decodings = db.execute("SELECT conversation_id, side, decoding FROM turns ORDER BY rowid").fetchall()
         conversations = {row["id"]: row for row in db.execute("SELECT * FROM conversations")}
         columns = {row[1] for row in db.execute("PRAGMA table_info(ratings)")}
         # A database written before `by_owner` existed: the owner's ratings are those under the conversation's name.
@@ -86,7 +93,34 @@ def _read_all(db_path: str | Path) -> tuple[dict[str, sqlite3.Row], list[sqlite3
         raise ReportError(f"cannot read {db_path}: {exc}") from None
     finally:
         db.close()
-    return conversations, rated, verdict_by
+    return conversations, rated, verdict_by, decodings
+
+
+# What makes two turns' decoding the same: the rater's setting, and what the server made of it.
+DECODING_KEYS = ("temperature", "top_p", "repetition_penalty", "max_new_tokens", "penalty_scope", "may_ignore")
+
+
+def _canonical(setting: dict) -> str:
+    return json.dumps(setting, sort_keys=True)
+
+
+def _decoding_mismatch(decodings: list[sqlite3.Row]) -> list[dict]:
+    """Conversations whose sides ran different decoding, with each side's distinct settings."""
+    by_side: dict[str, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
+    for row in decodings:
+        try:
+            stored = json.loads(row["decoding"] or "{}")
+        except ValueError:
+            stored = {}
+        setting = {key: stored.get(key) for key in DECODING_KEYS}
+        if setting not in by_side[row["conversation_id"]][row["side"]]:
+            by_side[row["conversation_id"]][row["side"]].append(setting)
+    flagged = []
+    for conversation_id, sides in by_side.items():
+        a, b = sides.get("a", []), sides.get("b", [])
+        if a and b and sorted(map(_canonical, a)) != sorted(map(_canonical, b)):
+            flagged.append({"conversation": conversation_id, "a": a, "b": b})
+    return sorted(flagged, key=lambda item: item["conversation"])
 
 
 # -- arithmetic ----------------------------------------------------------------------------------------------
@@ -178,7 +212,7 @@ def build_report(db_path: str | Path, a_model: str | None = None, resamples: int
     """Everything the summary, the figure and ``--json`` show, as one JSON-ready dict."""
     if resamples < 1:
         raise ReportError(f"resamples must be at least 1, got {resamples}")
-    conversations, rated, verdict_by = _read_all(db_path)
+    conversations, rated, verdict_by, decodings = _read_all(db_path)
 
     # Group the current ratings by turn slot: (conversation, side, turn index) -> attempt -> rater -> rating.
     slots: dict[tuple[str, str, int], dict[int, dict[str, sqlite3.Row]]] = defaultdict(lambda: defaultdict(dict))
@@ -251,6 +285,7 @@ def build_report(db_path: str | Path, a_model: str | None = None, resamples: int
             "kappa": None if kappa is None else round(kappa, 3),
             "method": "fleiss",
         },
+        "decoding_mismatch": _decoding_mismatch(decodings),
         "paper": PAPER,
     }
 
@@ -263,6 +298,14 @@ def _cell(text: object) -> str:
 
 def _ci(interval: list[float] | None) -> str:
     return f" ({interval[0]:.1f}–{interval[1]:.1f})" if interval else ""
+
+
+def _setting(setting: dict) -> str:
+    text = (
+        f"temperature {setting['temperature']}, top-p {setting['top_p']}, penalty {setting['repetition_penalty']}"
+        f" over {setting['penalty_scope'] or 'an unrecorded scope'}, at most {setting['max_new_tokens']} tokens"
+    )
+    return text + (f", may ignore {', '.join(setting['may_ignore'])}" if setting["may_ignore"] else "")
 
 
 def markdown(report: dict) -> str:
@@ -332,6 +375,19 @@ def markdown(report: dict) -> str:
             lines.append(f"| {_cell(name)} | {r['conversations']} | {r['ratings']} | {r['verdicts']} |")
     else:
         lines.append("No raters yet.")
+
+    lines += ["", "## Decoding", ""]
+    mixed = report["decoding_mismatch"]
+    if mixed:
+        lines.append(
+            f"{len(mixed)} conversation(s) ran different decoding on their two sides; their verdicts compare the "
+            "settings as well as the models:"
+        )
+        for item in mixed:
+            sides = "; ".join(f"{side.upper()}: " + " / ".join(map(_setting, item[side])) for side in ("a", "b"))
+            lines.append(f"- `{_cell(item['conversation'])}`: {sides}")
+    else:
+        lines.append("Both sides of every conversation ran the same decoding.")
 
     a = report["agreement"]
     lines += ["", "## Agreement", ""]

@@ -366,3 +366,28 @@ def test_a_database_from_before_owner_flags_counts_the_conversations_named_rater
         db.execute("ALTER TABLE ratings DROP COLUMN by_owner")  # the schema before second opinions
     report = build_report(tmp_path / "old.db")
     assert (report["models"][OLD]["pass"], report["models"][NEW]["fail"]) == (100.0, 100.0)
+
+
+def test_a_conversation_whose_sides_ran_different_decoding_is_flagged(tmp_path: Path, db: Path):
+    assert build_report(db)["decoding_mismatch"] == []  # the scenario: one setting everywhere
+    tgi = {**DECODING, "server": "tgi 3.3.7", "penalty_scope": "context", "may_ignore": []}
+    unknown = {**DECODING, "server": "openai", "penalty_scope": "unknown", "may_ignore": ["repetition_penalty"]}
+    store = Store(tmp_path / "mixed.db")
+    for cid, decodings in {
+        "same": (tgi, tgi),
+        "mixed": (tgi, unknown),
+        "hotter": (tgi, {**tgi, "temperature": 1.0}),
+    }.items():
+        store.ensure_conversation(cid, f"s-{cid}", OLD, NEW, blind=True, rater="alice", opener_id=None)
+        for side, decoding in zip("ab", decodings, strict=True):
+            store.add_turn(cid, f"s-{cid}", side, 1, OLD if side == "a" else NEW, "ask", "answer", decoding, 1.0, 0.1)
+    store.close()
+    report = build_report(tmp_path / "mixed.db")
+    flagged = {item["conversation"]: item for item in report["decoding_mismatch"]}
+    assert sorted(flagged) == ["hotter", "mixed"]
+    assert flagged["mixed"]["b"] == [{**{k: unknown[k] for k in DECODING}, "penalty_scope": "unknown",
+                                      "may_ignore": ["repetition_penalty"]}]  # fmt: skip
+    text = markdown(report)
+    assert "2 conversation(s) ran different decoding" in text
+    assert "over unknown" in text and "may ignore repetition_penalty" in text
+    assert "Both sides of every conversation ran the same decoding." in markdown(build_report(db))
