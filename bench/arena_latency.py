@@ -12,6 +12,12 @@ events do:
   first_token_overhead_ms  time to the first streamed token through the app minus the same measured straight
                            against the server (median; target <= 150)
 
+The same run then repeats against the real ``transformers serve`` (two servers, one per side, each serving a tiny
+servable model folder named after ``#``, as ``URL#folder`` sources do) under ``"transformers_serve"``: there the
+servers' own speed sets the pace, so its ratio also shows two CPU servers sharing this machine's cores, and its
+first-token overhead is the app's cost in front of a real server. ``--model DIR`` serves a folder of yours; by
+default a random tiny one is built (finetune.base_models). ``--no-serve`` skips it.
+
 Prints one JSON line. ``python bench/arena_latency.py [--tokens 40] [--fast 0.02] [--slow 0.04] [--reps 5]``.
 """
 
@@ -29,8 +35,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
+import transformers_server  # noqa: E402
 from gradio_client import Client  # noqa: E402
-from huggingface_hub import AsyncInferenceClient  # noqa: E402
 from tgi_server import Behaviour, TGIServer, free_port  # noqa: E402
 
 from demo import app, backends, ratings  # noqa: E402
@@ -48,12 +54,12 @@ def answered(output: tuple) -> bool:
     return bool(text.strip()) and text.strip() != "…"
 
 
-def time_turn(client: Client, sides: str) -> tuple[float, float | None]:
+def time_turn(client: Client, sides: str, decoding: tuple = DECODING) -> tuple[float, float | None]:
     """Send one message to the given sides at once; seconds until all are done, and to the first token of the
     first side."""
     client.predict(api_name="/new_conversation")
     started = time.perf_counter()
-    jobs = [client.submit("Tell me something.", *DECODING, "bench", api_name=f"/send_{s}") for s in sides]
+    jobs = [client.submit("Tell me something.", *decoding, "bench", api_name=f"/send_{s}") for s in sides]
     first = None
     while not all(job.done() for job in jobs):
         if first is None and answered(jobs[0].outputs()[-1] if jobs[0].outputs() else ()):
@@ -66,17 +72,62 @@ def time_turn(client: Client, sides: str) -> tuple[float, float | None]:
     return time.perf_counter() - started, first
 
 
-async def server_first_token(url: str) -> float:
-    async with AsyncInferenceClient(base_url=url) as client:
-        started = time.perf_counter()
-        stream = await client.chat_completion([{"role": "user", "content": "Tell me something."}], stream=True)
-        async for chunk in stream:
-            if chunk.choices and chunk.choices[0].delta.content:
-                took = time.perf_counter() - started
-                break
-        async for _ in stream:
-            pass
+async def server_first_token(backend: backends.RemoteBackend, decoding: backends.Decoding) -> float:
+    """Seconds to the first answer text straight from the side's server, asked exactly as the arena asks it."""
+    started = time.perf_counter()
+    stream = backend.stream([{"role": "user", "content": "Tell me something."}], decoding)
+    async for _ in stream:
+        took = time.perf_counter() - started
+        break
+    async for _ in stream:
+        pass
     return took
+
+
+def measure(sources: list[str], reps: int, decoding: tuple) -> dict:
+    """The app over two URL sides (fast first, slow second): overlap ratio and first-token overhead."""
+    store = ratings.Store(Path(tempfile.mkdtemp()) / "ratings.db")
+    models = [backends.make_backend(source) for source in sources]
+    demo = app.build(models, store, blind=False, turn_limit=1000)  # not blind: A is fast, B is slow
+    demo.queue()
+    port = free_port()
+    demo.launch(server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        time_turn(client, "ab", decoding)  # warm-up: imports, connections, a server's first model load
+        alone = [time_turn(client, "b", decoding)[0] for _ in range(reps)]
+        both = [time_turn(client, "ab", decoding)[0] for _ in range(reps)]
+        via_app = [time_turn(client, "a", decoding)[1] for _ in range(reps)]
+        direct_backend = backends.make_backend(sources[0])
+        asyncio.run(direct_backend.probe())  # as the app's side was: learnt what it talks to in the warm-up
+        direct = [asyncio.run(server_first_token(direct_backend, backends.Decoding(*decoding))) for _ in range(reps)]
+    finally:
+        demo.close()
+        store.close()
+    return {
+        "turn_s_both": round(statistics.median(both), 3),
+        "turn_s_slowest_alone": round(statistics.median(alone), 3),
+        "ratio": round(statistics.median(both) / statistics.median(alone), 3),
+        "first_token_overhead_ms": round(1000 * (statistics.median(via_app) - statistics.median(direct)), 1),
+        "first_token_app_ms": round(1000 * statistics.median(via_app), 1),
+        "first_token_server_ms": round(1000 * statistics.median(direct), 1),
+    }
+
+
+def tiny_servable(folder: Path) -> Path:
+    """A random tiny model saved as a servable folder (serving template, EOT stop): what the suite serves."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from finetune import chat_format
+    from finetune.base_models import tiny_model_dir
+
+    base = tiny_model_dir()
+    tokenizer, model = AutoTokenizer.from_pretrained(base), AutoModelForCausalLM.from_pretrained(base)
+    chat_format.add_end_of_turn(model, tokenizer)
+    tokenizer.chat_template = chat_format.SERVING_TEMPLATE
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder, save_jinja_files=False)
+    return folder
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -85,40 +136,31 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--fast", type=float, default=0.02, help="seconds per token, fast side")
     parser.add_argument("--slow", type=float, default=0.04, help="seconds per token, slow side")
     parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--model", type=Path, help="a servable model folder for the transformers serve run")
+    parser.add_argument("--no-serve", action="store_true", help="skip the transformers serve run")
     args = parser.parse_args(argv)
 
     reply = " ".join(f"t{i}" for i in range(args.tokens))
     fast = TGIServer(Behaviour(reply=reply, token_delay_s=args.fast, model_id="bench/fast")).start()
     slow = TGIServer(Behaviour(reply=reply, token_delay_s=args.slow, model_id="bench/slow")).start()
-    store = ratings.Store(Path(tempfile.mkdtemp()) / "ratings.db")
-    models = [backends.make_backend(f"fast={fast.url}"), backends.make_backend(f"slow={slow.url}")]
-    demo = app.build(models, store, blind=False, turn_limit=1000)  # not blind: A is fast, B is slow
-    demo.queue()
-    port = free_port()
-    demo.launch(server_port=port, prevent_thread_lock=True, quiet=True)
     try:
-        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
-        time_turn(client, "ab")  # warm-up: first requests pay for imports and connection set-up
-        alone = [time_turn(client, "b")[0] for _ in range(args.reps)]
-        both = [time_turn(client, "ab")[0] for _ in range(args.reps)]
-        via_app = [time_turn(client, "a")[1] for _ in range(args.reps)]
-        direct = [asyncio.run(server_first_token(fast.url)) for _ in range(args.reps)]
+        result = measure([f"fast={fast.url}", f"slow={slow.url}"], args.reps, DECODING)
     finally:
-        demo.close()
         fast.stop()
         slow.stop()
-    result = {
-        "turn_s_both": round(statistics.median(both), 3),
-        "turn_s_slowest_alone": round(statistics.median(alone), 3),
-        "ratio": round(statistics.median(both) / statistics.median(alone), 3),
-        "first_token_overhead_ms": round(1000 * (statistics.median(via_app) - statistics.median(direct)), 1),
-        "first_token_app_ms": round(1000 * statistics.median(via_app), 1),
-        "first_token_server_ms": round(1000 * statistics.median(direct), 1),
-        "tokens": args.tokens,
-        "pace_s": {"fast": args.fast, "slow": args.slow},
-        "reps": args.reps,
-        "targets": {"ratio": 1.10, "first_token_overhead_ms": 150},
-    }
+    result.update(
+        tokens=args.tokens,
+        pace_s={"fast": args.fast, "slow": args.slow},
+        reps=args.reps,
+        targets={"ratio": 1.10, "first_token_overhead_ms": 150},
+    )
+    if not args.no_serve and transformers_server.command() is not None:
+        folder = args.model or tiny_servable(Path(tempfile.mkdtemp()) / "tiny")
+        max_new = max(args.tokens, 16)  # the slider's least
+        decoding = (*DECODING[:3], max_new)
+        with transformers_server.TransformersServe() as a, transformers_server.TransformersServe() as b:
+            served = measure([f"a={a.url}#{folder}", f"b={b.url}#{folder}"], args.reps, decoding)
+        result["transformers_serve"] = {**served, "model": str(folder), "max_new_tokens": max_new}
     print(json.dumps(result))
     return result
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -89,6 +90,30 @@ def test_regenerating_makes_a_new_turn_and_the_old_rating_stays_with_the_old_tex
         client.predict("rater", api_name="/verdict_tie")
 
 
+def test_a_turn_at_the_papers_settings_is_applied_by_tgi_with_penalty_1_2_and_stored_as_sent(tmp_path: Path):
+    """Through the real app: the TGI look-alike applies what TGI's router would, and the turn says what was sent."""
+    with TGIServer(Behaviour(reply="Answer.")) as tgi:
+        store = ratings.Store(tmp_path / "ratings.db")
+        models = [backends.make_backend(f"{n}={tgi.url}") for n in ("zero", "dialogue")]
+        demo = app.build(models, store, blind=False)
+        demo.queue()
+        port = free_port()
+        demo.launch(server_port=port, prevent_thread_lock=True, quiet=True)
+        try:
+            client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+            client.predict(api_name="/new_conversation")
+            send(client, "a", "hello")
+        finally:
+            demo.close()
+        (applied,) = tgi.applied
+    assert applied["repetition_penalty"] == pytest.approx(1.2)
+    assert (applied["temperature"], applied["top_p"], applied["max_new_tokens"]) == (0.7, 0.9, 64)
+    with sqlite3.connect(tmp_path / "ratings.db") as db:
+        (stored,) = [json.loads(row[0]) for row in db.execute("SELECT decoding FROM turns")]
+    assert stored["server"] == "tgi 3.3.7" and stored["penalty_scope"] == "context"
+    assert stored["sent"]["presence_penalty"] == pytest.approx(-0.8) and stored["repetition_penalty"] == 1.2
+
+
 def test_arena_latency_benchmark_prints_its_json_line():
     result = run_cli("bench/arena_latency.py", "--tokens", "6", "--reps", "1", "--fast", "0.01", "--slow", "0.02")
     assert result.returncode == 0, result.stderr[-2000:]
@@ -96,6 +121,8 @@ def test_arena_latency_benchmark_prints_its_json_line():
     for key in ("turn_s_both", "turn_s_slowest_alone", "ratio", "first_token_overhead_ms"):
         assert key in line
     assert line["turn_s_both"] >= line["turn_s_slowest_alone"] * 0.5 > 0
+    served = line["transformers_serve"]  # the same run against the real transformers serve, one server per side
+    assert served["turn_s_both"] > 0 and served["first_token_server_ms"] > 0 and served["max_new_tokens"] == 16
 
 
 # ----------------------------------------------------------------------------- python demo/app.py itself
