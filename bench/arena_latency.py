@@ -9,6 +9,7 @@ events do:
   turn_s_both              the same turn sent to both sides at once, until both are done (median)
   ratio                    turn_s_both / turn_s_slowest_alone: 1.0 when the sides overlap perfectly, ~1.5 here if
                            they ran one after the other (target <= 1.10)
+  direct_ratio             the same ratio asked straight from the servers, without the app: the baseline for ratio
   first_token_overhead_ms  time to the first streamed token through the app minus the same measured straight
                            against the server (median; target <= 150)
 
@@ -84,6 +85,18 @@ async def server_first_token(backend: backends.RemoteBackend, decoding: backends
     return took
 
 
+async def direct_turns(sides: list[backends.RemoteBackend], decoding: backends.Decoding) -> float:
+    """Seconds until every side's answer is done, asked straight (no app), all at once."""
+
+    async def one(backend: backends.RemoteBackend) -> None:
+        async for _ in backend.stream([{"role": "user", "content": "Tell me something."}], decoding):
+            pass
+
+    started = time.perf_counter()
+    await asyncio.gather(*(one(backend) for backend in sides))
+    return time.perf_counter() - started
+
+
 def measure(sources: list[str], reps: int, decoding: tuple) -> dict:
     """The app over two URL sides (fast first, slow second): overlap ratio and first-token overhead."""
     store = ratings.Store(Path(tempfile.mkdtemp()) / "ratings.db")
@@ -101,6 +114,12 @@ def measure(sources: list[str], reps: int, decoding: tuple) -> dict:
         direct_backend = backends.make_backend(sources[0])
         asyncio.run(direct_backend.probe())  # as the app's side was: learnt what it talks to in the warm-up
         direct = [asyncio.run(server_first_token(direct_backend, backends.Decoding(*decoding))) for _ in range(reps)]
+        # The same overlap without the app: what the servers and this machine allow by themselves.
+        straight = [backends.make_backend(source) for source in sources]
+        for backend in straight:
+            asyncio.run(backend.probe())
+        direct_alone = [asyncio.run(direct_turns(straight[1:], backends.Decoding(*decoding))) for _ in range(reps)]
+        direct_both = [asyncio.run(direct_turns(straight, backends.Decoding(*decoding))) for _ in range(reps)]
     finally:
         demo.close()
         store.close()
@@ -108,6 +127,7 @@ def measure(sources: list[str], reps: int, decoding: tuple) -> dict:
         "turn_s_both": round(statistics.median(both), 3),
         "turn_s_slowest_alone": round(statistics.median(alone), 3),
         "ratio": round(statistics.median(both) / statistics.median(alone), 3),
+        "direct_ratio": round(statistics.median(direct_both) / statistics.median(direct_alone), 3),
         "first_token_overhead_ms": round(1000 * (statistics.median(via_app) - statistics.median(direct)), 1),
         "first_token_app_ms": round(1000 * statistics.median(via_app), 1),
         "first_token_server_ms": round(1000 * statistics.median(direct), 1),
