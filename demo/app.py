@@ -10,6 +10,7 @@ they stream concurrently and a slow or dead side never holds up the other.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -32,6 +33,7 @@ OPENERS_FILE = Path(__file__).resolve().parents[1] / "dialogues" / "eval_openers
 WARMUP_RETRIES = 6  # a server scaled to zero answers 503 while it wakes: ask again, visibly, for ~30 s
 WARMUP_WAIT_S = 5.0
 SIDES = ("a", "b")
+FIRE_BOTH = "() => { for (const side of ['a', 'b']) document.getElementById('fire-' + side).click(); }"
 
 
 def load_openers(path: Path = OPENERS_FILE) -> list[dict]:
@@ -51,10 +53,12 @@ def build(
 ) -> gr.Blocks:
     """The arena's Blocks for two models (configured left and right) and a ratings store."""
     openers = load_openers()
-    admin = admin or results.Admin(token=None, on_space=False)
+    admin = admin or results.Admin(token=None, public=False)
 
     # -- handlers: one per idea ----------------------------------------------------------------------------
-    def new_conversation() -> tuple:
+    def new_conversation(old: arena.Conversation | None = None) -> tuple:
+        if old is not None:
+            old.closed = True  # its running streams stop and write nothing more
         conv = arena.new_conversation(blind)
         empty = [arena.Side(), arena.Side()]
         verdict_off = [gr.update(interactive=False)] * 3
@@ -69,17 +73,31 @@ def build(
             *verdict_off,
             "",
             "",
+            False,
         )
 
     async def probe() -> str:
         statuses = await asyncio.gather(*(m.probe() for m in models))
-        lines = [
-            f"{'🟢' if st.ok else '🔴'} **{where}**: `{st.model}`: {st.detail}"
-            for where, st in zip(("left", "right"), statuses, strict=True)
-        ]
-        if blind:
+        if blind:  # how many sides are ready, never which models they are (the log has the details)
+            ready = sum(st.ok for st in statuses)
+            for where, st in zip(("left", "right"), statuses, strict=True):
+                (log.info if st.ok else log.warning)("%s: %s: %s", where, st.model, st.detail)
+            state = "🟢" if ready == len(statuses) else "🔴"
+            lines = [f"{state} **{ready} of {len(statuses)} sides ready**" + ("" if ready == 2 else ": see the log")]
             lines.append("Blind mode: which one sits on A is drawn per conversation and shown after your verdict.")
+        else:
+            lines = [
+                f"{'🟢' if st.ok else '🔴'} **{where}**: `{st.model}`: {st.detail}"
+                for where, st in zip(("left", "right"), statuses, strict=True)
+            ]
         return "  \n".join(lines)
+
+    def secrets_of(backend) -> list[str]:
+        """What would name the model behind a side: its name, source, URL, served model id."""
+        return [str(getattr(backend, key, "") or "") for key in ("name", "source", "url", "model", "model_id")]
+
+    def shown_error(err: str, backend, side_key: str, conv: arena.Conversation) -> str:
+        return err if conv.revealed else arena.redact(err, secrets_of(backend), side_key)
 
     def make_respond(side_key: str, again: bool):
         index = SIDES.index(side_key)
@@ -111,6 +129,13 @@ def build(
                     gr.Warning("Nothing to regenerate yet.")
                     yield arena.chat_messages(side), skip, skip, skip
                     return
+                last = side.turns[-1]
+                if store.rate_every_turn and last.turn_id and not last.error:
+                    rated = await asyncio.to_thread(store.ratings_of, [last.turn_id])
+                    if last.turn_id not in rated:  # a fail must not vanish by asking again
+                        gr.Warning("Rate this answer before regenerating it: every answer is rated.")
+                        yield arena.chat_messages(side), skip, skip, skip
+                        return
                 text = side.turns.pop().user  # the old answer (and its rating) stays in the store
             else:
                 try:
@@ -126,36 +151,18 @@ def build(
             session, rater = arena.session_of(request), arena.rater_of(rater_name, request)
             backend = models[conv.models[index]]
             names = [models[i].name for i in conv.models]
-            store.ensure_conversation(conv.id, session, names[0], names[1], conv.blind, rater, conv.opener_id)
+            # Store calls run off the event loop: a write (a lock and an fsync) never stalls other streams.
+            await asyncio.to_thread(
+                store.ensure_conversation, conv.id, session, names[0], names[1], conv.blind, rater, conv.opener_id
+            )
             decoding = backends.Decoding(float(temperature), float(top_p), float(repetition_penalty), int(max_tokens))
             turn = arena.TurnView(user=text)
             side.turns.append(turn)
             side.busy = True
-            try:
-                yield arena.chat_messages(side), side, skip, gr.update(interactive=False)
-                answer, started, first_token_s = "", time.time(), None
-                for attempt in range(WARMUP_RETRIES + 1):
-                    try:
-                        async for chunk in backend.stream(side.history(), decoding):
-                            if first_token_s is None:
-                                first_token_s = time.time() - started
-                            answer += chunk
-                            yield arena.chat_messages(side, answer), skip, skip, skip
-                        break
-                    except backends.BackendError as err:
-                        if err.warming_up and not answer and attempt < WARMUP_RETRIES:
-                            waiting = f"{err} · retrying in {WARMUP_WAIT_S:.0f} s ({attempt + 1}/{WARMUP_RETRIES})"
-                            yield arena.chat_messages(side, f"_{waiting}_"), skip, skip, skip
-                            await asyncio.sleep(WARMUP_WAIT_S)
-                            continue
-                        turn.error = str(err)
-                        break
-                    except Exception as err:  # a bug or an unforeseen failure: still that side's error, not a hang
-                        log.exception("side %s (%s) failed", side_key, backend.name)
-                        turn.error = f"unexpected error: {str(err).splitlines()[0] if str(err) else type(err).__name__}"
-                        break
-                turn.assistant = answer
-                stored = store.add_turn(
+            answer, started, first_token_s = "", time.time(), None
+
+            def store_turn(error: str | None):
+                return store.add_turn(
                     conv.id,
                     session,
                     side_key,
@@ -166,10 +173,53 @@ def build(
                     backend.decoding_record(decoding),
                     started,
                     first_token_s,
-                    status="error" if turn.error else "complete",
-                    error=turn.error,
+                    status="error" if error else "complete",
+                    error=error,
                 )
+
+            try:
+                yield arena.chat_messages(side), side, skip, gr.update(interactive=False)
+                for attempt in range(WARMUP_RETRIES + 1):
+                    try:
+                        async for chunk in backend.stream(side.history(), decoding):
+                            if conv.closed:  # the rater moved on: this stream writes nothing more
+                                return
+                            if first_token_s is None:
+                                first_token_s = time.time() - started
+                            answer += chunk
+                            yield arena.chat_messages(side, answer), skip, skip, skip
+                        break
+                    except backends.BackendError as err:
+                        if err.warming_up and not answer and attempt < WARMUP_RETRIES:
+                            reason = shown_error(str(err), backend, side_key, conv)
+                            waiting = f"{reason} · retrying in {WARMUP_WAIT_S:.0f} s ({attempt + 1}/{WARMUP_RETRIES})"
+                            yield arena.chat_messages(side, f"_{waiting}_"), skip, skip, skip
+                            await asyncio.sleep(WARMUP_WAIT_S)
+                            continue
+                        turn.error = str(err)
+                        break
+                    except Exception as err:  # a bug or an unforeseen failure: still that side's error, not a hang
+                        log.exception("side %s (%s) failed", side_key, backend.name)
+                        turn.error = f"unexpected error: {str(err).splitlines()[0] if str(err) else type(err).__name__}"
+                        break
+                if conv.closed:
+                    return
+                turn.assistant = answer
+                try:
+                    stored = await asyncio.to_thread(store_turn, turn.error)
+                except ratings.NotAllowed as err:  # judged while this side was answering: the turn is not kept
+                    side.turns.pop()
+                    gr.Warning(str(err))
+                    yield arena.chat_messages(side), side, side.rateable(), skip
+                    return
                 turn.turn_id = stored.id
+                if turn.error:
+                    turn.error = shown_error(turn.error, backend, side_key, conv)  # the store keeps the full text
+            except asyncio.CancelledError:  # a new conversation cancelled this stream: keep what it had produced
+                if answer:
+                    with contextlib.suppress(Exception):
+                        store_turn("stopped: a new conversation was started")
+                raise
             finally:
                 side.busy = False
             again_label = "↻ Retry" if turn.error else "↻ Regenerate"
@@ -185,8 +235,16 @@ def build(
         return rate
 
     def _verdict_controls(conv: arena.Conversation | None) -> tuple:
-        unlocked = conv is not None and conv.verdict is None and store.rated_sides(conv.id) == set(SIDES)
-        hint = "" if unlocked or conv is None or conv.verdict else "Rate at least one answer on each side to judge."
+        if conv is None or conv.verdict is not None:
+            return (*[gr.update(interactive=False)] * 3, gr.skip())
+        unrated = store.unrated(conv.id) if store.rate_every_turn else []
+        unlocked = not unrated and store.rated_sides(conv.id) == set(SIDES)
+        if unlocked:
+            hint = ""
+        elif unrated:
+            hint = f"Rate every answer to judge ({len(unrated)} still unrated)."
+        else:
+            hint = "Rate at least one answer on each side to judge."
         return (*[gr.update(interactive=unlocked)] * 3, hint)
 
     def make_verdict(verdict: str):
@@ -202,7 +260,8 @@ def build(
             said = {"a": "A is better", "b": "B is better", "tie": "a tie"}[verdict]
             note = f"Verdict saved: **{said}**. A was `{names[0]}`, B was `{names[1]}`. Start a new conversation."
             labels = [arena.label(s, names[i], conv) for i, s in enumerate(SIDES)]
-            return (*labels, *[gr.update(interactive=False)] * 3, note)
+            # `judged` turns True: the rating controls render again, read-only, since the judgment is final.
+            return (*labels, *[gr.update(interactive=False)] * 3, note, True)
 
         return judge
 
@@ -245,6 +304,7 @@ def build(
         conv = gr.State(None)
         side_states = [gr.State(arena.Side()), gr.State(arena.Side())]
         rate_keys = [gr.State(()), gr.State(())]
+        judged = gr.State(False)  # the conversation has its verdict: its ratings are final
 
         gr.Markdown("# LIMA multi-turn arena\nTalk to both models, rate every answer, then say which was better.")
         status = gr.Markdown("Checking the models…", elem_id="status")
@@ -288,14 +348,15 @@ def build(
                                 gr.Button("↻ Regenerate", size="sm", interactive=False, elem_id=f"again-{s}")
                             )
 
-                            @gr.render(inputs=[rate_keys[i]])
-                            def rating_controls(keys: tuple, s: str = s) -> None:
-                                current = store.ratings_of([turn_id for _, turn_id in keys])
-                                for n, turn_id in keys:
+                            @gr.render(inputs=[rate_keys[i], judged])
+                            def rating_controls(keys: tuple, final: bool, s: str = s) -> None:
+                                current = store.ratings_of([key[1] for key in keys])
+                                for n, turn_id, opening in keys:
                                     radio = gr.Radio(
                                         list(ratings.RATINGS),
                                         value=current.get(turn_id),
-                                        label=f"{s.upper()} · turn {n}",
+                                        interactive=not final,
+                                        label=f"{s.upper()} · turn {n}: “{opening}”",
                                         key=f"rate-{turn_id}",
                                         elem_classes=["turn-rating"],
                                         elem_id=f"rate-{s}-{n}",
@@ -317,6 +378,9 @@ def build(
                         max_length=arena.MAX_MESSAGE_CHARS,
                     )
                     send_both = gr.Button("Send to both", variant="primary", scale=1, elem_id="send-both")
+                # Gradio's page runs the listeners of one trigger one after another, so "Send to both" clicks these
+                # two (in the DOM, not shown): each side is then its own trigger and the two stream at once.
+                fire = [gr.Button(visible="hidden", elem_id=f"fire-{s}") for s in SIDES]
                 follow_ups = gr.Markdown("", elem_id="follow-ups")
                 with gr.Row():
                     verdict_btns = [
@@ -357,38 +421,53 @@ def build(
 
         # -- wiring ----------------------------------------------------------------------------------------
         decoding_inputs = [temperature, top_p, repetition_penalty, max_tokens, rater]
-        reset_outputs = [conv, *side_states, *chats, *rate_keys, *labels, *verdict_btns, verdict_note, follow_ups]
+        reset_outputs = [
+            conv, *side_states, *chats, *rate_keys, *labels, *verdict_btns, verdict_note, follow_ups, judged
+        ]  # fmt: skip
         demo.load(new_conversation, outputs=reset_outputs, api_name="new_conversation")
         demo.load(probe, outputs=status, api_visibility="private")
         demo.load(fill_rater, outputs=rater, api_visibility="private")
-        new_btn.click(new_conversation, outputs=reset_outputs, api_visibility="private")
+        streams = []
 
         for i, s in enumerate(SIDES):
             outputs = [chats[i], side_states[i], rate_keys[i], again_btns[i]]
             inputs = [conv, side_states[i], *decoding_inputs]
             # One event per side and no concurrency cap: each side streams on its own.
             common = {"outputs": outputs, "concurrency_limit": None}
-            send_both.click(make_respond(s, False), inputs=[shared, *inputs], api_name=f"send_{s}", **common)
-            shared.submit(make_respond(s, False), inputs=[shared, *inputs], api_visibility="private", **common)
-            side_sends[i].click(
-                make_respond(s, False), inputs=[side_inputs[i], *inputs], api_visibility="private", **common
-            )
-            side_inputs[i].submit(
-                make_respond(s, False), inputs=[side_inputs[i], *inputs], api_visibility="private", **common
-            )
-            again_btns[i].click(
-                make_respond(s, True), inputs=[side_inputs[i], *inputs], api_name=f"again_{s}", **common
-            )
+            streams += [
+                fire[i].click(make_respond(s, False), inputs=[shared, *inputs], api_name=f"send_{s}", **common),
+                side_sends[i].click(
+                    make_respond(s, False), inputs=[side_inputs[i], *inputs], api_visibility="private", **common
+                ),
+                side_inputs[i].submit(
+                    make_respond(s, False), inputs=[side_inputs[i], *inputs], api_visibility="private", **common
+                ),
+                again_btns[i].click(
+                    make_respond(s, True), inputs=[side_inputs[i], *inputs], api_name=f"again_{s}", **common
+                ),
+            ]
             for trigger in (side_sends[i].click, side_inputs[i].submit):
                 trigger(lambda: "", outputs=side_inputs[i], api_visibility="private")
         for trigger in (send_both.click, shared.submit):
+            trigger(None, js=FIRE_BOTH)  # first: the sides start before the input is cleared
             trigger(lambda: "", outputs=shared, api_visibility="private")
+        # A new conversation owns the page: the old one's running streams are cancelled (and told to stop).
+        # The old stream may have had one chunk in flight past its `closed` check: the panes are drawn again from
+        # the new conversation's state once the reset is done, so that chunk cannot stay on screen.
+        new_btn.click(
+            new_conversation, inputs=[conv], outputs=reset_outputs, api_visibility="private", cancels=streams
+        ).then(
+            lambda a, b: (arena.chat_messages(a), arena.chat_messages(b)),
+            inputs=side_states,
+            outputs=chats,
+            api_visibility="private",
+        )
 
         for button, verdict in zip(verdict_btns, ("a", "tie", "b"), strict=True):
             button.click(
                 make_verdict(verdict),
                 inputs=[conv, rater],
-                outputs=[*labels, *verdict_btns, verdict_note],
+                outputs=[*labels, *verdict_btns, verdict_note, judged],
                 api_name=f"verdict_{verdict}",
             )
         if openers:
@@ -439,7 +518,7 @@ def main(argv: list[str] | None = None) -> int:
         for (where, _), status in zip(servers, statuses, strict=True):
             (log.info if status.ok else log.warning)("%s: %s: %s", where, status.model, status.detail)
     try:
-        store = ratings.Store(config.db)
+        store = ratings.Store(config.db, rate_every_turn=config.rate_every_turn)
     except (OSError, sqlite3.Error) as err:
         print(f"error: cannot open the ratings database {config.db}: {err}", file=sys.stderr)
         return 2
@@ -452,15 +531,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: cannot use dataset repo {config.dataset_repo}: {str(err).splitlines()[0]}", file=sys.stderr)
             return 2
         store.listeners.append(copy)
-    on_space = bool(os.environ.get("SPACE_ID"))
-    review_open = config.review if config.review is not None else not on_space
+    public = is_public(config)
+    review_open = config.review if config.review is not None else not public
     demo = build(
         models,
         store,
         blind=config.blind,
         turn_limit=config.turn_limit,
         max_new_tokens=max_new,
-        admin=results.Admin(token=os.environ.get("LIMA_ARENA_ADMIN_TOKEN"), on_space=on_space),
+        admin=results.Admin(token=os.environ.get("LIMA_ARENA_ADMIN_TOKEN"), public=public),
         review_open=review_open,
     )
     demo.queue(default_concurrency_limit=8)
@@ -471,6 +550,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: cannot listen on {config.host}:{config.port} ({reason}): pass a free --port", file=sys.stderr)
         return 2
     return 0
+
+
+def is_public(config: settings.Settings) -> bool:
+    """Decided once: on a Space, with a share link, or listening beyond this machine, strangers can reach the
+    page, so results and exports need the admin token and Review is off unless enabled."""
+    loopback = config.host in ("127.0.0.1", "localhost", "::1")
+    return bool(os.environ.get("SPACE_ID")) or bool(config.share) or not loopback
 
 
 async def _probe_all(models: list) -> list[backends.Status]:

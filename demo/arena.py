@@ -29,6 +29,9 @@ class Conversation:
     blind: bool
     verdict: str | None = None
     opener_id: str | None = None
+    # Set when the rater starts another conversation: a stream still running for this one stops and writes
+    # nothing more (neither into the page's state nor into the store).
+    closed: bool = False
 
     @property
     def revealed(self) -> bool:
@@ -68,9 +71,18 @@ class Side:
                 messages.append({"role": "user", "content": turn.user})
         return messages
 
-    def rateable(self) -> tuple[tuple[int, str], ...]:
-        """(turn number, turn id) of each stored, successful turn: what gets a rating control."""
-        return tuple((n, t.turn_id) for n, t in enumerate(self.turns, 1) if t.turn_id and not t.error)
+    def rateable(self) -> tuple[tuple[int, str, str], ...]:
+        """(turn number, turn id, the answer's first words) of each stored, successful turn: what gets a rating
+        control, labelled with the start of the answer it rates."""
+        return tuple(
+            (n, t.turn_id, first_words(t.assistant)) for n, t in enumerate(self.turns, 1) if t.turn_id and not t.error
+        )
+
+
+def first_words(text: str, words: int = 8) -> str:
+    """The start of an answer, on one line, to show beside its rating."""
+    parts = text.split()
+    return " ".join(parts[:words]) + (" …" if len(parts) > words else "")
 
 
 def session_of(request: object) -> str:
@@ -185,6 +197,13 @@ def chat_messages(side: Side, streaming: str | None = None) -> list[dict]:
         else:
             shown.append({"role": "assistant", "content": safe_markdown(turn.assistant)})
     return shown
+
+
+def redact(text: str, secrets: list[str], side: str) -> str:
+    """``text`` with every name, path or URL that would tell which model sits on ``side`` replaced (blind mode)."""
+    for secret in sorted({s for s in secrets if s and len(s) > 2}, key=len, reverse=True):
+        text = text.replace(secret, f"model {side.upper()}")
+    return text
 
 
 def label(side: str, name: str, conversation: Conversation | None) -> str:

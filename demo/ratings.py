@@ -1,11 +1,18 @@
 """The ratings store: conversations, every turn's full text, turn ratings and verdicts, in one SQLite file.
 
-Contract 3 (DESIGN.md): one current rating per (turn, rater), a second rating replacing the first, over an
-append-only log of every rating ever given; one verdict per conversation, also logged. Durability is the
-point: the database runs in WAL mode with ``synchronous=FULL``, and every write goes through one connection
-under one lock and is committed before the call returns, so a rating the UI acknowledged survives a
-``kill -9`` right after. Ownership is checked here, not in the UI: a session may only rate turns and judge
-conversations that it created.
+Contract 3 (DESIGN.md): one current rating per (turn, rating session), a second rating replacing the first,
+over an append-only log of every rating ever given; one verdict per conversation, also logged. A rater is the
+session that rates (the conversation's own, or a Review hand-out); the typed name is an attribute of the
+rating, so nobody replaces the owner's rating by typing the owner's name.
+
+Blind judgments are final: once a conversation has its verdict (and the names are shown), its owner can
+neither rate it again nor judge it again, and it takes no more turns. By the paper's protocol every answer is
+rated: the verdict waits for every shown answer's rating, and an answer is rated before it is regenerated.
+
+Durability is the point: the database runs in WAL mode with ``synchronous=FULL``, and every write goes through
+one connection under one lock and is committed before the call returns, so a rating the UI acknowledged
+survives a ``kill -9`` right after. Ownership is checked here, not in the UI: a session may only rate turns and
+judge conversations that it created (or, for a second opinion, was handed).
 """
 
 from __future__ import annotations
@@ -53,22 +60,24 @@ CREATE TABLE IF NOT EXISTS turns (
     finished_at    REAL NOT NULL,
     UNIQUE (conversation_id, side, turn_index, attempt)
 );
-CREATE TABLE IF NOT EXISTS ratings (          -- the current view: one row per (turn, rater)
+CREATE TABLE IF NOT EXISTS ratings (          -- the current view: one row per (turn, rating session)
     turn_id     TEXT NOT NULL REFERENCES turns(id),
-    rater       TEXT NOT NULL,
+    session     TEXT NOT NULL,                -- who rated: the owner's session, or a reviewer's
+    rater       TEXT NOT NULL,                -- the name that session rated under (an attribute, not the key)
     rating      TEXT NOT NULL CHECK (rating IN ('fail', 'pass', 'excellent')),
     by_owner    INTEGER NOT NULL DEFAULT 0,   -- 1: given in the session that had the conversation (the first
                                               -- opinion, whatever name it typed); 0: a second opinion (Review)
     first_at    REAL NOT NULL,
     updated_at  REAL NOT NULL,
-    PRIMARY KEY (turn_id, rater)
+    PRIMARY KEY (turn_id, session)
 );
 CREATE TABLE IF NOT EXISTS rating_log (       -- append-only: every rating ever given, changes included
     seq      INTEGER PRIMARY KEY AUTOINCREMENT,
     turn_id  TEXT NOT NULL,
     rater    TEXT NOT NULL,
     rating   TEXT NOT NULL,
-    at       REAL NOT NULL
+    at       REAL NOT NULL,
+    session  TEXT
 );
 CREATE TABLE IF NOT EXISTS verdict_log (
     seq              INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -92,7 +101,8 @@ CREATE VIEW IF NOT EXISTS rated_turns AS  -- contract 3: a row per rated (conver
 
 
 class NotAllowed(Exception):
-    """A request names a conversation or turn that does not exist or belongs to another session."""
+    """A request the store refuses: a conversation or turn of another session (or none), or a change to a
+    judgment that is final."""
 
 
 @dataclass(frozen=True)
@@ -112,8 +122,10 @@ class Turn:
 class Store:
     """The one writer path to the ratings database; safe to share between threads."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, rate_every_turn: bool = True) -> None:
         self.path = Path(path)
+        # The paper's protocol: every answer is rated before the conversation is judged (a setting may relax it).
+        self.rate_every_turn = rate_every_turn
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
@@ -121,12 +133,36 @@ class Store:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")  # a commit is on disk before we acknowledge it
         self._db.execute("PRAGMA foreign_keys=ON")
+        self._migrate()
         self._db.executescript(SCHEMA)
-        columns = {row[1] for row in self._db.execute("PRAGMA table_info(ratings)")}
-        if "by_owner" not in columns:  # a database from before second opinions existed: all were the owner's
-            self._db.execute("ALTER TABLE ratings ADD COLUMN by_owner INTEGER NOT NULL DEFAULT 1")
+        if self._db.execute("SELECT 1 FROM sqlite_master WHERE name = 'ratings_by_name'").fetchone():
+            self._copy_ratings_by_name()
         # Called after each committed rating / verdict (issue 5 mirrors them to the Hub); never inside the lock.
         self.listeners: list[Callable[[str, dict], None]] = []
+
+    def _migrate(self) -> None:
+        """A database from before ratings were keyed by session: set its ratings table aside for the copy."""
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(ratings)")}
+        if columns and "session" not in columns:
+            self._db.execute("DROP VIEW IF EXISTS rated_turns")
+            if "by_owner" not in columns:  # from before second opinions existed: all were the owner's
+                self._db.execute("ALTER TABLE ratings ADD COLUMN by_owner INTEGER NOT NULL DEFAULT 1")
+            self._db.execute("ALTER TABLE ratings RENAME TO ratings_by_name")
+        log_columns = {row[1] for row in self._db.execute("PRAGMA table_info(rating_log)")}
+        if log_columns and "session" not in log_columns:
+            self._db.execute("ALTER TABLE rating_log ADD COLUMN session TEXT")
+
+    def _copy_ratings_by_name(self) -> None:
+        """The owner's ratings move under the conversation's session; a second opinion under its reviewer."""
+        self._db.execute("BEGIN IMMEDIATE")
+        self._db.execute(
+            "INSERT OR IGNORE INTO ratings (turn_id, session, rater, rating, by_owner, first_at, updated_at)"
+            " SELECT r.turn_id, CASE WHEN r.by_owner THEN c.session ELSE 'review:' || r.rater END, r.rater,"
+            " r.rating, r.by_owner, r.first_at, r.updated_at FROM ratings_by_name r"
+            " JOIN turns t ON t.id = r.turn_id JOIN conversations c ON c.id = t.conversation_id"
+        )
+        self._db.execute("DROP TABLE ratings_by_name")
+        self._db.execute("COMMIT")
 
     def close(self) -> None:
         with self._lock:
@@ -205,12 +241,19 @@ class Store:
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
+                judged = self._db.execute("SELECT verdict FROM conversations WHERE id = ?", (conversation_id,))
+                if judged.fetchone()[0] is not None:
+                    raise NotAllowed("this conversation has its verdict: start a new one")
                 row = self._db.execute(
-                    "SELECT COALESCE(MAX(attempt), 0) FROM turns WHERE conversation_id = ? AND side = ? AND"
-                    " turn_index = ?",
+                    "SELECT t.attempt, t.status, EXISTS (SELECT 1 FROM ratings r WHERE r.turn_id = t.id AND"
+                    " r.by_owner = 1) FROM turns t WHERE t.conversation_id = ? AND t.side = ? AND t.turn_index = ?"
+                    " ORDER BY t.attempt DESC LIMIT 1",
                     (conversation_id, side, turn_index),
                 ).fetchone()
-                attempt = row[0] + 1
+                if row and self.rate_every_turn and row[1] == "complete" and not row[2]:
+                    # Every answer is rated, a regenerated one too: a fail must not vanish by asking again.
+                    raise NotAllowed("rate this answer before regenerating it")
+                attempt = (row[0] if row else 0) + 1
                 self._db.execute(
                     "INSERT INTO turns (id, conversation_id, side, turn_index, attempt, model, user_text,"
                     " assistant_text, status, error, decoding, started_at, first_token_s, finished_at)"
@@ -247,7 +290,7 @@ class Store:
             raise ValueError(f"rating must be one of {', '.join(RATINGS)}, got {rating!r}")
         row = self._one(
             "SELECT t.status, t.side, t.turn_index, t.attempt, t.model, t.user_text, t.assistant_text, c.session,"
-            " c.id, EXISTS (SELECT 1 FROM review_grants g WHERE g.session = ? AND"
+            " c.id, c.verdict, EXISTS (SELECT 1 FROM review_grants g WHERE g.session = ? AND"
             " g.conversation_id = c.id) AS granted FROM turns t JOIN conversations c ON c.id = t.conversation_id"
             " WHERE t.id = ?",
             (session, str(turn_id)),
@@ -256,18 +299,21 @@ class Store:
             raise NotAllowed("this turn does not belong to your session")
         if row["status"] != "complete":
             raise NotAllowed("a turn that ended in an error cannot be rated; retry it first")
+        owner = row["session"] == session
+        if owner and row["verdict"] is not None:
+            raise NotAllowed("this conversation has its verdict and the names are shown: its ratings are final")
         now = time.time()
         self._write(
             [
                 (
-                    "INSERT INTO rating_log (turn_id, rater, rating, at) VALUES (?, ?, ?, ?)",
-                    (turn_id, rater, rating, now),
+                    "INSERT INTO rating_log (turn_id, rater, rating, at, session) VALUES (?, ?, ?, ?, ?)",
+                    (turn_id, rater, rating, now, session),
                 ),
                 (
-                    "INSERT INTO ratings (turn_id, rater, rating, by_owner, first_at, updated_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (turn_id, rater) DO UPDATE SET rating = excluded.rating,"
-                    " by_owner = excluded.by_owner, updated_at = excluded.updated_at",
-                    (turn_id, rater, rating, int(row["session"] == session), now, now),
+                    "INSERT INTO ratings (turn_id, session, rater, rating, by_owner, first_at, updated_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (turn_id, session) DO UPDATE SET"
+                    " rating = excluded.rating, rater = excluded.rater, updated_at = excluded.updated_at",
+                    (turn_id, session, rater, rating, int(owner), now, now),
                 ),
                 (  # the conversation's rater is the name its owner rates under (typed late, or changed)
                     "UPDATE conversations SET rater = ? WHERE id = ? AND session = ?",
@@ -290,6 +336,12 @@ class Store:
         if verdict not in VERDICTS:
             raise ValueError(f"verdict must be one of {', '.join(VERDICTS)}, got {verdict!r}")
         self._owned(conversation_id, session)
+        if self.conversation(conversation_id)["verdict"] is not None:
+            raise NotAllowed("this conversation already has its verdict: verdicts are final")
+        missing = self.unrated(conversation_id)
+        if self.rate_every_turn and missing:
+            shown = ", ".join(f"{side.upper()} {index}" for side, index in missing[:6])
+            raise NotAllowed(f"rate every answer before the verdict (still unrated: {shown})")
         if self.rated_sides(conversation_id) != set(SIDES):
             raise NotAllowed("rate at least one turn on each side before giving a verdict")
         now = time.time()
@@ -299,20 +351,24 @@ class Store:
                     "INSERT INTO verdict_log (conversation_id, rater, verdict, at) VALUES (?, ?, ?, ?)",
                     (conversation_id, rater, verdict, now),
                 ),
-                (
+                (  # `verdict IS NULL`: of two racing verdicts only the first lands (checked below)
                     "UPDATE conversations SET verdict = ?, verdict_at = ?, rater = CASE WHEN rater = '' THEN ?"
-                    " ELSE rater END WHERE id = ?",
+                    " ELSE rater END WHERE id = ? AND verdict IS NULL",
                     (verdict, now, rater, conversation_id),
                 ),
             ]
         )
+        if self.conversation(conversation_id)["verdict_at"] != now:
+            raise NotAllowed("this conversation already has its verdict: verdicts are final")
         self._notify("verdict", {"conversation_id": conversation_id, "rater": rater, "verdict": verdict, "at": now})
 
     def assign_review(self, session: str, rater: str) -> str | None:
-        """Hand this session a stored conversation to rate again: rated by someone else, not theirs, not yet
-        reviewed by this rater; drawn at random. None when there is nothing left to review."""
+        """Hand this session a stored conversation to rate again: judged by someone else (so its owner's
+        ratings are final), not theirs, not yet reviewed by this rater; drawn at random. None when there is
+        nothing left to review."""
         row = self._one(
             "SELECT c.id FROM conversations c WHERE c.session != ? AND c.rater != ? AND c.rater != ''"
+            " AND c.verdict IS NOT NULL"
             " AND EXISTS (SELECT 1 FROM turns t JOIN ratings r ON r.turn_id = t.id WHERE t.conversation_id = c.id)"
             " AND NOT EXISTS (SELECT 1 FROM review_grants g WHERE g.conversation_id = c.id AND g.rater = ?)"
             " ORDER BY random() LIMIT 1",
@@ -357,17 +413,31 @@ class Store:
             raise NotAllowed("this conversation does not belong to your session")
 
     def rated_sides(self, conversation_id: str) -> set[str]:
+        """The sides with a turn their owner rated."""
         rows = self._all(
-            "SELECT DISTINCT t.side FROM ratings r JOIN turns t ON t.id = r.turn_id WHERE t.conversation_id = ?",
+            "SELECT DISTINCT t.side FROM ratings r JOIN turns t ON t.id = r.turn_id WHERE t.conversation_id = ?"
+            " AND r.by_owner = 1",
             (conversation_id,),
         )
         return {row["side"] for row in rows}
 
+    def unrated(self, conversation_id: str) -> list[tuple[str, int]]:
+        """(side, turn index) of every answer shown now (the latest attempt of each turn, if it completed) that
+        its owner has not rated."""
+        rows = self._all(
+            "SELECT t.side, t.turn_index, t.status, EXISTS (SELECT 1 FROM ratings r WHERE r.turn_id = t.id AND"
+            " r.by_owner = 1) AS rated FROM turns t WHERE t.conversation_id = ? AND t.attempt = (SELECT MAX(u.attempt)"
+            " FROM turns u WHERE u.conversation_id = t.conversation_id AND u.side = t.side AND"
+            " u.turn_index = t.turn_index) ORDER BY t.side, t.turn_index",
+            (conversation_id,),
+        )
+        return [(row["side"], row["turn_index"]) for row in rows if row["status"] == "complete" and not row["rated"]]
+
     def ratings(self, conversation_id: str) -> dict[str, str]:
-        """Current rating of each rated turn of a conversation, by turn id (the owner's own ratings)."""
+        """Current rating of each rated turn of a conversation, by turn id (the owner's own ratings only)."""
         rows = self._all(
             "SELECT r.turn_id, r.rating FROM ratings r JOIN turns t ON t.id = r.turn_id"
-            " JOIN conversations c ON c.id = t.conversation_id WHERE t.conversation_id = ? ORDER BY r.updated_at",
+            " WHERE t.conversation_id = ? AND r.by_owner = 1 ORDER BY r.updated_at",
             (conversation_id,),
         )
         return {row["turn_id"]: row["rating"] for row in rows}
@@ -384,12 +454,14 @@ class Store:
         )
         return [Turn(**dict(row)) for row in rows]
 
-    def ratings_of(self, turn_ids: list[str]) -> dict[str, str]:
-        """The latest rating given to each of these turns, by turn id."""
+    def ratings_of(self, turn_ids: list[str], session: str | None = None) -> dict[str, str]:
+        """The current rating of each of these turns by one session (default: the conversation's owner)."""
         if not turn_ids:
             return {}
         marks = ",".join("?" * len(turn_ids))
+        who, args = ("session = ?", (session,)) if session is not None else ("by_owner = 1", ())
         rows = self._all(
-            f"SELECT turn_id, rating FROM ratings WHERE turn_id IN ({marks}) ORDER BY updated_at", tuple(turn_ids)
+            f"SELECT turn_id, rating FROM ratings WHERE turn_id IN ({marks}) AND {who} ORDER BY updated_at",
+            (*turn_ids, *args),
         )
         return {row["turn_id"]: row["rating"] for row in rows}

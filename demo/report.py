@@ -69,11 +69,9 @@ def connect(db_path: str | Path) -> sqlite3.Connection:
     return db
 
 
-def _read_all(
-    db_path: str | Path,
-) -> tuple[dict[str, sqlite3.Row], list[sqlite3.Row], dict[str, str], list[sqlite3.Row]]:
-    """Conversations by id, every current rating joined to its turn, who gave each current verdict, and every
-    turn's side and decoding."""
+def _read_all(db_path: str | Path) -> tuple[dict, list[sqlite3.Row], dict[str, str], list[sqlite3.Row], dict]:
+    """Conversations by id, every current rating joined to its turn, who gave each current verdict, every
+    turn's side and decoding, and every rating ever given by (turn, rater name), in order."""
     db = connect(db_path)
     try:
         decodings = db.execute("SELECT conversation_id, side, decoding FROM turns ORDER BY rowid").fetchall()
@@ -81,11 +79,16 @@ def _read_all(
         columns = {row[1] for row in db.execute("PRAGMA table_info(ratings)")}
         # A database written before `by_owner` existed: the owner's ratings are those under the conversation's name.
         by_owner = "r.by_owner" if "by_owner" in columns else "(r.rater = c.rater)"
+        # Who rated: the rating session (a database from before sessions keyed ratings: the name).
+        who = "r.session" if "session" in columns else "r.rater"
         rated = db.execute(
-            "SELECT t.conversation_id, t.side, t.turn_index, t.attempt, t.model, r.rater, r.rating,"
-            f" {by_owner} AS by_owner, r.updated_at FROM ratings r JOIN turns t ON t.id = r.turn_id"
-            " JOIN conversations c ON c.id = t.conversation_id"
+            "SELECT t.conversation_id, t.side, t.turn_index, t.attempt, t.model, r.turn_id, r.rater, r.rating,"
+            f" {who} AS who, {by_owner} AS by_owner, r.updated_at, c.verdict_at FROM ratings r"
+            " JOIN turns t ON t.id = r.turn_id JOIN conversations c ON c.id = t.conversation_id"
         ).fetchall()
+        history: dict[tuple[str, str], list[tuple[float, str]]] = defaultdict(list)
+        for entry in db.execute("SELECT turn_id, rater, rating, at FROM rating_log ORDER BY seq"):
+            history[entry["turn_id"], entry["rater"]].append((entry["at"], entry["rating"]))
         # The log, in order, ends with the verdict the conversation holds now.
         log = db.execute("SELECT conversation_id, rater FROM verdict_log ORDER BY seq")
         verdict_by = {row["conversation_id"]: row["rater"] for row in log}
@@ -93,7 +96,7 @@ def _read_all(
         raise ReportError(f"cannot read {db_path}: {exc}") from None
     finally:
         db.close()
-    return conversations, rated, verdict_by, decodings
+    return conversations, rated, verdict_by, decodings, history
 
 
 # What makes two turns' decoding the same: the rater's setting, and what the server made of it.
@@ -212,12 +215,12 @@ def build_report(db_path: str | Path, a_model: str | None = None, resamples: int
     """Everything the summary, the figure and ``--json`` show, as one JSON-ready dict."""
     if resamples < 1:
         raise ReportError(f"resamples must be at least 1, got {resamples}")
-    conversations, rated, verdict_by, decodings = _read_all(db_path)
+    conversations, rated, verdict_by, decodings, history = _read_all(db_path)
 
     # Group the current ratings by turn slot: (conversation, side, turn index) -> attempt -> rater -> rating.
     slots: dict[tuple[str, str, int], dict[int, dict[str, sqlite3.Row]]] = defaultdict(lambda: defaultdict(dict))
     for row in rated:
-        slots[row["conversation_id"], row["side"], row["turn_index"]][row["attempt"]][row["rater"]] = row
+        slots[row["conversation_id"], row["side"], row["turn_index"]][row["attempt"]][row["who"]] = row
 
     # The counted rating of each slot: the latest attempt its conversation's own rater rated.
     counted: list[sqlite3.Row] = []
@@ -228,11 +231,26 @@ def build_report(db_path: str | Path, a_model: str | None = None, resamples: int
         own = [attempt for attempt, by_rater in attempts.items() if any(r["by_owner"] for r in by_rater.values())]
         if own:
             mine = [r for r in attempts[max(own)].values() if r["by_owner"]]
-            counted.append(max(mine, key=lambda r: r["updated_at"]))
+            counted.append(dict(max(mine, key=lambda r: r["updated_at"])))
         latest = attempts[max(attempts)]  # agreement: the latest attempt anyone rated, if two or more did
         if len(latest) >= 2:
             agreement_items.append(Counter(row["rating"] for row in latest.values()))
-            agreement_raters.update(latest)
+            agreement_raters.update(row["rater"] for row in latest.values())
+
+    # Blind judgments: an owner's rating counts as it stood when the verdict showed the names. The store refuses
+    # later changes; a database from before it did may hold some, which are counted here and set aside.
+    after_reveal = 0
+    before: list[dict] = []
+    for row in counted:
+        reveal = row["verdict_at"]
+        if reveal is not None and row["updated_at"] > reveal:
+            after_reveal += 1
+            earlier = [rating for at, rating in history.get((row["turn_id"], row["rater"]), []) if at <= reveal]
+            if not earlier:
+                continue
+            row["rating"] = earlier[-1]
+        before.append(row)
+    counted = before
 
     models: dict[str, dict[str, Any]] = {}
     for model in sorted({row["model"] for row in counted}):
@@ -270,7 +288,9 @@ def build_report(db_path: str | Path, a_model: str | None = None, resamples: int
     verdicts, verdict_pairs = _verdicts(conversations, a_model)
     return {
         "db": str(db_path),
-        "counting": "each (conversation, side, turn) once: its latest attempt rated by the conversation's own rater",
+        "counting": "each (conversation, side, turn) once: its latest attempt rated by the conversation's own rater,"
+        " as rated before the verdict showed the names",
+        "after_reveal": after_reveal,
         "bootstrap": {"resamples": resamples, "seed": seed, "unit": "conversation", "level": 95},
         "conversations": len({row["conversation_id"] for row in counted}),
         "turns": len(counted),
@@ -399,6 +419,12 @@ def markdown(report: dict) -> str:
         )
     else:
         lines.append("No turn has two raters yet: agreement needs second opinions on the same turns.")
+    if report["after_reveal"]:
+        lines += [
+            "",
+            f"{report['after_reveal']} rating(s) were changed after their conversation's verdict showed the names "
+            "(a database from before verdicts were final): they count as they stood at the verdict.",
+        ]
     return "\n".join(lines) + "\n"
 
 

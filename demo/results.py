@@ -1,8 +1,9 @@
 """The Results tab: the paper's Figure 7 for the models in this arena, and the ratings export, for admins.
 
-On a public Space the tab is hidden and every handler refuses unless the admin token (``LIMA_ARENA_ADMIN_TOKEN``,
-from the environment only) is given; the token is compared in constant time and never sent back. Run locally
-with no admin token configured, the results are open to whoever runs the app.
+In a public arena (a Space, ``--share``, or a host beyond loopback: ``app.is_public``) the tab is hidden and every
+handler refuses unless the admin token (``LIMA_ARENA_ADMIN_TOKEN``, from the environment only) is given; the token
+is compared in constant time and never sent back. Run on loopback with no admin token configured, the results
+are open to whoever runs the app.
 """
 
 from __future__ import annotations
@@ -17,11 +18,12 @@ from demo import ratings
 
 
 class Admin:
-    """Who may see results: anyone locally when no token is set; only token holders otherwise (and on Spaces)."""
+    """Who may see results: anyone on a private (loopback) arena when no token is set; only token holders
+    otherwise, and always in a public one."""
 
-    def __init__(self, token: str | None, on_space: bool) -> None:
+    def __init__(self, token: str | None, public: bool) -> None:
         self._token = token or None
-        self.open = self._token is None and not on_space
+        self.open = self._token is None and not public
 
     def allows(self, given: str | None) -> bool:
         if self.open:

@@ -1,8 +1,9 @@
 """The Review tab: a second rater rates stored conversations turn by turn, for inter-rater agreement.
 
-Conversations are drawn at random from those someone else rated, never the reviewer's own (by session and by
-name), and shown blind: no model names, no first rater, no first ratings. The store records which session
-was handed which conversation, and refuses ratings of turns it was not handed.
+Conversations are drawn at random from those someone else rated and judged (so the first ratings are final),
+never the reviewer's own (by session and by name), and shown blind: no model names, no first rater, no first
+ratings. The store records which session was handed which conversation, and refuses ratings of turns it was
+not handed.
 """
 
 from __future__ import annotations
@@ -55,9 +56,11 @@ def layout(store: ratings.Store, rater: gr.Textbox, enabled: bool = True) -> Non
     def turns(shown: tuple) -> None:
         for turn_id, side, turn_index, user, assistant in shown:
             with gr.Group():
+                # Each label is a paragraph of its own: safe_markdown's output must start a block, or a fence
+                # at its start would stop being a fence and the code inside it would render as Markdown.
                 gr.Markdown(
-                    f"**Side {side.upper()}, turn {turn_index}**\n\n**User:** {arena.safe_markdown(user)}\n\n"
-                    f"**Assistant:** {arena.safe_markdown(assistant)}"
+                    f"**Side {side.upper()}, turn {turn_index}**\n\n**User:**\n\n{arena.safe_markdown(user)}\n\n"
+                    f"**Assistant:**\n\n{arena.safe_markdown(assistant)}"
                 )
                 radio = gr.Radio(
                     list(ratings.RATINGS),

@@ -37,10 +37,11 @@ class Settings:
     share: bool = False
     blind: bool = True
     turn_limit: int = 8
+    rate_every_turn: bool = True  # the paper's protocol: every answer rated before the verdict and regenerating
     max_new_tokens: int | None = None  # default: 2048 for servers, 256 in-process on CPU
     runs: str = "runs"
     first_launch_recipe: str = "quick-cpu"
-    review: bool | None = None  # the Review tab; default: on locally, off on a public Space (SPACE_ID set)
+    review: bool | None = None  # the Review tab; default: on locally, off when public (Space, --share, not loopback)
     dataset_repo: str | None = None  # Hub dataset repo that receives every rating as JSONL (CommitScheduler)
     mirror_dir: str | None = None  # where those JSONL files are written (default: beside the database)
 
@@ -54,10 +55,11 @@ _HELP = {
     "share": "also open a public gradio.live link",
     "blind": "hide which model is which until the verdict (default on; --no-blind turns it off)",
     "turn_limit": "most user turns per side in one conversation (default 8)",
+    "rate_every_turn": "every answer is rated before the verdict and before it is regenerated (default on)",
     "max_new_tokens": "default cap on new tokens per answer",
     "runs": "where trained runs live (default runs/)",
     "first_launch_recipe": "recipe trained when no runs exist (default quick-cpu)",
-    "review": "offer the Review tab (second opinions on others' conversations); default on, off on a Space",
+    "review": "offer the Review tab (second opinions on others' conversations); default on, off when public",
     "dataset_repo": "Hub dataset repo (owner/name) that also receives every rating, pushed every 5 minutes",
     "mirror_dir": "folder for the append-only JSONL copy of every rating (default: <db>.jsonl.d beside the db)",
 }

@@ -86,7 +86,7 @@ def test_regenerating_makes_a_new_turn_and_the_old_rating_stays_with_the_old_tex
     turns = client.predict(api_name="/conversation")["turns"]
     assert [(t["turn_index"], t["attempt"]) for t in turns] == [(1, 1), (1, 2)]
     assert client.predict(api_name="/conversation")["ratings"] == {first: "fail"}
-    with pytest.raises(Exception, match="rate at least one turn on each side"):
+    with pytest.raises(Exception, match=r"rate every answer before the verdict \(still unrated: B 1\)"):
         client.predict("rater", api_name="/verdict_tie")
 
 

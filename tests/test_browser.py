@@ -73,7 +73,7 @@ def arena_factory(tmp_path: Path) -> Iterator:
 def open_page(browser, arena: Arena):
     page = browser.new_page(viewport={"width": 1300, "height": 1400})
     page.goto(arena.url)
-    page.wait_for_selector("#status:has-text('right')", timeout=30_000)
+    page.wait_for_selector("#status:has-text('ready'), #status:has-text('right')", timeout=30_000)
     return page
 
 
@@ -137,7 +137,7 @@ def test_a_rater_talks_rates_every_turn_judges_and_it_is_all_stored(browser, are
     assert "zero" in names and "dialogue" in names, names
 
     page.reload()
-    page.wait_for_selector("#status:has-text('right')", timeout=30_000)
+    page.wait_for_selector("#status:has-text('ready'), #status:has-text('right')", timeout=30_000)
     conversation_id, model_a, model_b, verdict, rater = stored(
         arena.db, "SELECT id, model_a, model_b, verdict, rater FROM conversations"
     )[0]
@@ -222,3 +222,19 @@ def test_html_and_script_from_a_model_or_a_rater_never_run_or_load(browser, aren
     shown = last_answer(page, "a")
     assert "<script>" in shown and "<b>code</b>" in shown  # shown as text, not run
     assert page.locator("#chat-a img[src*='127.0.0.1'], #chat-a iframe, #chat-a script").count() == 0
+
+
+def test_send_to_both_streams_both_sides_at_the_same_time_in_the_browser(browser, arena_factory):
+    """Gradio's page runs one trigger's listeners one after another: both sides must still stream at once."""
+    slow = " ".join(f"word{i}" for i in range(30))
+    arena = arena_factory(Behaviour(reply=slow, token_delay_s=0.1), Behaviour(reply=slow, token_delay_s=0.1))
+    page = open_page(browser, arena)
+    page.fill("#input-both textarea", "Count slowly.")
+    page.click("#send-both")
+    page.wait_for_function(
+        "() => ['a', 'b'].every(s => [...document.querySelectorAll(`#chat-${s} .message.bot`)]"
+        ".some(m => m.innerText.includes('word5') && !m.innerText.includes('word29')))",
+        timeout=10_000,
+    )  # both half-way at one moment: they overlap (one after the other, B would start at word29 of A)
+    for server in arena.servers:
+        assert [body["messages"] for body in server.requests] == [[{"role": "user", "content": "Count slowly."}]]

@@ -65,18 +65,63 @@ def test_a_second_rating_replaces_the_first_and_both_are_logged(store):
     assert store.conversation("c1")["rater"] == "ann"
 
 
-def test_another_raters_rating_of_the_same_turn_is_its_own_row(store):
+def test_a_rater_is_a_session_and_a_typed_name_replaces_nobodys_rating(store):
     start(store)
     turn = answer(store)
     store.rate(turn.id, "pass", "s1", "ann")
-    store.rate(turn.id, "fail", "s1", "bob")
-    store.rate(turn.id, "excellent", "s1", "bob")
-    current = rows(store.path, "SELECT rater, rating FROM rated_turns ORDER BY rater")
-    assert current == [("ann", "pass"), ("bob", "excellent")]
+    store.grant_review("r1", "c1", "bob")
+    store.rate(turn.id, "fail", "r1", "bob")
+    store.rate(turn.id, "excellent", "r1", "ann")  # a reviewer typing the owner's name: still the reviewer's row
+    current = rows(store.path, "SELECT session, rater, rating, by_owner FROM ratings ORDER BY session")
+    assert current == [("r1", "ann", "excellent", 0), ("s1", "ann", "pass", 1)]
     assert rows(store.path, "SELECT count(*) FROM rating_log") == [(3,)]
+    assert rows(store.path, "SELECT session FROM rating_log ORDER BY seq") == [("s1",), ("r1",), ("r1",)]
+    # The owner sees their own ratings only; a reviewer's are theirs.
+    assert store.ratings("c1") == {turn.id: "pass"} == store.ratings_of([turn.id])
+    assert store.ratings_of([turn.id], session="r1") == {turn.id: "excellent"}
+    store.rate(turn.id, "fail", "s1", "ann b.")  # the owner renames: the same row, the new name
+    assert rows(store.path, "SELECT rater, rating FROM ratings WHERE session = 's1'") == [("ann b.", "fail")]
 
 
-def test_turns_keep_attempts_per_side_and_turn(store):
+def test_an_old_database_keyed_by_name_moves_to_sessions(tmp_path: Path):
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as db:  # the schema before sessions keyed ratings (and before by_owner)
+        db.executescript(
+            "CREATE TABLE conversations (id TEXT PRIMARY KEY, session TEXT NOT NULL, rater TEXT NOT NULL DEFAULT '',"
+            " model_a TEXT NOT NULL, model_b TEXT NOT NULL, blind INTEGER NOT NULL, opener_id TEXT,"
+            " created_at REAL NOT NULL, verdict TEXT, verdict_at REAL);"
+            "CREATE TABLE turns (id TEXT PRIMARY KEY, conversation_id TEXT NOT NULL, side TEXT NOT NULL,"
+            " turn_index INTEGER NOT NULL, attempt INTEGER NOT NULL, model TEXT NOT NULL, user_text TEXT NOT NULL,"
+            " assistant_text TEXT NOT NULL, status TEXT NOT NULL, error TEXT, decoding TEXT NOT NULL,"
+            " started_at REAL NOT NULL, first_token_s REAL, finished_at REAL NOT NULL);"
+            "CREATE TABLE ratings (turn_id TEXT NOT NULL, rater TEXT NOT NULL, rating TEXT NOT NULL,"
+            " first_at REAL NOT NULL, updated_at REAL NOT NULL, PRIMARY KEY (turn_id, rater));"
+            "CREATE TABLE rating_log (seq INTEGER PRIMARY KEY AUTOINCREMENT, turn_id TEXT NOT NULL,"
+            " rater TEXT NOT NULL, rating TEXT NOT NULL, at REAL NOT NULL);"
+            "CREATE TABLE verdict_log (seq INTEGER PRIMARY KEY AUTOINCREMENT, conversation_id TEXT NOT NULL,"
+            " rater TEXT NOT NULL, verdict TEXT NOT NULL, at REAL NOT NULL);"
+            "CREATE VIEW rated_turns AS SELECT t.conversation_id, r.rating, r.rater FROM ratings r"
+            " JOIN turns t ON t.id = r.turn_id;"
+            "INSERT INTO conversations VALUES ('c1', 's1', 'ann', 'x', 'y', 1, NULL, 1.0, NULL, NULL);"
+            "INSERT INTO turns VALUES ('t1', 'c1', 'a', 1, 1, 'x', 'q', 'a', 'complete', NULL, '{}', 1, 0.1, 2);"
+            "INSERT INTO ratings VALUES ('t1', 'ann', 'pass', 3.0, 3.0);"
+            "INSERT INTO rating_log (turn_id, rater, rating, at) VALUES ('t1', 'ann', 'pass', 3.0);"
+        )
+    store = Store(path)
+    try:
+        assert rows(path, "SELECT turn_id, session, rater, rating, by_owner FROM ratings") == [
+            ("t1", "s1", "ann", "pass", 1)
+        ]
+        assert rows(path, "SELECT rating, rater FROM rated_turns") == [("pass", "ann")]
+        assert store.ratings("c1") == {"t1": "pass"}
+        store.rate("t1", "excellent", "s1", "ann")
+        assert rows(path, "SELECT rating FROM ratings") == [("excellent",)]
+    finally:
+        store.close()
+
+
+def test_turns_keep_attempts_per_side_and_turn(tmp_path: Path):
+    store = Store(tmp_path / "ratings.db", rate_every_turn=False)  # regenerate without rating first
     start(store)
     start(store, "c2")
     made = [answer(store, "a", 1), answer(store, "a", 1), answer(store, "a", 2), answer(store, "b", 1)]
@@ -153,29 +198,73 @@ def test_an_unknown_rating_is_a_value_error(store):
 
 
 # -- verdicts ---------------------------------------------------------------------------------------------------
-def test_a_verdict_needs_a_rated_turn_on_each_side_and_a_second_one_replaces_it(store):
+def test_a_verdict_needs_every_shown_answer_rated_and_is_final(store):
     start(store)
     a, b = answer(store, "a"), answer(store, "b")
-    failed_b = answer(store, "b", 2, status="error", error="timeout")
-    with pytest.raises(NotAllowed, match="rate at least one turn on each side"):
+    failed_b = answer(store, "b", 2, status="error", error="timeout")  # an error: nothing to rate
+    with pytest.raises(NotAllowed, match=r"rate every answer before the verdict \(still unrated: A 1, B 1\)"):
         store.set_verdict("c1", "a", "s1", "ann")
     store.rate(a.id, "pass", "s1", "ann")
-    with pytest.raises(NotAllowed, match="rate at least one turn on each side"):
+    with pytest.raises(NotAllowed, match=r"still unrated: B 1\)"):
         store.set_verdict("c1", "a", "s1", "ann")
     with pytest.raises(NotAllowed):
         store.rate(failed_b.id, "pass", "s1", "ann")
     store.rate(b.id, "excellent", "s1", "ann")
-    assert store.rated_sides("c1") == {"a", "b"}
+    assert store.rated_sides("c1") == {"a", "b"} and store.unrated("c1") == []
     with pytest.raises(ValueError, match="verdict must be one of a, b, tie"):
         store.set_verdict("c1", "left", "s1", "ann")
 
     store.set_verdict("c1", "b", "s1", "ann")
-    assert store.conversation("c1")["verdict"] == "b"
-    store.set_verdict("c1", "tie", "s1", "ann")
     conversation = store.conversation("c1")
-    assert conversation["verdict"] == "tie" and conversation["verdict_at"] > conversation["created_at"]
+    assert conversation["verdict"] == "b" and conversation["verdict_at"] > conversation["created_at"]
+    # Final: no second verdict, no owner rating, no further turn; a reviewer's second opinion is still welcome.
+    with pytest.raises(NotAllowed, match="already has its verdict"):
+        store.set_verdict("c1", "tie", "s1", "ann")
+    with pytest.raises(NotAllowed, match="its ratings are final"):
+        store.rate(b.id, "fail", "s1", "ann")
+    with pytest.raises(NotAllowed, match="has its verdict"):
+        answer(store, "a", 2)
+    store.grant_review("r1", "c1", "bob")
+    store.rate(b.id, "fail", "r1", "bob")
+    assert store.conversation("c1")["verdict"] == "b" and store.ratings("c1")[b.id] == "excellent"
     log = rows(store.path, "SELECT conversation_id, rater, verdict FROM verdict_log ORDER BY seq")
-    assert log == [("c1", "ann", "b"), ("c1", "ann", "tie")]
+    assert log == [("c1", "ann", "b")]
+
+
+def test_an_answer_is_rated_before_it_is_regenerated(store):
+    start(store)
+    first = answer(store, "a")
+    with pytest.raises(NotAllowed, match="rate this answer before regenerating it"):
+        answer(store, "a")
+    store.rate(first.id, "fail", "s1", "ann")
+    second = answer(store, "a")  # the fail stays in the store, rated
+    assert second.attempt == 2 and store.unrated("c1") == [("a", 1)]  # the new answer, shown now, is unrated
+    answer(store, "b", status="error", error="timeout")
+    assert answer(store, "b").attempt == 2  # retrying an error needs no rating: there was no answer to rate
+
+
+def test_two_racing_verdicts_store_one(store):
+    start(store)
+    for side in "ab":
+        store.rate(answer(store, side).id, "pass", "s1", "ann")
+    barrier, outcomes = threading.Barrier(2), []
+
+    def judge(verdict: str) -> None:
+        barrier.wait()
+        try:
+            store.set_verdict("c1", verdict, "s1", "ann")
+            outcomes.append(verdict)
+        except NotAllowed as err:
+            outcomes.append(str(err))
+
+    threads = [threading.Thread(target=judge, args=(v,)) for v in ("a", "b")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    stored = store.conversation("c1")["verdict"]
+    assert sorted(outcomes) == sorted([stored, "this conversation already has its verdict: verdicts are final"])
+    assert rows(store.path, "SELECT verdict FROM verdict_log") in ([(stored,)], [("a",), ("b",)])
 
 
 # -- listeners --------------------------------------------------------------------------------------------------
@@ -253,11 +342,13 @@ def test_every_acknowledged_rating_survives_kill_9(tmp_path):
 
     store = Store(path)  # reopening recovers the WAL
     try:
-        raters = {row[0] for row in rows(path, f"SELECT rater FROM ratings WHERE turn_id = '{turn_id}'")}
+        raters = {row[0] for row in rows(path, f"SELECT rater FROM rating_log WHERE turn_id = '{turn_id}'")}
         assert {f"rater-{i}" for i in range(acknowledged + 1)} <= raters
         assert len(raters) <= printed_last + 2  # nothing beyond the one rating in flight when it died
         assert rows(path, "PRAGMA integrity_check") == [("ok",)]
         assert rows(path, "SELECT count(*) FROM rating_log")[0][0] == len(raters)
+        (current,) = rows(path, "SELECT rater FROM ratings")  # the session's one current rating: the last logged
+        assert current == rows(path, "SELECT rater FROM rating_log ORDER BY seq DESC LIMIT 1")[0]
         assert rows(path, "PRAGMA journal_mode") == [("wal",)]
     finally:
         store.close()
@@ -270,10 +361,13 @@ def test_eight_threads_lose_and_duplicate_nothing(store):
     store.listeners.append(lambda kind, record: calls.append(record))
     errors = []
 
+    for n in range(4):  # four reviewing sessions, one name each
+        store.grant_review(f"r{n}", "c1", f"rater-{n}")
+
     def rater(n: int) -> None:
         try:
-            for i, turn in enumerate(turns):  # threads n and n + 4 race on the same (turn, rater) rows
-                store.rate(turn.id, ("fail", "pass", "excellent")[(n + i) % 3], "s1", f"rater-{n % 4}")
+            for i, turn in enumerate(turns):  # threads n and n + 4 race on the same (turn, session) rows
+                store.rate(turn.id, ("fail", "pass", "excellent")[(n + i) % 3], f"r{n % 4}", f"rater-{n % 4}")
         except Exception as err:
             errors.append(err)
 

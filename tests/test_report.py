@@ -51,7 +51,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 class Scenario:
     def __init__(self, path: Path) -> None:
-        self.store = Store(path)
+        self.store = Store(path, rate_every_turn=False)  # the scenario has unrated and regenerated answers
         self.clock = 0.0
         self.owners: dict[str, str] = {}
 

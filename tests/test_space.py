@@ -149,7 +149,7 @@ def test_results_tab_is_hidden_without_the_admin_token_and_shown_with_it(space):
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1300, "height": 1200})
         page.goto(url)
-        page.wait_for_selector("#status:has-text('right')", timeout=30_000)
+        page.wait_for_selector("#status:has-text('ready'), #status:has-text('right')", timeout=30_000)
         results_tab = page.get_by_role("tab", name="Results")
         assert results_tab.count() == 0
         assert page.get_by_role("tab", name="Review").count() == 0  # off on a Space unless LIMA_ARENA_REVIEW
