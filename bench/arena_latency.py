@@ -10,6 +10,10 @@ events do:
   ratio                    turn_s_both / turn_s_slowest_alone: 1.0 when the sides overlap perfectly, ~1.5 here if
                            they ran one after the other (target <= 1.10)
   direct_ratio             the same ratio asked straight from the servers, without the app: the baseline for ratio
+  ratio_with_ratings       ratio again while another session (--storm-sessions) writes ratings as fast as its
+                           client can, from another process (each an fsync'd SQLite commit): store writes must
+                           not stall the streams (target <= 1.10)
+  ratings_per_s            how fast that storm wrote, all sessions together
   first_token_overhead_ms  time to the first streamed token through the app minus the same measured straight
                            against the server (median; target <= 150)
 
@@ -97,7 +101,58 @@ async def direct_turns(sides: list[backends.RemoteBackend], decoding: backends.D
     return time.perf_counter() - started
 
 
-def measure(sources: list[str], reps: int, decoding: tuple) -> dict:
+STORM = """
+import sys, threading, time
+from gradio_client import Client
+
+url, sessions, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+counts = [0] * sessions
+ready = threading.Barrier(sessions + 1)
+
+def rater(n):
+    client = Client(url, verbose=False)
+    client.predict(api_name="/new_conversation")
+    client.predict("Rate me.", 0.7, 0.9, 1.2, 16, "storm", api_name="/send_a")
+    turn_id = client.predict(api_name="/conversation")["turns"][0]["turn_id"]
+    ready.wait()
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        client.predict(turn_id, ("fail", "pass", "excellent")[counts[n] % 3], "storm", api_name="/rate")
+        counts[n] += 1
+
+threads = [threading.Thread(target=rater, args=(n,)) for n in range(sessions)]
+for thread in threads:
+    thread.start()
+ready.wait()
+print("READY", flush=True)
+started = time.monotonic()
+for thread in threads:
+    thread.join()
+print("RATED", sum(counts), time.monotonic() - started, flush=True)
+"""
+
+
+class RatingStorm:
+    """Other raters' sessions rating their own turns over and over through the app's API, from another process
+    (so the measuring clients do not share the app's interpreter), for ``seconds``."""
+
+    def __init__(self, url: str, sessions: int, seconds: float) -> None:
+        import subprocess
+
+        self.sessions = sessions
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", STORM, url, str(sessions), str(seconds)], stdout=subprocess.PIPE, text=True
+        )
+        assert self.proc.stdout.readline().strip() == "READY"
+
+    def result(self) -> float:
+        """Ratings per second, all sessions together (waits for the storm to end)."""
+        _, count, seconds = self.proc.stdout.readline().split()
+        self.proc.wait(timeout=60)
+        return int(count) / float(seconds)
+
+
+def measure(sources: list[str], reps: int, decoding: tuple, storm: int = 0) -> dict:
     """The app over two URL sides (fast first, slow second): overlap ratio and first-token overhead."""
     store = ratings.Store(Path(tempfile.mkdtemp()) / "ratings.db")
     models = [backends.make_backend(source) for source in sources]
@@ -111,6 +166,13 @@ def measure(sources: list[str], reps: int, decoding: tuple) -> dict:
         alone = [time_turn(client, "b", decoding)[0] for _ in range(reps)]
         both = [time_turn(client, "ab", decoding)[0] for _ in range(reps)]
         via_app = [time_turn(client, "a", decoding)[1] for _ in range(reps)]
+        stormy: list[float] = []
+        ratings_per_s = 0.0
+        if storm:
+            alone_s = statistics.median(alone)
+            storm_run = RatingStorm(f"http://127.0.0.1:{port}/", storm, seconds=reps * alone_s * 1.5 + 2)
+            stormy = [time_turn(client, "ab", decoding)[0] for _ in range(reps)]
+            ratings_per_s = storm_run.result()
         direct_backend = backends.make_backend(sources[0])
         asyncio.run(direct_backend.probe())  # as the app's side was: learnt what it talks to in the warm-up
         direct = [asyncio.run(server_first_token(direct_backend, backends.Decoding(*decoding))) for _ in range(reps)]
@@ -123,7 +185,15 @@ def measure(sources: list[str], reps: int, decoding: tuple) -> dict:
     finally:
         demo.close()
         store.close()
+    storm_figures = {}
+    if storm:
+        storm_figures = {
+            "ratio_with_ratings": round(statistics.median(stormy) / statistics.median(alone), 3),
+            "ratings_per_s": round(ratings_per_s, 1),
+            "rating_sessions": storm,
+        }
     return {
+        **storm_figures,
         "turn_s_both": round(statistics.median(both), 3),
         "turn_s_slowest_alone": round(statistics.median(alone), 3),
         "ratio": round(statistics.median(both) / statistics.median(alone), 3),
@@ -158,13 +228,16 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--model", type=Path, help="a servable model folder for the transformers serve run")
     parser.add_argument("--no-serve", action="store_true", help="skip the transformers serve run")
+    parser.add_argument(
+        "--storm-sessions", type=int, default=1, help="sessions rating flat out during the storm run (0: none)"
+    )
     args = parser.parse_args(argv)
 
     reply = " ".join(f"t{i}" for i in range(args.tokens))
     fast = TGIServer(Behaviour(reply=reply, token_delay_s=args.fast, model_id="bench/fast")).start()
     slow = TGIServer(Behaviour(reply=reply, token_delay_s=args.slow, model_id="bench/slow")).start()
     try:
-        result = measure([f"fast={fast.url}", f"slow={slow.url}"], args.reps, DECODING)
+        result = measure([f"fast={fast.url}", f"slow={slow.url}"], args.reps, DECODING, storm=args.storm_sessions)
     finally:
         fast.stop()
         slow.stop()
@@ -172,7 +245,7 @@ def main(argv: list[str] | None = None) -> dict:
         tokens=args.tokens,
         pace_s={"fast": args.fast, "slow": args.slow},
         reps=args.reps,
-        targets={"ratio": 1.10, "first_token_overhead_ms": 150},
+        targets={"ratio": 1.10, "ratio_with_ratings": 1.10, "first_token_overhead_ms": 150},
     )
     if not args.no_serve and transformers_server.command() is not None:
         folder = args.model or tiny_servable(Path(tempfile.mkdtemp()) / "tiny")

@@ -118,9 +118,10 @@ def test_arena_latency_benchmark_prints_its_json_line():
     result = run_cli("bench/arena_latency.py", "--tokens", "6", "--reps", "1", "--fast", "0.01", "--slow", "0.02")
     assert result.returncode == 0, result.stderr[-2000:]
     line = json.loads(result.stdout.strip().splitlines()[-1])
-    for key in ("turn_s_both", "turn_s_slowest_alone", "ratio", "first_token_overhead_ms"):
+    for key in ("turn_s_both", "turn_s_slowest_alone", "ratio", "first_token_overhead_ms", "ratio_with_ratings"):
         assert key in line
     assert line["turn_s_both"] >= line["turn_s_slowest_alone"] * 0.5 > 0
+    assert line["ratings_per_s"] > 0 and line["rating_sessions"] == 1  # ratings were written while both streamed
     served = line["transformers_serve"]  # the same run against the real transformers serve, one server per side
     assert served["turn_s_both"] > 0 and served["first_token_server_ms"] > 0 and served["max_new_tokens"] == 16
 

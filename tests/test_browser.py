@@ -238,3 +238,32 @@ def test_send_to_both_streams_both_sides_at_the_same_time_in_the_browser(browser
     )  # both half-way at one moment: they overlap (one after the other, B would start at word29 of A)
     for server in arena.servers:
         assert [body["messages"] for body in server.requests] == [[{"role": "user", "content": "Count slowly."}]]
+
+
+@pytest.mark.parametrize("width", [1300, 390])
+def test_each_rating_control_names_the_answer_it_rates_at_desktop_and_phone_width(
+    browser, arena_factory, tmp_path: Path, width: int
+):
+    arena = arena_factory(Behaviour(reply="Alpha answers first."), Behaviour(reply="Beta answers second."))
+    page = browser.new_page(viewport={"width": width, "height": 1400})
+    page.goto(arena.url)
+    page.wait_for_selector("#status:has-text('ready')", timeout=30_000)
+    for message in ("One?", "Two?"):
+        page.fill("#input-both textarea", message)
+        page.click("#send-both")
+        turn = 1 if message == "One?" else 2
+        page.wait_for_selector(f"#rate-a-{turn}", timeout=15_000)
+        page.wait_for_selector(f"#rate-b-{turn}", timeout=15_000)
+    page.screenshot(path=str(tmp_path / f"arena-{width}.png"), full_page=True)
+    for side in "ab":
+        answer = last_answer(page, side).strip()
+        for turn in (1, 2):
+            control = page.locator(f"#rate-{side}-{turn}")
+            label = control.inner_text()
+            assert f"turn {turn}" in label and answer.split()[0] in label  # the answer's first words, quoted
+            box = control.bounding_box()
+            assert box and box["x"] >= 0 and box["x"] + box["width"] <= width + 1, (side, turn, box)
+            assert control.locator("label", has_text="excellent").is_visible()
+    overflow = page.evaluate("() => document.scrollingElement.scrollWidth - window.innerWidth")
+    assert overflow <= 1, f"the page scrolls sideways by {overflow} px at {width} px"
+    page.close()
