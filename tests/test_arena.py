@@ -166,3 +166,14 @@ def test_no_mix_of_markdown_fragments_loads_an_image_or_adds_a_tag():
         text = "".join(rng.choice(pieces) for _ in range(rng.randint(1, 30)))
         html = render(safe_markdown(text))
         assert "<img" not in html and tags(html) <= SAFE_TAGS, (text, html)
+
+
+def test_redact_hides_every_name_of_a_side_and_first_words_quote_an_answer():
+    from demo.arena import first_words, redact
+
+    error = "cannot reach http://10.0.0.5:8081: is the server running? (org/lima-1030 on http://10.0.0.5:8081)"
+    shown = redact(error, ["http://10.0.0.5:8081", "org/lima-1030", "", "B"], "b")
+    assert shown == "cannot reach model B: is the server running? (model B on model B)"
+    ten = "one two three four five six seven eight nine ten"
+    assert first_words(ten) == "one two three four five six seven eight …"
+    assert first_words("  short\nanswer ") == "short answer"

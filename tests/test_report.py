@@ -391,3 +391,25 @@ def test_a_conversation_whose_sides_ran_different_decoding_is_flagged(tmp_path: 
     assert "2 conversation(s) ran different decoding" in text
     assert "over unknown" in text and "may ignore repetition_penalty" in text
     assert "Both sides of every conversation ran the same decoding." in markdown(build_report(db))
+
+
+def test_a_rating_changed_after_the_reveal_counts_as_it_stood_at_the_verdict(tmp_path: Path):
+    """A database from before verdicts were final: the owner changed a rating after seeing the names."""
+    store = Store(tmp_path / "late.db")
+    store.ensure_conversation("c1", "s1", OLD, NEW, blind=True, rater="alice", opener_id=None)
+    turns = {side: store.add_turn("c1", "s1", side, 1, model, "q", "a", DECODING, 1.0, 0.1)
+             for side, model in (("a", OLD), ("b", NEW))}  # fmt: skip
+    store.rate(turns["a"].id, "fail", "s1", "alice")
+    store.rate(turns["b"].id, "pass", "s1", "alice")
+    store.set_verdict("c1", "b", "s1", "alice")
+    store.close()
+    with sqlite3.connect(tmp_path / "late.db") as db:  # what the old store let through: a change after the reveal
+        (verdict_at,) = db.execute("SELECT verdict_at FROM conversations").fetchone()
+        db.execute("INSERT INTO rating_log (turn_id, rater, rating, at) VALUES (?, 'alice', 'excellent', ?)",
+                   (turns["a"].id, verdict_at + 5))  # fmt: skip
+        db.execute("UPDATE ratings SET rating = 'excellent', updated_at = ? WHERE turn_id = ?",
+                   (verdict_at + 5, turns["a"].id))  # fmt: skip
+    report = build_report(tmp_path / "late.db")
+    assert report["after_reveal"] == 1
+    assert report["models"][OLD]["fail"] == 100.0  # counted as rated before the names were shown
+    assert "1 rating(s) were changed after their conversation's verdict" in markdown(report)
