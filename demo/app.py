@@ -14,6 +14,7 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import sqlite3
 import sys
 import threading
@@ -543,13 +544,41 @@ def main(argv: list[str] | None = None) -> int:
         review_open=review_open,
     )
     demo.queue(default_concurrency_limit=8)
+    stop_on_signals()
     try:
         demo.launch(server_name=config.host, server_port=config.port, share=config.share, footer_links=["api"])
     except OSError as err:  # the port is taken, or the address is not this machine's
         reason = str(err).splitlines()[0].split(". ")[0]
         print(f"error: cannot listen on {config.host}:{config.port} ({reason}): pass a free --port", file=sys.stderr)
         return 2
+    finally:
+        shut_down(store)
     return 0
+
+
+def stop_on_signals() -> None:
+    """SIGTERM (what Docker and Spaces send) and SIGINT both stop the server: launch() waits in the main thread
+    until a KeyboardInterrupt, then closes it. SIGINT is set explicitly because a process started from a
+    background job of a non-interactive shell begins with SIGINT ignored (POSIX)."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        log.info("stopping on %s", signal.Signals(signum).name)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+    signal.signal(signal.SIGINT, interrupt)
+
+
+def shut_down(store: ratings.Store) -> None:
+    """On the way out: push what the mirrors hold (the last minutes of ratings), then close the database."""
+    for listener in store.listeners:
+        stop = getattr(listener, "stop", None)
+        if stop is not None:
+            try:
+                stop()
+            except Exception as err:  # the Hub may be unreachable; the JSONL files and SQLite still hold it all
+                log.warning("could not push the mirror at shutdown: %s", str(err).splitlines()[0] if str(err) else err)
+    store.close()
 
 
 def is_public(config: settings.Settings) -> bool:

@@ -172,11 +172,47 @@ def test_with_no_models_the_app_trains_the_first_launch_pair_then_opens_and_answ
             models = {t["side"] for t in client.predict(api_name="/conversation")["turns"]}
             assert models == {"a", "b"}
         finally:
-            process.send_signal(signal.SIGINT)
+            process.send_signal(signal.SIGTERM)
             process.wait(timeout=30)
         trained_now = "training the test pair first" in log.read_text()
         assert trained_now == (launch_no == 1), log.read_text()[-2000:]
         assert (runs / "test" / "lima-1000" / "selected").is_file()
+
+
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGINT while started with SIGINT ignored"])
+def test_the_app_stops_cleanly_on_sigterm_and_on_sigint_even_when_started_ignoring_it(tmp_path, how: str):
+    """Docker and Spaces send SIGTERM; a background job of a non-interactive shell starts with SIGINT ignored."""
+    with TGIServer(Behaviour(reply="Hi.")) as a, TGIServer(Behaviour(reply="Hello.")) as b:
+        port, log = free_port(), tmp_path / "app.log"
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(REPO),
+            "LIMA_ARENA_LEFT": f"x={a.url}",
+            "LIMA_ARENA_RIGHT": f"y={b.url}",
+            "LIMA_ARENA_PORT": str(port),
+            "LIMA_ARENA_DB": str(tmp_path / "ratings.db"),
+            "LIMA_ARENA_MIRROR_DIR": str(tmp_path / "mirror"),
+        }
+        ignore = how != "SIGTERM"
+
+        def start_ignoring_sigint() -> None:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+        with log.open("w") as out:
+            process = subprocess.Popen(
+                [sys.executable, "demo/app.py"], cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
+                preexec_fn=start_ignoring_sigint if ignore else None,
+            )  # fmt: skip
+        try:
+            wait_until_up(f"http://127.0.0.1:{port}/", process, log, timeout=120)
+            started = time.time()
+            process.send_signal(signal.SIGINT if ignore else signal.SIGTERM)
+            assert process.wait(timeout=30) == 0, log.read_text()[-2000:]
+            assert time.time() - started < 15
+        finally:
+            if process.poll() is None:
+                process.kill()
+    assert f"stopping on {'SIGINT' if ignore else 'SIGTERM'}" in log.read_text()
 
 
 def test_bad_settings_are_one_line_and_exit_2(tmp_path):

@@ -107,7 +107,7 @@ def space(tmp_path: Path):
         except OSError:
             time.sleep(0.5)
     yield url, html, tmp_path
-    process.send_signal(signal.SIGINT)
+    process.send_signal(signal.SIGTERM)
     process.wait(timeout=30)
     for server in servers:
         server.stop()
