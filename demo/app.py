@@ -34,6 +34,7 @@ OPENERS_FILE = Path(__file__).resolve().parents[1] / "dialogues" / "eval_openers
 WARMUP_RETRIES = 6  # a server scaled to zero answers 503 while it wakes: ask again, visibly, for ~30 s
 WARMUP_WAIT_S = 5.0
 SIDES = ("a", "b")
+STOPPED = "stopped: a new conversation was started"  # the error of an answer its rater left mid-stream
 FIRE_BOTH = "() => { for (const side of ['a', 'b']) document.getElementById('fire-' + side).click(); }"
 
 
@@ -183,8 +184,8 @@ def build(
                 for attempt in range(WARMUP_RETRIES + 1):
                     try:
                         async for chunk in backend.stream(side.history(), decoding):
-                            if conv.closed:  # the rater moved on: this stream writes nothing more
-                                return
+                            if conv.closed:  # the rater moved on: keep what was said, write nothing more
+                                break
                             if first_token_s is None:
                                 first_token_s = time.time() - started
                             answer += chunk
@@ -204,6 +205,9 @@ def build(
                         turn.error = f"unexpected error: {str(err).splitlines()[0] if str(err) else type(err).__name__}"
                         break
                 if conv.closed:
+                    if answer:
+                        with contextlib.suppress(ratings.NotAllowed):
+                            await asyncio.to_thread(store_turn, STOPPED)
                     return
                 turn.assistant = answer
                 try:
@@ -219,7 +223,7 @@ def build(
             except asyncio.CancelledError:  # a new conversation cancelled this stream: keep what it had produced
                 if answer:
                     with contextlib.suppress(Exception):
-                        store_turn("stopped: a new conversation was started")
+                        store_turn(STOPPED)
                 raise
             finally:
                 side.busy = False
