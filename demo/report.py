@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import os
 import sqlite3
 import sys
@@ -150,6 +151,58 @@ def _bootstrap(per_conversation: list[Counter], resamples: int, seed: int) -> di
         low, high = np.percentile(shares[:, column], [2.5, 97.5])
         intervals[name] = [round(float(low), 1), round(float(high), 1)]
     return {"excellent": intervals["excellent"], "fail": intervals["fail"]}
+
+
+def sign_test(wins: int, losses: int) -> float | None:
+    """Two-sided exact sign test of wins against losses (ties left out): the chance of a split at least this
+    uneven if neither model were better. The paper's 7 better, 0 worse gives 0.016."""
+    n = wins + losses
+    if n == 0:
+        return None
+    tail = sum(math.comb(n, k) for k in range(min(wins, losses) + 1)) / 2**n
+    return round(min(1.0, 2 * tail), 4)
+
+
+def _comparison(counted: list[dict], verdicts: dict, resamples: int, seed: int) -> dict | None:
+    """The paper's comparison of the main pair: the difference in excellent and fail shares (first model minus
+    second, percentage points) with 95 % intervals from resampling the conversations where both were rated,
+    and a sign test on the verdicts."""
+    first, second = verdicts.get("a_model"), verdicts.get("b_model")
+    if not first or not second:
+        return None
+    per_conversation: dict[str, dict[str, Counter]] = defaultdict(lambda: {first: Counter(), second: Counter()})
+    for row in counted:
+        if row["model"] in (first, second):
+            per_conversation[row["conversation_id"]][row["model"]][row["rating"]] += 1
+    paired = [c for c in per_conversation.values() if sum(c[first].values()) and sum(c[second].values())]
+    result: dict[str, Any] = {
+        "a_model": first,
+        "b_model": second,
+        "conversations": len(paired),
+        "sign_test_p": sign_test(verdicts["wins"], verdicts["losses"]),
+    }
+    if not paired:
+        return {**result, "excellent_diff": None, "excellent_diff_ci": None, "fail_diff": None, "fail_diff_ci": None}
+    counts = np.array([[[c[m][name] for name in RATINGS] for m in (first, second)] for c in paired], dtype=float)
+
+    def diff(sample: np.ndarray) -> np.ndarray:  # (..., conversations, 2, 3) -> (..., 3) share differences
+        sums = sample.sum(axis=-3)
+        shares = 100 * sums / sums.sum(axis=-1, keepdims=True)
+        return shares[..., 0, :] - shares[..., 1, :]
+
+    point = diff(counts)
+    for column, name in enumerate(RATINGS):
+        if name in ("excellent", "fail"):
+            result[f"{name}_diff"] = round(float(point[column]), 1)
+            result[f"{name}_diff_ci"] = None
+    if len(paired) >= 2:
+        picks = np.random.default_rng(seed).integers(0, len(paired), size=(resamples, len(paired)))
+        resampled = diff(counts[picks])
+        for column, name in enumerate(RATINGS):
+            if name in ("excellent", "fail"):
+                low, high = np.percentile(resampled[:, column], [2.5, 97.5])
+                result[f"{name}_diff_ci"] = [round(float(low), 1), round(float(high), 1)]
+    return result
 
 
 def fleiss_kappa(items: list[Counter]) -> tuple[float | None, float | None]:
@@ -297,6 +350,7 @@ def build_report(db_path: str | Path, a_model: str | None = None, resamples: int
         "models": models,
         "verdicts": verdicts,
         "verdict_pairs": verdict_pairs,
+        "comparison": _comparison(counted, verdicts, resamples, seed),
         "raters": {name: raters[name] for name in sorted(raters)},
         "agreement": {
             "turns": len(agreement_items),
@@ -376,6 +430,15 @@ def markdown(report: dict) -> str:
         lines.append("No verdicts yet.")
     pv = paper["verdicts"]
     lines += ["", f"Paper: the dialogue model better in {pv['better']} of {pv['of']}, tied in {pv['tied']}."]
+    c = report["comparison"]
+    if c and c["excellent_diff"] is not None:
+        p_value = "no decided verdicts" if c["sign_test_p"] is None else f"sign test p = {c['sign_test_p']:.3g}"
+        lines += [
+            "",
+            f"**{_cell(c['a_model'])} minus {_cell(c['b_model'])}**, over the {c['conversations']} conversations "
+            f"where both were rated: excellent {c['excellent_diff']:+.1f} points{_ci(c['excellent_diff_ci'])}, "
+            f"fail {c['fail_diff']:+.1f} points{_ci(c['fail_diff_ci'])}; verdicts: {p_value} (ties left out).",
+        ]
 
     if report["models"]:
         lines += ["", "## By turn", "", "Multi-turn failures grow with depth: the shares at each turn index.", ""]

@@ -413,3 +413,17 @@ def test_a_rating_changed_after_the_reveal_counts_as_it_stood_at_the_verdict(tmp
     assert report["after_reveal"] == 1
     assert report["models"][OLD]["fail"] == 100.0  # counted as rated before the names were shown
     assert "1 rating(s) were changed after their conversation's verdict" in markdown(report)
+
+
+def test_the_comparison_the_paper_makes_difference_with_intervals_and_a_sign_test(report):
+    from demo.report import sign_test
+
+    c = report["comparison"]
+    assert (c["a_model"], c["b_model"], c["conversations"]) == (NEW, OLD, 4)
+    # By hand from the scenario: lima-1030 E 57.1 F 14.3, lima-1000 E 28.6 F 57.1, both over all four conversations.
+    assert (c["excellent_diff"], c["fail_diff"]) == (28.6, -42.9)
+    low, high = c["excellent_diff_ci"]
+    assert low <= 28.6 <= high and c["fail_diff_ci"][0] <= -42.9 <= c["fail_diff_ci"][1]
+    assert c["sign_test_p"] == 1.0  # 2 wins, 1 loss: no evidence either way
+    assert sign_test(7, 0) == 0.0156 and sign_test(0, 0) is None  # the paper's 7 better, 3 tied, 0 worse
+    assert "excellent +28.6 points (" in markdown(report) and "sign test p = 1" in markdown(report)
