@@ -11,7 +11,16 @@ from http.server import ThreadingHTTPServer
 import pytest
 from conftest import CHROMIUM
 from gradio_client import Client
-from test_browser import _Pixel, arena_factory, browser, last_answer, open_page, rate, stored  # noqa: F401
+from test_browser import (  # noqa: F401  (browser, arena_factory: fixtures)
+    _Pixel,
+    arena_factory,
+    browser,
+    last_answer,
+    open_page,
+    rate,
+    send_slowly,
+    stored,
+)
 from tgi_server import Behaviour
 
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install chromium)")
@@ -65,11 +74,7 @@ def test_after_the_verdict_the_controls_are_disabled_and_the_store_refuses_late_
 
 
 def test_a_new_conversation_mid_stream_leaves_the_new_one_clean(browser, arena_factory):
-    slow = " ".join(f"word{i}" for i in range(60))
-    arena = arena_factory(Behaviour(reply=slow, token_delay_s=0.1), Behaviour(reply=slow, token_delay_s=0.1))
-    page = open_page(browser, arena)
-    page.fill("#input-both textarea", "Count slowly.")
-    page.click("#send-both")
+    arena, page = send_slowly(browser, arena_factory, 60)
     page.wait_for_function(
         "() => [...document.querySelectorAll('#chat-a .message.bot')].some(m => m.innerText.includes('word3'))",
         timeout=15_000,

@@ -224,13 +224,19 @@ def test_html_and_script_from_a_model_or_a_rater_never_run_or_load(browser, aren
     assert page.locator("#chat-a img[src*='127.0.0.1'], #chat-a iframe, #chat-a script").count() == 0
 
 
-def test_send_to_both_streams_both_sides_at_the_same_time_in_the_browser(browser, arena_factory):
-    """Gradio's page runs one trigger's listeners one after another: both sides must still stream at once."""
-    slow = " ".join(f"word{i}" for i in range(30))
+def send_slowly(browser, arena_factory, words: int) -> tuple[Arena, object]:
+    """An arena whose two servers answer `words` words at 0.1 s each, and a page that has just sent to both."""
+    slow = " ".join(f"word{i}" for i in range(words))
     arena = arena_factory(Behaviour(reply=slow, token_delay_s=0.1), Behaviour(reply=slow, token_delay_s=0.1))
     page = open_page(browser, arena)
     page.fill("#input-both textarea", "Count slowly.")
     page.click("#send-both")
+    return arena, page
+
+
+def test_send_to_both_streams_both_sides_at_the_same_time_in_the_browser(browser, arena_factory):
+    """Gradio's page runs one trigger's listeners one after another: both sides must still stream at once."""
+    arena, page = send_slowly(browser, arena_factory, 30)
     page.wait_for_function(
         "() => ['a', 'b'].every(s => [...document.querySelectorAll(`#chat-${s} .message.bot`)]"
         ".some(m => m.innerText.includes('word5') && !m.innerText.includes('word29')))",
