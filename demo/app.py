@@ -555,6 +555,8 @@ def main(argv: list[str] | None = None) -> int:
         reason = str(err).splitlines()[0].split(". ")[0]
         print(f"error: cannot listen on {config.host}:{config.port} ({reason}): pass a free --port", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # the signal came while launch() was still starting (it checks its own server)
+        demo.close()
     finally:
         shut_down(store)
     return 0
