@@ -347,9 +347,10 @@ class Store:
         now = time.time()
         self._write(
             [
-                (
-                    "INSERT INTO verdict_log (conversation_id, rater, verdict, at) VALUES (?, ?, ?, ?)",
-                    (conversation_id, rater, verdict, now),
+                (  # logged only when it lands (same condition as below), so the log ends with the held verdict
+                    "INSERT INTO verdict_log (conversation_id, rater, verdict, at) SELECT ?, ?, ?, ?"
+                    " WHERE EXISTS (SELECT 1 FROM conversations WHERE id = ? AND verdict IS NULL)",
+                    (conversation_id, rater, verdict, now, conversation_id),
                 ),
                 (  # `verdict IS NULL`: of two racing verdicts only the first lands (checked below)
                     "UPDATE conversations SET verdict = ?, verdict_at = ?, rater = CASE WHEN rater = '' THEN ?"

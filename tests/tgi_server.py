@@ -98,6 +98,10 @@ class Behaviour:
     # entrypoints/serve/instrumentator/basic.py; no /info; a chat for a model it does not serve is its 404), or
     # "openai" (an OpenAI-compatible server of unknown make: neither). Generation is the same look-alike in all.
     server: str = "tgi"
+    # Cross-request order without timing: ``arrived`` is set when a generation request reaches the server;
+    # ``hold`` (event, n) waits, before the n-th token, until that event is set (at most 5 s, then a stream error).
+    arrived: threading.Event | None = None
+    hold: tuple[threading.Event, int] | None = None
 
     def tokens(self) -> list[str]:
         return re.findall(r"\s*\S+", self.reply)
@@ -260,7 +264,15 @@ class _Handler(BaseHTTPRequestHandler):
     def _pace(self, tokens: list[str], behaviour: Behaviour, on_token: Any, on_stream_error: Any) -> bool:
         """Produce ``tokens`` at the set pace; False if a simulated failure ended the request (already answered)."""
         stopping = self.server.tgi._stopping
+        if behaviour.arrived is not None:
+            behaviour.arrived.set()
         for i, tok in enumerate(tokens):
+            if behaviour.hold is not None and i == behaviour.hold[1] and not behaviour.hold[0].wait(5.0):
+                if on_stream_error is None:
+                    self._send_error(424, "generation", "held: the awaited request never came")
+                else:
+                    on_stream_error()
+                return False
             if behaviour.die_after_tokens is not None and i >= behaviour.die_after_tokens:
                 raise _Abort
             if behaviour.stream_error_after_tokens is not None and i >= behaviour.stream_error_after_tokens:
