@@ -529,13 +529,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if config.dataset_repo or config.mirror_dir:
         # Secrets come from the environment only (HF_TOKEN); a Space's disk is ephemeral, the dataset is not.
-        folder = config.mirror_dir or f"{config.db}.jsonl.d"
+        folder = Path(config.mirror_dir or f"{config.db}.jsonl.d")
+        token = os.environ.get("HF_TOKEN")
+        if store.is_empty():
+            restore(store, folder, config.dataset_repo, token)
         try:
-            copy = mirror.JsonlMirror(folder, repo_id=config.dataset_repo, token=os.environ.get("HF_TOKEN"))
+            mirror.JsonlMirror(folder, store, repo_id=config.dataset_repo, token=token)
         except Exception as err:  # the Hub fails in many ways (network, token, repo); all mean the same here
             print(f"error: cannot use dataset repo {config.dataset_repo}: {str(err).splitlines()[0]}", file=sys.stderr)
+            store.close()
             return 2
-        store.listeners.append(copy)
     public = is_public(config)
     review_open = config.review if config.review is not None else not public
     demo = build(
@@ -560,6 +563,22 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shut_down(store)
     return 0
+
+
+def restore(store: ratings.Store, folder: Path, repo_id: str | None, token: str | None) -> None:
+    """A new database (a Space after a restart): rebuild it from the dataset repo's events, or from the mirror
+    folder's, so the arena goes on where it stopped. Those events are already copied, so the mirror's bookmark
+    moves past them. Failing that, the arena starts empty and says why; the events stay where they are."""
+    sources = [s for s in (repo_id, folder if any(folder.glob("*.jsonl")) else None) if s]
+    if not sources:
+        return
+    try:
+        summary = mirror.rebuild(sources, store, token=token)
+    except mirror.MirrorError as err:
+        log.warning("starting with an empty database: %s", err)
+        return
+    store.set_mirror_cursor(str(folder.resolve()), store.last_event())
+    log.info("%s", mirror.describe(summary))
 
 
 def stop_on_signals() -> None:

@@ -1,11 +1,21 @@
-"""A second home for ratings: append-only JSONL files, pushed to a Hub dataset repo by ``CommitScheduler``.
+"""The Hub copy: the store's event log as append-only JSONL files that ``CommitScheduler`` pushes to a dataset
+repo, and the way back from those files to a database.
 
-A Space's disk is ephemeral, so the SQLite store alone would lose everything at the next restart. When a dataset
-repo is configured, every acknowledged rating and verdict is also appended (and fsynced) to a JSONL file of
-this process's own (``ratings-<uuid>.jsonl``: one file per process, so two replicas never write the same file),
-and ``huggingface_hub.CommitScheduler`` uploads the folder every few minutes. The append happens after the
-SQLite commit and before the UI acknowledges the rating. Without a repo it still writes the files (a local
-audit trail); the upload is the only part that needs the Hub.
+A Space's disk is ephemeral, so the dataset repo is the record that survives a restart. Every write to the
+store is one self-contained event (a conversation with its models and blind flag, a turn with its full text,
+decoding and timings, a rating, a verdict naming the models, a review hand-out), committed to SQLite in the same
+transaction as the tables it changes (``ratings.Store``). The mirror copies those events, in order, to a JSONL
+file of this process's own (``events-<uuid>.jsonl``: two replicas never write one file) and fsyncs it; the
+scheduler uploads the folder every few minutes and once more at shutdown.
+
+The copy runs beside the rater, not in their way: a rating is acknowledged once SQLite has committed it. A copy
+that fails (a full disk, a folder that went away) is retried with backoff from where it stopped, which the
+database remembers per folder, so nothing is skipped. A crash between the append and that bookmark can copy an
+event twice; every event has an id, and a rebuild keeps one of each.
+
+``rebuild`` (``python -m demo.report --from-mirror DIR_OR_REPO --db NEW.db``, and the app at start when its
+database is empty) replays the events through the store's own write code into a new database, which then holds
+the same rows and gives the same report.
 """
 
 from __future__ import annotations
@@ -13,22 +23,65 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import threading
 import uuid
 from pathlib import Path
 
+from demo import ratings
+
 log = logging.getLogger(__name__)
+
+PREFIX = "events-"  # the files this mirror writes; older ratings-*.jsonl files hold ratings only (schema 0)
+PATH_IN_REPO = "events"
+# What each kind of event must carry (beyond schema, id, kind and at) for a rebuild to apply it.
+FIELDS = {
+    "conversation": ("conversation_id", "session", "rater", "model_a", "model_b", "blind", "opener_id"),
+    "opener": ("conversation_id", "opener_id"),
+    "turn": (
+        "turn_id",
+        "conversation_id",
+        "side",
+        "turn_index",
+        "attempt",
+        "model",
+        "user_text",
+        "assistant_text",
+        "status",
+        "error",
+        "decoding",
+        "started_at",
+        "first_token_s",
+    ),
+    "rating": ("turn_id", "session", "rater", "rating", "by_owner", "conversation_id"),
+    "verdict": ("conversation_id", "rater", "verdict"),
+    "review": ("session", "conversation_id", "rater"),
+}
+REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+
+
+class MirrorError(Exception):
+    """Mirror files or a repo that cannot be read back; the message names the file and line."""
 
 
 class JsonlMirror:
-    """A ``Store`` listener: ``store.listeners.append(JsonlMirror(folder, repo_id=...))``."""
+    """Copies ``store``'s events to ``folder`` (and, with ``repo_id``, to that Hub dataset) as they commit."""
 
     def __init__(
-        self, folder: str | Path, repo_id: str | None = None, token: str | None = None, every_minutes: float = 5
+        self,
+        folder: str | Path,
+        store: ratings.Store,
+        repo_id: str | None = None,
+        token: str | None = None,
+        every_minutes: float = 5,
+        retry_s: tuple[float, float] = (0.5, 30.0),
     ) -> None:
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
-        self.path = self.folder / f"ratings-{uuid.uuid4().hex}.jsonl"
+        self.key = str(self.folder.resolve())
+        self.path = self.folder / f"{PREFIX}{uuid.uuid4().hex}.jsonl"
+        self.store = store
+        self.retry_s = retry_s
         self.scheduler = None
         if repo_id:
             from huggingface_hub import CommitScheduler
@@ -37,24 +90,188 @@ class JsonlMirror:
                 repo_id=repo_id,
                 repo_type="dataset",
                 folder_path=self.folder,
-                path_in_repo="ratings",
+                path_in_repo=PATH_IN_REPO,
                 every=every_minutes,
                 private=True,
                 token=token,
-                allow_patterns=["*.jsonl"],
+                allow_patterns=[f"{PREFIX}*.jsonl"],
             )
         # The scheduler reads the folder under its lock while uploading; appends take the same lock.
         self.lock = self.scheduler.lock if self.scheduler else threading.Lock()
+        self.failing: str | None = None  # why the last copy failed, until one succeeds
+        self.copied = 0  # events this mirror has copied
+        saved = store.mirror_cursor(self.key)
+        self.cursor = 0 if saved is None else saved  # a folder new to this database gets every event
+        self._flushing = threading.Lock()
+        self._wake = threading.Event()
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="jsonl-mirror", daemon=True)
+        store.listeners.append(self)
+        self._thread.start()
+        self._wake.set()  # copy what the database holds beyond the bookmark
 
-    def __call__(self, kind: str, record: dict) -> None:
-        line = json.dumps({"kind": kind, **record}, ensure_ascii=False)
-        with self.lock, self.path.open("a", encoding="utf-8") as out:
-            out.write(line + "\n")
-            out.flush()
-            os.fsync(out.fileno())
+    def __call__(self, kind: str, event: dict) -> None:
+        """A store listener: an event committed, so wake the copier (never blocks the writer)."""
+        self._wake.set()
+
+    def behind(self) -> int:
+        """Committed events not yet in the folder."""
+        return self.store.last_event() - self.cursor
+
+    def flush(self) -> bool:
+        """Copy every event past the bookmark; False (and ``failing`` says why) if the folder refused them."""
+        with self._flushing:
+            while batch := self.store.events_after(self.cursor):
+                text = "".join(body + "\n" for _, body in batch)
+                try:
+                    with self.lock, self.path.open("a+b") as out:
+                        if out.tell() and (out.seek(-1, os.SEEK_END), out.read(1))[1] != b"\n":
+                            out.write(b"\n")  # a write torn by an earlier failure stays a line of its own
+                        out.write(text.encode("utf-8"))
+                        out.flush()
+                        os.fsync(out.fileno())
+                except OSError as err:
+                    if self.failing is None:
+                        log.warning(
+                            "cannot copy events to %s (%s): %d wait in the database, retrying",
+                            self.path,
+                            err.strerror or err,
+                            self.behind(),
+                        )
+                    self.failing = str(err)
+                    return False
+                if self.failing is not None:
+                    log.info("copying events to %s again; none lost", self.path)
+                    self.failing = None
+                self.cursor = batch[-1][0]
+                self.copied += len(batch)
+                self.store.set_mirror_cursor(self.key, self.cursor)
+            return True
+
+    def _run(self) -> None:
+        delay = self.retry_s[0]
+        while not self._stopped.is_set():
+            woken = self._wake.wait(timeout=delay if self.failing else None)
+            if self._stopped.is_set():
+                return
+            if woken:
+                self._wake.clear()
+            try:
+                ok = self.flush()
+            except Exception:  # the database itself failed (closed at shutdown, or broken): stop copying
+                log.exception("the event copier stopped")
+                return
+            delay = self.retry_s[0] if ok else min(delay * 2, self.retry_s[1])
 
     def stop(self) -> None:
-        """Push what is left (on shutdown)."""
+        """On shutdown: copy what is left, then push the folder to the Hub and stop the scheduler."""
+        self._stopped.set()
+        self._wake.set()
+        self._thread.join(timeout=30)
+        if not self.flush():
+            log.warning("%d events could not be copied to %s; the database still holds them", self.behind(), self.path)
         if self.scheduler is not None:
             self.scheduler.trigger().result()
             self.scheduler.stop()
+
+
+# -- the way back ---------------------------------------------------------------------------------------------
+def read_events(*folders: str | Path) -> tuple[list[dict], dict]:
+    """Every event in the ``*.jsonl`` files under the folders, one of each id, in the order they were recorded
+    (by time, then file and line); and a summary of what was read and skipped."""
+    files = sorted(p for folder in folders for p in Path(folder).rglob("*.jsonl") if p.is_file())
+    if not files:
+        raise MirrorError(f"{', '.join(map(str, folders))}: no .jsonl files to rebuild from")
+    found: dict[str, tuple[float, str, int, dict]] = {}
+    summary = {"files": len(files), "events": 0, "duplicates": 0, "unreadable": [], "legacy": 0}
+    for path in files:
+        name = str(path)
+        with path.open(encoding="utf-8", errors="replace") as lines:
+            for number, line in enumerate(lines, 1):
+                if not line.strip():
+                    continue
+                try:
+                    event = json.loads(line)
+                except json.JSONDecodeError:  # a write torn by a crash or a full disk
+                    summary["unreadable"].append(f"{name}:{number}")
+                    continue
+                if not isinstance(event, dict):
+                    raise MirrorError(f"{name}:{number}: not an event (a JSON object)")
+                if "schema" not in event:  # written before the event log: ratings without their turns
+                    summary["legacy"] += 1
+                    continue
+                _check(event, f"{name}:{number}")
+                if event["id"] in found:
+                    summary["duplicates"] += 1
+                    continue
+                found[event["id"]] = (float(event["at"]), name, number, event)
+    events = [event for *_, event in sorted(found.values(), key=lambda item: item[:3])]
+    summary["events"] = len(events)
+    return events, summary
+
+
+def _check(event: dict, where: str) -> None:
+    schema = event["schema"]
+    if not isinstance(schema, int) or schema > ratings.EVENT_SCHEMA:
+        raise MirrorError(
+            f"{where}: event schema {schema!r} is newer than this arena's ({ratings.EVENT_SCHEMA}): update the arena"
+        )
+    kind = event.get("kind")
+    if kind not in FIELDS:
+        raise MirrorError(f"{where}: unknown event kind {kind!r} (known: {', '.join(FIELDS)})")
+    for field in ("id", "at", *FIELDS[kind]):
+        if field not in event:
+            raise MirrorError(f"{where}: {kind} event has no {field!r}")
+    if not isinstance(event["at"], int | float):
+        raise MirrorError(f"{where}: 'at' must be a number, got {event['at']!r}")
+
+
+def fetch(repo_id: str, into: str | Path, token: str | None = None) -> Path:
+    """Download the dataset repo's JSONL files into ``into``."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(
+            snapshot_download(
+                repo_id=repo_id, repo_type="dataset", allow_patterns=["*.jsonl", "**/*.jsonl"], local_dir=into,
+                token=token,
+            )
+        )  # fmt: skip
+    except Exception as err:  # no network, no such repo, a token that may not read it: one line
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise MirrorError(f"cannot download dataset repo {repo_id}: {reason}") from None
+
+
+def rebuild(sources: list[str | Path], store: ratings.Store, token: str | None = None) -> dict:
+    """Replay the events of mirror folders and dataset repos (``owner/name``) into ``store``, which must be
+    empty; an event found in several is applied once. Returns the summary of what was read, with ``applied``."""
+    if not store.is_empty():
+        raise MirrorError(f"{store.path} already holds ratings: rebuild into a new database file")
+    folders = []
+    for source in sources:
+        folder = Path(source)
+        if not folder.is_dir():
+            if folder.exists() or not REPO_ID.match(str(source)):
+                raise MirrorError(f"{source}: not a mirror folder, nor a dataset repo id (owner/name)")
+            folder = fetch(str(source), Path(f"{store.path}.from-hub") / str(source).replace("/", "--"), token)
+        folders.append(folder)
+    events, summary = read_events(*folders)
+    try:
+        summary["applied"] = store.replay(events)
+    except Exception as err:  # an event that does not fit the ones before it (a file from another database)
+        raise MirrorError(f"{', '.join(map(str, sources))}: the events do not rebuild a database: {err}") from None
+    summary["source"] = " and ".join(map(str, sources))
+    return summary
+
+
+def describe(summary: dict) -> str:
+    """One line about a rebuild."""
+    parts = [f"rebuilt {summary['applied']} events from {summary['files']} files of {summary['source']}"]
+    if summary["duplicates"]:
+        parts.append(f"{summary['duplicates']} duplicates dropped")
+    if summary["legacy"]:
+        parts.append(f"{summary['legacy']} records from before the event log skipped (ratings without turns)")
+    if summary["unreadable"]:
+        shown = ", ".join(summary["unreadable"][:3])
+        parts.append(f"{len(summary['unreadable'])} unreadable lines skipped ({shown})")
+    return "; ".join(parts)

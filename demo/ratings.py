@@ -18,6 +18,7 @@ judge conversations that it created (or, for a second opinion, was handed).
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import threading
 import time
@@ -29,6 +30,8 @@ from pathlib import Path
 RATINGS = ("fail", "pass", "excellent")
 VERDICTS = ("a", "b", "tie")
 SIDES = ("a", "b")
+
+log = logging.getLogger(__name__)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS conversations (
@@ -93,6 +96,17 @@ CREATE TABLE IF NOT EXISTS review_grants (   -- a conversation handed to another
     granted_at       REAL NOT NULL,
     PRIMARY KEY (session, conversation_id)
 );
+CREATE TABLE IF NOT EXISTS events (          -- every write above, as the self-contained event it applied
+    seq   INTEGER PRIMARY KEY AUTOINCREMENT,
+    id    TEXT NOT NULL UNIQUE,
+    kind  TEXT NOT NULL,
+    at    REAL NOT NULL,
+    body  TEXT NOT NULL                       -- the event as JSON (what the Hub mirror pushes)
+);
+CREATE TABLE IF NOT EXISTS mirror_cursor (   -- how far each mirror folder has copied the events
+    folder  TEXT PRIMARY KEY,
+    seq     INTEGER NOT NULL
+);
 CREATE VIEW IF NOT EXISTS rated_turns AS  -- contract 3: a row per rated (conversation, side, turn, attempt, rater)
     SELECT t.conversation_id, t.side, t.turn_index, t.attempt, t.model, t.user_text, t.assistant_text,
            t.decoding, r.rating, r.rater, r.first_at, r.updated_at, t.id AS turn_id
@@ -137,7 +151,7 @@ class Store:
         self._db.executescript(SCHEMA)
         if self._db.execute("SELECT 1 FROM sqlite_master WHERE name = 'ratings_by_name'").fetchone():
             self._copy_ratings_by_name()
-        # Called after each committed rating / verdict (issue 5 mirrors them to the Hub); never inside the lock.
+        # Called with (kind, event) for every committed event, outside the lock (the mirror wakes on them).
         self.listeners: list[Callable[[str, dict], None]] = []
 
     def _migrate(self) -> None:
@@ -168,16 +182,49 @@ class Store:
         with self._lock:
             self._db.close()
 
-    def _write(self, statements: list[tuple[str, tuple]]) -> None:
+    # -- the one write path: events ----------------------------------------------------------------------
+    def _commit(self, plan: Callable[[sqlite3.Connection, float], list[dict]]) -> list[dict]:
+        """Run ``plan`` (checks, then the events to record) in one immediate transaction; apply and log its
+        events, commit, then tell the listeners. The checks and the write see the same state, so a race
+        between two requests cannot slip past a check."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                for sql, args in statements:
-                    self._db.execute(sql, args)
+                events = plan(self._db, time.time())
+                for event in events:
+                    self._record(event)
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
+        self._notify(events)
+        return events
+
+    def _record(self, event: dict) -> None:
+        _apply(self._db, event)
+        self._db.execute(
+            "INSERT INTO events (id, kind, at, body) VALUES (?, ?, ?, ?)",
+            (event["id"], event["kind"], event["at"], json.dumps(event, ensure_ascii=False, sort_keys=True)),
+        )
+
+    def replay(self, events: list[dict]) -> int:
+        """Apply events recorded elsewhere (a mirror being rebuilt), in the order given, in one transaction;
+        an event whose id is already here is skipped. They passed the store's checks when first recorded.
+        Returns how many were applied."""
+        applied = 0
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for event in events:
+                    if self._db.execute("SELECT 1 FROM events WHERE id = ?", (event["id"],)).fetchone():
+                        continue
+                    self._record(event)
+                    applied += 1
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+        return applied
 
     def _one(self, sql: str, args: tuple = ()) -> sqlite3.Row | None:
         with self._lock:
@@ -187,9 +234,41 @@ class Store:
         with self._lock:
             return self._db.execute(sql, args).fetchall()
 
-    def _notify(self, kind: str, record: dict) -> None:
-        for listener in self.listeners:
-            listener(kind, record)
+    def _notify(self, events: list[dict]) -> None:
+        """Outside the lock, after the commit: a listener that fails cannot undo or fail a committed write."""
+        for event in events:
+            for listener in self.listeners:
+                try:
+                    listener(event["kind"], event)
+                except Exception:
+                    log.exception(
+                        "a ratings listener failed on a %s event (the write itself is committed)", event["kind"]
+                    )
+
+    # -- the event log, read back --------------------------------------------------------------------------
+    def events_after(self, seq: int, limit: int = 500) -> list[tuple[int, str]]:
+        """(seq, JSON) of the logged events after ``seq``, oldest first."""
+        rows = self._all("SELECT seq, body FROM events WHERE seq > ? ORDER BY seq LIMIT ?", (seq, limit))
+        return [(row["seq"], row["body"]) for row in rows]
+
+    def last_event(self) -> int:
+        row = self._one("SELECT COALESCE(MAX(seq), 0) AS seq FROM events")
+        return int(row["seq"]) if row else 0
+
+    def mirror_cursor(self, folder: str) -> int | None:
+        row = self._one("SELECT seq FROM mirror_cursor WHERE folder = ?", (folder,))
+        return None if row is None else int(row["seq"])
+
+    def set_mirror_cursor(self, folder: str, seq: int) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO mirror_cursor (folder, seq) VALUES (?, ?)"
+                " ON CONFLICT (folder) DO UPDATE SET seq = excluded.seq",
+                (folder, seq),
+            )
+
+    def is_empty(self) -> bool:
+        return self._one("SELECT 1 FROM conversations UNION ALL SELECT 1 FROM events LIMIT 1") is None
 
     # -- conversations and turns ---------------------------------------------------------------------------
     def ensure_conversation(
@@ -203,20 +282,35 @@ class Store:
         opener_id: str | None = None,
     ) -> None:
         """Create the conversation if it is new (both sides may race to do so); refuse another session's id."""
-        self._write(
-            [
-                (
-                    "INSERT OR IGNORE INTO conversations (id, session, rater, model_a, model_b, blind, opener_id,"
-                    " created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (conversation_id, session, rater, model_a, model_b, int(blind), opener_id, time.time()),
+
+        def plan(db: sqlite3.Connection, now: float) -> list[dict]:
+            row = db.execute("SELECT session FROM conversations WHERE id = ?", (conversation_id,)).fetchone()
+            if row is not None:
+                if row[0] != session:
+                    raise NotAllowed("this conversation does not belong to your session")
+                return []
+            return [
+                _event(
+                    "conversation",
+                    now,
+                    conversation_id=conversation_id,
+                    session=session,
+                    rater=rater,
+                    model_a=model_a,
+                    model_b=model_b,
+                    blind=bool(blind),
+                    opener_id=opener_id,
                 )
             ]
-        )
-        self._owned(conversation_id, session)
+
+        self._commit(plan)
 
     def set_opener(self, conversation_id: str, session: str, opener_id: str | None) -> None:
-        self._owned(conversation_id, session)
-        self._write([("UPDATE conversations SET opener_id = ? WHERE id = ?", (opener_id, conversation_id))])
+        def plan(db: sqlite3.Connection, now: float) -> list[dict]:
+            _owned_in(db, conversation_id, session)
+            return [_event("opener", now, conversation_id=conversation_id, opener_id=opener_id)]
+
+        self._commit(plan)
 
     def add_turn(
         self,
@@ -236,51 +330,53 @@ class Store:
         """Record a finished turn (a regenerated answer becomes the next attempt of the same turn index)."""
         if side not in SIDES:
             raise ValueError(f"side must be one of {SIDES}, got {side!r}")
-        self._owned(conversation_id, session)
-        turn_id = uuid.uuid4().hex
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                judged = self._db.execute("SELECT verdict FROM conversations WHERE id = ?", (conversation_id,))
-                if judged.fetchone()[0] is not None:
-                    raise NotAllowed("this conversation has its verdict: start a new one")
-                row = self._db.execute(
-                    "SELECT t.attempt, t.status, EXISTS (SELECT 1 FROM ratings r WHERE r.turn_id = t.id AND"
-                    " r.by_owner = 1) FROM turns t WHERE t.conversation_id = ? AND t.side = ? AND t.turn_index = ?"
-                    " ORDER BY t.attempt DESC LIMIT 1",
-                    (conversation_id, side, turn_index),
-                ).fetchone()
-                if row and self.rate_every_turn and row[1] == "complete" and not row[2]:
-                    # Every answer is rated, a regenerated one too: a fail must not vanish by asking again.
-                    raise NotAllowed("rate this answer before regenerating it")
-                attempt = (row[0] if row else 0) + 1
-                self._db.execute(
-                    "INSERT INTO turns (id, conversation_id, side, turn_index, attempt, model, user_text,"
-                    " assistant_text, status, error, decoding, started_at, first_token_s, finished_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        turn_id,
-                        conversation_id,
-                        side,
-                        turn_index,
-                        attempt,
-                        model,
-                        user_text,
-                        assistant_text,
-                        status,
-                        error,
-                        json.dumps(decoding, sort_keys=True),
-                        started_at,
-                        first_token_s,
-                        time.time(),
-                    ),
+
+        def plan(db: sqlite3.Connection, now: float) -> list[dict]:
+            _owned_in(db, conversation_id, session)
+            judged = db.execute("SELECT verdict FROM conversations WHERE id = ?", (conversation_id,))
+            if judged.fetchone()[0] is not None:
+                raise NotAllowed("this conversation has its verdict: start a new one")
+            row = db.execute(
+                "SELECT t.attempt, t.status, EXISTS (SELECT 1 FROM ratings r WHERE r.turn_id = t.id AND"
+                " r.by_owner = 1) FROM turns t WHERE t.conversation_id = ? AND t.side = ? AND t.turn_index = ?"
+                " ORDER BY t.attempt DESC LIMIT 1",
+                (conversation_id, side, turn_index),
+            ).fetchone()
+            if row and self.rate_every_turn and row[1] == "complete" and not row[2]:
+                # Every answer is rated, a regenerated one too: a fail must not vanish by asking again.
+                raise NotAllowed("rate this answer before regenerating it")
+            return [
+                _event(
+                    "turn",
+                    now,
+                    turn_id=uuid.uuid4().hex,
+                    conversation_id=conversation_id,
+                    side=side,
+                    turn_index=turn_index,
+                    attempt=(row[0] if row else 0) + 1,
+                    model=model,
+                    user_text=user_text,
+                    assistant_text=assistant_text,
+                    status=status,
+                    error=error,
+                    decoding=decoding,
+                    started_at=started_at,
+                    first_token_s=first_token_s,
                 )
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+            ]
+
+        (event,) = self._commit(plan)
         return Turn(
-            turn_id, conversation_id, side, turn_index, attempt, model, user_text, assistant_text, status, error
+            event["turn_id"],
+            conversation_id,
+            side,
+            turn_index,
+            event["attempt"],
+            model,
+            user_text,
+            assistant_text,
+            status,
+            error,
         )
 
     # -- ratings and verdicts ------------------------------------------------------------------------------
@@ -288,80 +384,71 @@ class Store:
         """Store a rating; the same rater rating the same turn again replaces the current value."""
         if rating not in RATINGS:
             raise ValueError(f"rating must be one of {', '.join(RATINGS)}, got {rating!r}")
-        row = self._one(
-            "SELECT t.status, t.side, t.turn_index, t.attempt, t.model, t.user_text, t.assistant_text, c.session,"
-            " c.id, c.verdict, EXISTS (SELECT 1 FROM review_grants g WHERE g.session = ? AND"
-            " g.conversation_id = c.id) AS granted FROM turns t JOIN conversations c ON c.id = t.conversation_id"
-            " WHERE t.id = ?",
-            (session, str(turn_id)),
-        )
-        if row is None or (row["session"] != session and not row["granted"]):
-            raise NotAllowed("this turn does not belong to your session")
-        if row["status"] != "complete":
-            raise NotAllowed("a turn that ended in an error cannot be rated; retry it first")
-        owner = row["session"] == session
-        if owner and row["verdict"] is not None:
-            raise NotAllowed("this conversation has its verdict and the names are shown: its ratings are final")
-        now = time.time()
-        self._write(
-            [
-                (
-                    "INSERT INTO rating_log (turn_id, rater, rating, at, session) VALUES (?, ?, ?, ?, ?)",
-                    (turn_id, rater, rating, now, session),
-                ),
-                (
-                    "INSERT INTO ratings (turn_id, session, rater, rating, by_owner, first_at, updated_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (turn_id, session) DO UPDATE SET"
-                    " rating = excluded.rating, rater = excluded.rater, updated_at = excluded.updated_at",
-                    (turn_id, session, rater, rating, int(owner), now, now),
-                ),
-                (  # the conversation's rater is the name its owner rates under (typed late, or changed)
-                    "UPDATE conversations SET rater = ? WHERE id = ? AND session = ?",
-                    (rater, row["id"], session),
-                ),
+
+        def plan(db: sqlite3.Connection, now: float) -> list[dict]:
+            row = db.execute(
+                "SELECT t.status, t.side, t.turn_index, t.attempt, t.model, t.user_text, t.assistant_text,"
+                " c.session, c.id, c.verdict, EXISTS (SELECT 1 FROM review_grants g WHERE g.session = ? AND"
+                " g.conversation_id = c.id) AS granted FROM turns t JOIN conversations c ON c.id = t.conversation_id"
+                " WHERE t.id = ?",
+                (session, str(turn_id)),
+            ).fetchone()
+            if row is None or (row["session"] != session and not row["granted"]):
+                raise NotAllowed("this turn does not belong to your session")
+            if row["status"] != "complete":
+                raise NotAllowed("a turn that ended in an error cannot be rated; retry it first")
+            owner = row["session"] == session
+            if owner and row["verdict"] is not None:
+                raise NotAllowed("this conversation has its verdict and the names are shown: its ratings are final")
+            return [
+                _event(
+                    "rating",
+                    now,
+                    turn_id=str(turn_id),
+                    session=session,
+                    rater=rater,
+                    rating=rating,
+                    by_owner=owner,
+                    second_opinion=not owner,
+                    conversation_id=row["id"],
+                    **{k: row[k] for k in ("side", "turn_index", "attempt", "model", "user_text", "assistant_text")},
+                )
             ]
-        )
-        record = {
-            "turn_id": turn_id,
-            "rater": rater,
-            "rating": rating,
-            "at": now,
-            "conversation_id": row["id"],
-            "second_opinion": row["session"] != session,
-            **{key: row[key] for key in ("side", "turn_index", "attempt", "model", "user_text", "assistant_text")},
-        }
-        self._notify("rating", record)
+
+        self._commit(plan)
 
     def set_verdict(self, conversation_id: str, verdict: str, session: str, rater: str) -> None:
         if verdict not in VERDICTS:
             raise ValueError(f"verdict must be one of {', '.join(VERDICTS)}, got {verdict!r}")
-        self._owned(conversation_id, session)
-        if self.conversation(conversation_id)["verdict"] is not None:
-            raise NotAllowed("this conversation already has its verdict: verdicts are final")
-        missing = self.unrated(conversation_id)
-        if self.rate_every_turn and missing:
-            shown = ", ".join(f"{side.upper()} {index}" for side, index in missing[:6])
-            raise NotAllowed(f"rate every answer before the verdict (still unrated: {shown})")
-        if self.rated_sides(conversation_id) != set(SIDES):
-            raise NotAllowed("rate at least one turn on each side before giving a verdict")
-        now = time.time()
-        self._write(
-            [
-                (  # logged only when it lands (same condition as below), so the log ends with the held verdict
-                    "INSERT INTO verdict_log (conversation_id, rater, verdict, at) SELECT ?, ?, ?, ?"
-                    " WHERE EXISTS (SELECT 1 FROM conversations WHERE id = ? AND verdict IS NULL)",
-                    (conversation_id, rater, verdict, now, conversation_id),
-                ),
-                (  # `verdict IS NULL`: of two racing verdicts only the first lands (checked below)
-                    "UPDATE conversations SET verdict = ?, verdict_at = ?, rater = CASE WHEN rater = '' THEN ?"
-                    " ELSE rater END WHERE id = ? AND verdict IS NULL",
-                    (verdict, now, rater, conversation_id),
-                ),
+
+        def plan(db: sqlite3.Connection, now: float) -> list[dict]:
+            _owned_in(db, conversation_id, session)
+            conv = db.execute("SELECT * FROM conversations WHERE id = ?", (conversation_id,)).fetchone()
+            if conv["verdict"] is not None:  # of two racing verdicts, the second sees the first here
+                raise NotAllowed("this conversation already has its verdict: verdicts are final")
+            missing = _unrated_in(db, conversation_id)
+            if self.rate_every_turn and missing:
+                shown = ", ".join(f"{side.upper()} {index}" for side, index in missing[:6])
+                raise NotAllowed(f"rate every answer before the verdict (still unrated: {shown})")
+            if _rated_sides_in(db, conversation_id) != set(SIDES):
+                raise NotAllowed("rate at least one turn on each side before giving a verdict")
+            winner = "tie" if verdict == "tie" else conv[f"model_{verdict}"]
+            return [
+                _event(
+                    "verdict",
+                    now,
+                    conversation_id=conversation_id,
+                    session=session,
+                    rater=rater,
+                    verdict=verdict,
+                    winner=winner,
+                    model_a=conv["model_a"],
+                    model_b=conv["model_b"],
+                    blind=bool(conv["blind"]),
+                )
             ]
-        )
-        if self.conversation(conversation_id)["verdict_at"] != now:
-            raise NotAllowed("this conversation already has its verdict: verdicts are final")
-        self._notify("verdict", {"conversation_id": conversation_id, "rater": rater, "verdict": verdict, "at": now})
+
+        self._commit(plan)
 
     def assign_review(self, session: str, rater: str) -> str | None:
         """Hand this session a stored conversation to rate again: judged by someone else (so its owner's
@@ -382,15 +469,16 @@ class Store:
 
     def grant_review(self, session: str, conversation_id: str, rater: str) -> None:
         """Let this session rate the turns of that conversation, as a second opinion."""
-        self._write(
-            [
-                (
-                    "INSERT OR IGNORE INTO review_grants (session, conversation_id, rater, granted_at)"
-                    " VALUES (?, ?, ?, ?)",
-                    (session, conversation_id, rater, time.time()),
-                )
-            ]
-        )
+
+        def plan(db: sqlite3.Connection, now: float) -> list[dict]:
+            granted = db.execute(
+                "SELECT 1 FROM review_grants WHERE session = ? AND conversation_id = ?", (session, conversation_id)
+            ).fetchone()
+            if granted:
+                return []
+            return [_event("review", now, session=session, conversation_id=conversation_id, rater=rater)]
+
+        self._commit(plan)
 
     def review_turns(self, conversation_id: str, session: str) -> list[Turn]:
         """The latest attempt of each successful turn of a conversation granted to this session for review."""
@@ -408,31 +496,16 @@ class Store:
         return [latest[key] for key in sorted(latest)]
 
     # -- reading -------------------------------------------------------------------------------------------
-    def _owned(self, conversation_id: str, session: str) -> None:
-        row = self._one("SELECT session FROM conversations WHERE id = ?", (str(conversation_id),))
-        if row is None or row["session"] != session:
-            raise NotAllowed("this conversation does not belong to your session")
-
     def rated_sides(self, conversation_id: str) -> set[str]:
         """The sides with a turn their owner rated."""
-        rows = self._all(
-            "SELECT DISTINCT t.side FROM ratings r JOIN turns t ON t.id = r.turn_id WHERE t.conversation_id = ?"
-            " AND r.by_owner = 1",
-            (conversation_id,),
-        )
-        return {row["side"] for row in rows}
+        with self._lock:
+            return _rated_sides_in(self._db, conversation_id)
 
     def unrated(self, conversation_id: str) -> list[tuple[str, int]]:
         """(side, turn index) of every answer shown now (the latest attempt of each turn, if it completed) that
         its owner has not rated."""
-        rows = self._all(
-            "SELECT t.side, t.turn_index, t.status, EXISTS (SELECT 1 FROM ratings r WHERE r.turn_id = t.id AND"
-            " r.by_owner = 1) AS rated FROM turns t WHERE t.conversation_id = ? AND t.attempt = (SELECT MAX(u.attempt)"
-            " FROM turns u WHERE u.conversation_id = t.conversation_id AND u.side = t.side AND"
-            " u.turn_index = t.turn_index) ORDER BY t.side, t.turn_index",
-            (conversation_id,),
-        )
-        return [(row["side"], row["turn_index"]) for row in rows if row["status"] == "complete" and not row["rated"]]
+        with self._lock:
+            return _unrated_in(self._db, conversation_id)
 
     def ratings(self, conversation_id: str) -> dict[str, str]:
         """Current rating of each rated turn of a conversation, by turn id (the owner's own ratings only)."""
@@ -466,3 +539,119 @@ class Store:
             (*turn_ids, *args),
         )
         return {row["turn_id"]: row["rating"] for row in rows}
+
+
+# -- events: what each write is, and how it lands in the tables ---------------------------------------------
+EVENT_SCHEMA = 1  # the version of the event records below; a reader refuses a newer one
+EVENT_KINDS = ("conversation", "opener", "turn", "rating", "verdict", "review")
+
+
+def _event(kind: str, at: float, **fields: object) -> dict:
+    return {"schema": EVENT_SCHEMA, "id": uuid.uuid4().hex, "kind": kind, "at": at, **fields}
+
+
+def _apply(db: sqlite3.Connection, event: dict) -> None:
+    """The tables' change that one event stands for: the same code for a live write and for a rebuild, so a
+    database rebuilt from the events is the one that recorded them."""
+    kind, at = event["kind"], event["at"]
+    if kind == "conversation":
+        db.execute(
+            "INSERT INTO conversations (id, session, rater, model_a, model_b, blind, opener_id, created_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                event["conversation_id"],
+                event["session"],
+                event["rater"],
+                event["model_a"],
+                event["model_b"],
+                int(event["blind"]),
+                event["opener_id"],
+                at,
+            ),
+        )
+    elif kind == "opener":
+        db.execute(
+            "UPDATE conversations SET opener_id = ? WHERE id = ?", (event["opener_id"], event["conversation_id"])
+        )
+    elif kind == "turn":
+        db.execute(
+            "INSERT INTO turns (id, conversation_id, side, turn_index, attempt, model, user_text, assistant_text,"
+            " status, error, decoding, started_at, first_token_s, finished_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                event["turn_id"],
+                event["conversation_id"],
+                event["side"],
+                event["turn_index"],
+                event["attempt"],
+                event["model"],
+                event["user_text"],
+                event["assistant_text"],
+                event["status"],
+                event["error"],
+                json.dumps(event["decoding"], sort_keys=True),
+                event["started_at"],
+                event["first_token_s"],
+                at,
+            ),
+        )
+    elif kind == "rating":
+        turn_id, session, rater, rating = event["turn_id"], event["session"], event["rater"], event["rating"]
+        db.execute(
+            "INSERT INTO rating_log (turn_id, rater, rating, at, session) VALUES (?, ?, ?, ?, ?)",
+            (turn_id, rater, rating, at, session),
+        )
+        db.execute(
+            "INSERT INTO ratings (turn_id, session, rater, rating, by_owner, first_at, updated_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (turn_id, session) DO UPDATE SET"
+            " rating = excluded.rating, rater = excluded.rater, updated_at = excluded.updated_at",
+            (turn_id, session, rater, rating, int(event["by_owner"]), at, at),
+        )
+        # the conversation's rater is the name its owner rates under (typed late, or changed)
+        db.execute(
+            "UPDATE conversations SET rater = ? WHERE id = ? AND session = ?",
+            (rater, event["conversation_id"], session),
+        )
+    elif kind == "verdict":
+        db.execute(
+            "INSERT INTO verdict_log (conversation_id, rater, verdict, at) VALUES (?, ?, ?, ?)",
+            (event["conversation_id"], event["rater"], event["verdict"], at),
+        )
+        db.execute(
+            "UPDATE conversations SET verdict = ?, verdict_at = ?, rater = CASE WHEN rater = '' THEN ? ELSE rater END"
+            " WHERE id = ?",
+            (event["verdict"], at, event["rater"], event["conversation_id"]),
+        )
+    elif kind == "review":
+        db.execute(
+            "INSERT INTO review_grants (session, conversation_id, rater, granted_at) VALUES (?, ?, ?, ?)",
+            (event["session"], event["conversation_id"], event["rater"], at),
+        )
+    else:
+        raise ValueError(f"unknown event kind {kind!r}")
+
+
+def _owned_in(db: sqlite3.Connection, conversation_id: str, session: str) -> None:
+    row = db.execute("SELECT session FROM conversations WHERE id = ?", (str(conversation_id),)).fetchone()
+    if row is None or row[0] != session:
+        raise NotAllowed("this conversation does not belong to your session")
+
+
+def _rated_sides_in(db: sqlite3.Connection, conversation_id: str) -> set[str]:
+    rows = db.execute(
+        "SELECT DISTINCT t.side FROM ratings r JOIN turns t ON t.id = r.turn_id WHERE t.conversation_id = ?"
+        " AND r.by_owner = 1",
+        (conversation_id,),
+    ).fetchall()
+    return {row[0] for row in rows}
+
+
+def _unrated_in(db: sqlite3.Connection, conversation_id: str) -> list[tuple[str, int]]:
+    rows = db.execute(
+        "SELECT t.side, t.turn_index, t.status, EXISTS (SELECT 1 FROM ratings r WHERE r.turn_id = t.id AND"
+        " r.by_owner = 1) AS rated FROM turns t WHERE t.conversation_id = ? AND t.attempt = (SELECT MAX(u.attempt)"
+        " FROM turns u WHERE u.conversation_id = t.conversation_id AND u.side = t.side AND"
+        " u.turn_index = t.turn_index) ORDER BY t.side, t.turn_index",
+        (conversation_id,),
+    ).fetchall()
+    return [(row[0], row[1]) for row in rows if row[2] == "complete" and not row[3]]

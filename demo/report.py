@@ -639,6 +639,13 @@ def _report_parser() -> argparse.ArgumentParser:
         "`python -m demo.report export --help` for the data export.",
     )
     parser.add_argument("--db", type=Path, required=True, help="the arena's SQLite ratings database")
+    parser.add_argument(
+        "--from-mirror",
+        metavar="DIR_OR_REPO",
+        action="append",
+        help="first rebuild --db (a new file) from the event log: a mirror folder of events-*.jsonl files or a"
+        " Hub dataset repo (owner/name, with HF_TOKEN); may be given more than once",
+    )
     parser.add_argument("--json", action="store_true", help="print the report as one JSON object")
     parser.add_argument("--out", type=Path, help="also write figure7.png, summary.md and report.json here")
     parser.add_argument(
@@ -667,6 +674,20 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote {out}" + (f" and pushed {args.push_to_hub}" if args.push_to_hub else ""))
             return 0
         args = _report_parser().parse_args(argv)
+        if args.from_mirror:
+            from demo import mirror, ratings
+
+            try:
+                store = ratings.Store(args.db)
+            except sqlite3.Error as exc:
+                raise ReportError(f"cannot open {args.db}: {exc}") from None
+            try:
+                summary = mirror.rebuild(args.from_mirror, store, token=os.environ.get("HF_TOKEN"))
+            except mirror.MirrorError as exc:
+                raise ReportError(str(exc)) from None
+            finally:
+                store.close()
+            print(f"{mirror.describe(summary)} into {args.db}", file=sys.stderr)
         report = build_report(args.db, a_model=args.a_model, resamples=args.resamples, seed=args.seed)
         summary = markdown(report)
         if args.out:

@@ -378,7 +378,8 @@ def test_eight_threads_lose_and_duplicate_nothing(store):
         thread.join()
     assert errors == []
     assert rows(store.path, "SELECT count(*) FROM rating_log") == [(400,)]
-    assert len(calls) == 400
+    assert [record["kind"] for record in calls] == ["review"] * 4 + ["rating"] * 400
+    assert rows(store.path, "SELECT count(*) FROM events WHERE kind = 'rating'") == [(400,)]
     current = rows(store.path, "SELECT turn_id, rater, rating FROM rated_turns")
     assert len(current) == len({(turn_id, rater) for turn_id, rater, _ in current}) == 4 * 50
     # the current view holds, for each (turn, rater), the last value its log recorded

@@ -1,6 +1,6 @@
 """The Space: its Dockerfile and front matter, and its entry point run with a Space's environment, checked in a
 real browser (Results only with the admin token; no secret reaches the page) and through the real API (every
-rating also lands in the append-only JSONL mirror)."""
+write also lands in the append-only JSONL event log)."""
 
 from __future__ import annotations
 
@@ -129,12 +129,14 @@ def test_space_entry_point_keeps_secrets_off_the_page_and_mirrors_every_rating(s
         client.predict("", api_name="/results")
     with pytest.raises(Exception, match="Reviews are off"):  # a public Space shows no one others' conversations
         Client(url, verbose=False).predict("mallory", api_name="/review_next")
-    (mirror_file,) = (tmp_path / "mirror").glob("ratings-*.jsonl")
-    lines = [json.loads(line) for line in mirror_file.read_text().splitlines()]
-    assert [(r["kind"], r["turn_id"], r["rating"]) for r in lines] == [
-        ("rating", turn_id, "excellent"),
-        ("rating", turn_id, "pass"),
-    ]
+    (mirror_file,) = (tmp_path / "mirror").glob("events-*.jsonl")
+    deadline = time.monotonic() + 10  # the copy runs beside the rater, a moment after the commit
+    while len(mirror_file.read_text().splitlines()) < 4 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    events = [json.loads(line) for line in mirror_file.read_text().splitlines()]
+    assert [e["kind"] for e in events] == ["conversation", "turn", "rating", "rating"]
+    lines = events[2:]
+    assert [(r["turn_id"], r["rating"]) for r in lines] == [(turn_id, "excellent"), (turn_id, "pass")]
     # Blind: side A is either model; the record names which one wrote the rated text.
     replies = {"lima-1000": "Answer from zero.", "lima-1030": "Answer from dialogue."}
     assert lines[0]["assistant_text"] == replies[lines[0]["model"]]

@@ -1,0 +1,271 @@
+"""The event log and its Hub copy: every write is one self-contained event, the mirror copies them in order and
+retries a folder that fails, and a database rebuilt from the copy is the one that wrote it (through the real
+app: collect, stop with SIGTERM, delete the database, rebuild; the report's JSON is the same)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+from conftest import run_cli
+from gradio_client import Client
+from test_app import DECODING, launch, wait_until_up
+from tgi_server import Behaviour, TGIServer, free_port
+
+from demo import mirror
+from demo.ratings import EVENT_SCHEMA, Store
+
+TABLES = ("conversations", "turns", "ratings", "rating_log", "verdict_log", "review_grants", "events")
+
+
+def dump(path: Path) -> dict[str, list[tuple]]:
+    """Every row of every table, as SQLite holds it."""
+    db = sqlite3.connect(path)
+    try:
+        return {table: db.execute(f"SELECT * FROM {table} ORDER BY rowid").fetchall() for table in TABLES}
+    finally:
+        db.close()
+
+
+def collect(store: Store) -> None:
+    """Two conversations the way the app writes them: turns (a regenerated one, a failed one), ratings changed
+    before the verdict, verdicts, and a second opinion through Review."""
+    store.ensure_conversation("c1", "s1", "lima-1030", "lima-1000", blind=True, opener_id="open-3")
+    turns = {}
+    for side, model in (("a", "lima-1030"), ("b", "lima-1000")):
+        turns[side] = store.add_turn("c1", "s1", side, 1, model, "hi", f"hello from {model}", {"t": 0.7}, 1.0, 0.1)
+    store.rate(turns["a"].id, "pass", "s1", "ann")
+    store.rate(turns["a"].id, "excellent", "s1", "ann")
+    store.rate(turns["b"].id, "fail", "s1", "ann")
+    again = store.add_turn("c1", "s1", "b", 1, "lima-1000", "hi", "hello again", {"t": 0.7}, 2.0, 0.2)
+    store.rate(again.id, "pass", "s1", "ann")
+    store.add_turn("c1", "s1", "a", 2, "lima-1030", "more", "", {"t": 0.7}, 3.0, None, "error", "timeout")
+    store.set_verdict("c1", "a", "s1", "ann")
+    store.ensure_conversation("c2", "s2", "lima-1000", "lima-1030", blind=False)
+    store.set_opener("c2", "s2", None)
+    for side, model in (("a", "lima-1000"), ("b", "lima-1030")):
+        turn = store.add_turn("c2", "s2", side, 1, model, "yo", "hey", {"t": 0.7}, 4.0, 0.3)
+        store.rate(turn.id, "pass", "s2", "bo")
+    store.set_verdict("c2", "tie", "s2", "bo")
+    store.grant_review("r1", "c1", "cy")
+    store.rate(turns["a"].id, "fail", "r1", "cy")
+
+
+def test_every_write_is_one_self_contained_event_and_a_rebuild_is_the_same_database(tmp_path: Path):
+    store = Store(tmp_path / "ratings.db")
+    copy = mirror.JsonlMirror(tmp_path / "mirror", store)
+    collect(store)
+    copy.stop()
+    events = [json.loads(line) for line in copy.path.read_text().splitlines()]
+    first = ["conversation", "turn", "turn", "rating", "rating", "rating", "turn", "rating", "turn", "verdict"]
+    second = ["conversation", "opener", "turn", "rating", "turn", "rating", "verdict", "review", "rating"]
+    assert [e["kind"] for e in events] == [*first, *second]
+    assert {e["schema"] for e in events} == {EVENT_SCHEMA} and len({e["id"] for e in events}) == len(events)
+    verdict = events[9]  # names the models, the winner and whether it was blind: it stands alone
+    assert (verdict["winner"], verdict["model_a"], verdict["model_b"], verdict["blind"]) == (
+        "lima-1030",
+        "lima-1030",
+        "lima-1000",
+        True,
+    )
+    turn = events[1]
+    assert (turn["decoding"], turn["started_at"], turn["first_token_s"], turn["assistant_text"]) == (
+        {"t": 0.7},
+        1.0,
+        0.1,
+        "hello from lima-1030",
+    )
+    assert events[-1]["second_opinion"] is True and events[-1]["by_owner"] is False
+    original = dump(store.path)
+    store.close()
+
+    rebuilt = Store(tmp_path / "rebuilt.db")
+    summary = mirror.rebuild([tmp_path / "mirror"], rebuilt)
+    rebuilt.close()
+    assert (summary["applied"], summary["duplicates"], summary["unreadable"]) == (len(events), 0, [])
+    assert dump(tmp_path / "rebuilt.db") == original  # every table, row for row, the log's order included
+
+
+def test_a_folder_that_fails_then_recovers_loses_and_duplicates_nothing(tmp_path: Path):
+    store = Store(tmp_path / "ratings.db")
+    folder = tmp_path / "mirror"
+    copy = mirror.JsonlMirror(folder, store, retry_s=(0.05, 0.2))
+    store.ensure_conversation("c1", "s1", "x", "y", blind=True)
+    wait_for(lambda: copy.behind() == 0)
+    folder.rename(tmp_path / "away")
+    folder.write_text("not a folder")  # every append now fails: NotADirectoryError
+    a = store.add_turn("c1", "s1", "a", 1, "x", "hi", "hello", {}, 1.0, 0.1)
+    store.rate(a.id, "pass", "s1", "ann")  # acknowledged: SQLite committed it; the copy is not the rater's problem
+    wait_for(lambda: copy.failing is not None)
+    assert copy.behind() == 2
+    time.sleep(0.3)  # a few retries fail
+    folder.unlink()
+    (tmp_path / "away").rename(folder)
+    wait_for(lambda: copy.behind() == 0)
+    assert copy.failing is None
+    copy.stop()
+    lines = [json.loads(line) for line in copy.path.read_text().splitlines()]
+    assert [e["kind"] for e in lines] == ["conversation", "turn", "rating"]
+    stored = [json.loads(body) for _, body in store.events_after(0)]
+    assert lines == stored
+    store.close()
+
+
+def test_stop_copies_what_is_left_and_a_restart_resumes_at_its_bookmark(tmp_path: Path):
+    store = Store(tmp_path / "ratings.db")
+    folder = tmp_path / "mirror"
+    copy = mirror.JsonlMirror(folder, store, retry_s=(60.0, 60.0))  # no retry before stop()
+    store.ensure_conversation("c1", "s1", "x", "y", blind=True)
+    wait_for(lambda: copy.behind() == 0)
+    folder.rename(tmp_path / "away")
+    folder.write_text("")
+    store.ensure_conversation("c2", "s2", "x", "y", blind=True)
+    wait_for(lambda: copy.failing is not None)
+    folder.unlink()
+    (tmp_path / "away").rename(folder)
+    copy.stop()  # the folder is back; the retry is a minute away; stop copies it now
+    assert copy.behind() == 0
+    store.ensure_conversation("c3", "s3", "x", "y", blind=True)  # after the mirror stopped: the database has it
+    again = mirror.JsonlMirror(folder, store)  # the next process writes its own file, from the bookmark
+    wait_for(lambda: again.behind() == 0)
+    again.stop()
+    copied = [json.loads(line)["conversation_id"] for p in sorted(folder.glob("events-*.jsonl"), key=os.path.getmtime)
+              for line in p.read_text().splitlines()]  # fmt: skip
+    assert copied == ["c1", "c2", "c3"]
+    store.close()
+
+
+def test_a_rebuild_drops_duplicates_skips_torn_lines_and_names_a_bad_line(tmp_path: Path):
+    store = Store(tmp_path / "ratings.db")
+    copy = mirror.JsonlMirror(tmp_path / "mirror", store)
+    collect(store)
+    copy.stop()
+    original = dump(store.path)
+    store.close()
+    folder = tmp_path / "mirror"
+    lines = copy.path.read_text().splitlines()
+    (folder / "events-copy.jsonl").write_text("\n".join(lines[:5]) + '\n{"schema": 1, "id": "to')  # a torn write
+    (folder / "ratings-old.jsonl").write_text('{"kind": "rating", "turn_id": "t", "rating": "pass"}\n')  # schema 0
+
+    rebuilt = Store(tmp_path / "rebuilt.db")
+    summary = mirror.rebuild([folder], rebuilt)
+    assert (summary["duplicates"], summary["legacy"]) == (5, 1)
+    assert summary["unreadable"] == [f"{folder / 'events-copy.jsonl'}:6"]
+    line = mirror.describe(summary)
+    assert "5 duplicates dropped" in line and "1 unreadable lines skipped" in line and "\n" not in line
+    with pytest.raises(mirror.MirrorError, match="already holds ratings"):
+        mirror.rebuild([folder], rebuilt)
+    rebuilt.close()
+    assert dump(tmp_path / "rebuilt.db") == original
+
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    newer = {**json.loads(lines[0]), "schema": EVENT_SCHEMA + 1}
+    (bad / "events-x.jsonl").write_text(lines[0] + "\n" + json.dumps(newer) + "\n")
+    with pytest.raises(mirror.MirrorError, match=r"events-x.jsonl:2: event schema 2 is newer than this arena's \(1\)"):
+        mirror.read_events(bad)
+    no_text = {k: v for k, v in json.loads(lines[1]).items() if k != "assistant_text"}
+    (bad / "events-x.jsonl").write_text(json.dumps(no_text) + "\n")
+    with pytest.raises(mirror.MirrorError, match=r"events-x.jsonl:1: turn event has no 'assistant_text'"):
+        mirror.read_events(bad)
+
+
+def test_report_from_mirror_errors_are_one_line(tmp_path: Path):
+    (tmp_path / "db.sqlite").touch()
+    for source, message in (
+        (str(tmp_path / "nothing-here"), "not a mirror folder, nor a dataset repo id"),
+        (str(tmp_path), "no .jsonl files to rebuild from"),
+    ):
+        result = run_cli("-m", "demo.report", "--from-mirror", source, "--db", str(tmp_path / "new.db"))
+        assert result.returncode == 2
+        assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def wait_for(condition, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail("timed out waiting for the mirror")
+        time.sleep(0.02)
+
+
+# -- through the real app ---------------------------------------------------------------------------------------
+def test_collect_through_the_app_delete_the_database_rebuild_and_the_report_is_the_same(tmp_path: Path):
+    servers = [TGIServer(Behaviour(reply=f"Answer from {n}.")).start() for n in ("zero", "dialogue")]
+    db, folder = tmp_path / "ratings.db", tmp_path / "mirror"
+    env = {
+        "LIMA_ARENA_LEFT": f"lima-1000={servers[0].url}",
+        "LIMA_ARENA_RIGHT": f"lima-1030={servers[1].url}",
+        "LIMA_ARENA_DB": str(db),
+        "LIMA_ARENA_MIRROR_DIR": str(folder),
+    }
+
+    def run_app(log: Path, work) -> str:
+        port = free_port()
+        process = launch({**env, "LIMA_ARENA_PORT": str(port)}, log)
+        try:
+            url = f"http://127.0.0.1:{port}/"
+            wait_until_up(url, process, log, timeout=120)
+            work(url)
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=30) == 0, log.read_text()[-2000:]
+        finally:
+            if process.poll() is None:
+                process.kill()
+        return log.read_text()
+
+    def rate_two_conversations(url: str) -> None:
+        for rater, verdict in (("ann", "a"), ("bo", "tie")):
+            client = Client(url, verbose=False)
+            client.predict(api_name="/new_conversation")
+            for side in "ab":
+                client.predict("hello", *DECODING, rater, api_name=f"/send_{side}")
+            client.predict("and then?", *DECODING, rater, api_name="/send_a")
+            for i, turn in enumerate(client.predict(api_name="/conversation")["turns"]):
+                client.predict(turn["turn_id"], ("excellent", "pass", "fail")[i % 3], rater, api_name="/rate")
+            client.predict("and then?", *DECODING, rater, api_name="/send_b")
+            last = client.predict(api_name="/conversation")["turns"][-1]["turn_id"]
+            client.predict(last, "pass", rater, api_name="/rate")
+            client.predict(rater, api_name=f"/verdict_{verdict}")
+        reviewer = Client(url, verbose=False)
+        _, handed = reviewer.predict("cy", api_name="/review_next")
+        for turn in handed:
+            reviewer.predict(turn["turn_id"], "pass", "cy", api_name="/rate")
+
+    def report() -> dict:
+        result = run_cli("-m", "demo.report", "--db", str(db), "--json")
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)
+
+    try:
+        run_app(tmp_path / "first.log", rate_two_conversations)
+        first = report()
+        assert first["turns"] == 8 and first["verdicts"]["conversations"] == 2
+        assert first["agreement"]["turns"] > 0  # the reviewer's second opinions are in it
+        tables = dump(db)
+        (copied,) = folder.glob("events-*.jsonl")
+        assert len(copied.read_text().splitlines()) == len(tables["events"])  # SIGTERM left nothing behind
+
+        for leftover in tmp_path.glob("ratings.db*"):
+            leftover.unlink()
+        result = run_cli("-m", "demo.report", "--from-mirror", str(folder), "--db", str(db), "--json")
+        assert result.returncode == 0, result.stderr
+        assert f"rebuilt {len(tables['events'])} events from 1 files of {folder} into {db}" in result.stderr
+        assert json.loads(result.stdout) == first
+        assert dump(db) == tables
+
+        # A restart on an empty disk (a Space) rebuilds the database itself, then goes on recording.
+        for leftover in tmp_path.glob("ratings.db*"):
+            leftover.unlink()
+        log = run_app(tmp_path / "second.log", lambda url: None)
+        assert f"rebuilt {len(tables['events'])} events" in log
+        assert report() == first
+        assert len(list(folder.glob("events-*.jsonl"))) == 1  # the restored events were not copied again
+    finally:
+        for server in servers:
+            server.stop()
