@@ -78,7 +78,13 @@ def build(
             False,
         )
 
-    async def probe() -> str:
+    async def probe():
+        loading = sum(isinstance(m, backends.LocalBackend) and not m.settled for m in models)
+        if loading:  # the page answers at once; say why the first answer may wait
+            yield (
+                f"⏳ **Loading {loading} of {len(models)} models in-process**: the page works now, and a message"
+                " waits until they are loaded."
+            )
         statuses = await asyncio.gather(*(m.probe() for m in models))
         if blind:  # how many sides are ready, never which models they are (the log has the details)
             ready = sum(st.ok for st in statuses)
@@ -92,7 +98,7 @@ def build(
                 f"{'🟢' if st.ok else '🔴'} **{where}**: `{st.model}`: {st.detail}"
                 for where, st in zip(("left", "right"), statuses, strict=True)
             ]
-        return "  \n".join(lines)
+        yield "  \n".join(lines)
 
     def secrets_of(backend) -> list[str]:
         """What would name the model behind a side: its name, source, URL, served model id."""

@@ -149,6 +149,11 @@ class LocalBackend:
             self.model, self.tokenizer, self.device = model, tokenizer, device
             log.info("loaded %s on %s in %.1f s", self.source, device, time.perf_counter() - started)
 
+    @property
+    def settled(self) -> bool:
+        """Loaded, or failed to load: either way the wait is over."""
+        return self.model is not None or self.load_error is not None
+
     async def probe(self) -> Status:
         await asyncio.to_thread(self.load)
         if self.load_error:

@@ -61,7 +61,7 @@ _HELP = {
     "first_launch_recipe": "recipe trained when no runs exist (default quick-cpu)",
     "review": "offer the Review tab (second opinions on others' conversations); default on, off when public",
     "dataset_repo": "Hub dataset repo (owner/name) that also receives every rating, pushed every 5 minutes",
-    "mirror_dir": "folder for the append-only JSONL copy of every rating (default: <db>.jsonl.d beside the db)",
+    "mirror_dir": "folder for the append-only JSONL event log (default: <db>.jsonl.d beside the db)",
 }
 
 

@@ -168,3 +168,64 @@ def test_results_tab_is_hidden_without_the_admin_token_and_shown_with_it(space):
         page.wait_for_selector("#results-figure img", timeout=30_000)
         assert "No ratings yet" in page.inner_text("#results-summary")
         browser.close()
+
+
+def test_the_image_build_trains_the_embedded_pair_and_the_start_serves_it_without_training(tmp_path: Path):
+    """The Dockerfile's training step, run as the build runs it (the Space's variables as build arguments; the
+    tiny test recipe for the quick-cpu one), then the image's entry point with the Space's environment: it
+    loads that pair and answers, and trains nothing."""
+    (step,) = [args for instruction, args in dockerfile() if instruction == "RUN" and "finetune train" in args]
+    build_args = {
+        name: value.strip('"')
+        for instruction, args in dockerfile()
+        if instruction == "ARG"
+        for name, _, value in [args.partition("=")]
+    }
+    assert build_args == {"LIMA_ARENA_LEFT": "", "LIMA_ARENA_RIGHT": "", "LIMA_ARENA_FIRST_LAUNCH_RECIPE": "quick-cpu"}
+    runs = tmp_path / "runs"
+    env = {**os.environ, **dockerfile_env(), "LIMA_ARENA_RUNS": str(runs), "PYTHONPATH": str(REPO)}
+    build = step.replace("python -m finetune", f"{shlex.quote(sys.executable)} -m finetune")
+
+    with_urls = {**env, "LIMA_ARENA_LEFT": "a=http://x", "LIMA_ARENA_RIGHT": "b=http://y"}
+    subprocess.run(["sh", "-c", build], cwd=REPO, env=with_urls, check=True, timeout=60)
+    assert not runs.exists()  # both sides are servers: the build trains nothing
+
+    built = subprocess.run(
+        ["sh", "-c", build], cwd=REPO, env={**env, "LIMA_ARENA_FIRST_LAUNCH_RECIPE": "test"}, capture_output=True,
+        text=True, timeout=600,
+    )  # fmt: skip
+    assert built.returncode == 0, built.stderr[-2000:]
+    assert (runs / "test" / "lima-1000" / "selected").is_file() and (runs / "test" / "lima-1030" / "selected").is_file()
+
+    port, log = free_port(), tmp_path / "start.log"
+    space_env = {
+        **env,
+        "SPACE_ID": "someone/lima-arena",
+        "LIMA_ARENA_PORT": str(port),
+        "LIMA_ARENA_DB": str(tmp_path / "data" / "ratings.db"),
+        "LIMA_ARENA_ADMIN_TOKEN": ADMIN_TOKEN,
+    }
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            [sys.executable, "demo/app.py"], cwd=REPO, env=space_env, stdout=out, stderr=subprocess.STDOUT
+        )
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        deadline = time.time() + 120
+        while True:
+            if process.poll() is not None or time.time() > deadline:
+                pytest.fail(f"the entry point did not come up: {log.read_text()[-2000:]}")
+            try:
+                with urllib.request.urlopen(url, timeout=2):
+                    break
+            except OSError:
+                time.sleep(0.5)
+        client = Client(url, verbose=False)
+        client.predict(api_name="/new_conversation")
+        chat = client.predict("Hello there", 0.7, 0.9, 1.2, 16, "rater", api_name="/send_a")
+        assert chat[-1]["role"] == "assistant" and "⚠️" not in json.dumps(chat)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)
+    text = log.read_text()
+    assert "training the" not in text and "loaded" in text, text[-2000:]
