@@ -264,6 +264,42 @@ def _verdicts(conversations: dict[str, sqlite3.Row], a_model: str | None) -> tup
     return (main[0] if main else _empty_verdicts(a_model)), pairs
 
 
+def _verdicts_of(some: dict[str, sqlite3.Row], every: dict[str, sqlite3.Row], a_model: str | None):
+    """``_verdicts`` of a subset: a model judged only outside it has an empty tally here, not an error."""
+    if a_model is not None and not _judges(some, a_model) and _judges(every, a_model):
+        return _empty_verdicts(a_model), []
+    return _verdicts(some, a_model)
+
+
+def _judges(conversations: dict[str, sqlite3.Row], model: str) -> bool:
+    return any(c["verdict"] and model in (c["model_a"], c["model_b"]) for c in conversations.values())
+
+
+def _models(counted: list[dict], resamples: int, seed: int) -> dict[str, dict[str, Any]]:
+    """Each model's shares (with intervals over conversations), fails, and shares by turn index."""
+    models: dict[str, dict[str, Any]] = {}
+    for model in sorted({row["model"] for row in counted}):
+        mine = [row for row in counted if row["model"] == model]
+        per_conversation: dict[str, Counter] = defaultdict(Counter)
+        by_turn: dict[int, list[str]] = defaultdict(list)
+        for row in mine:
+            per_conversation[row["conversation_id"]][row["rating"]] += 1
+            by_turn[row["turn_index"]].append(row["rating"])
+        shares = _shares(row["rating"] for row in mine)
+        fails = sum(row["rating"] == "fail" for row in mine)
+        intervals = _bootstrap(list(per_conversation.values()), resamples, seed)
+        models[model] = {
+            **shares,
+            "excellent_ci": intervals["excellent"],
+            "fail_ci": intervals["fail"],
+            "fails": fails,
+            "fails_per_turns": f"{fails} in {shares['turns']}",
+            "conversations": len(per_conversation),
+            "by_turn": {str(index): _shares(by_turn[index]) for index in sorted(by_turn)},
+        }
+    return models
+
+
 def build_report(db_path: str | Path, a_model: str | None = None, resamples: int = 2000, seed: int = 0) -> dict:
     """Everything the summary, the figure and ``--json`` show, as one JSON-ready dict."""
     if resamples < 1:
@@ -305,26 +341,12 @@ def build_report(db_path: str | Path, a_model: str | None = None, resamples: int
         before.append(row)
     counted = before
 
-    models: dict[str, dict[str, Any]] = {}
-    for model in sorted({row["model"] for row in counted}):
-        mine = [row for row in counted if row["model"] == model]
-        per_conversation: dict[str, Counter] = defaultdict(Counter)
-        by_turn: dict[int, list[str]] = defaultdict(list)
-        for row in mine:
-            per_conversation[row["conversation_id"]][row["rating"]] += 1
-            by_turn[row["turn_index"]].append(row["rating"])
-        shares = _shares(row["rating"] for row in mine)
-        fails = sum(row["rating"] == "fail" for row in mine)
-        intervals = _bootstrap(list(per_conversation.values()), resamples, seed)
-        models[model] = {
-            **shares,
-            "excellent_ci": intervals["excellent"],
-            "fail_ci": intervals["fail"],
-            "fails": fails,
-            "fails_per_turns": f"{fails} in {shares['turns']}",
-            "conversations": len(per_conversation),
-            "by_turn": {str(index): _shares(by_turn[index]) for index in sorted(by_turn)},
-        }
+    # Only blind judgments make the comparison (the paper's protocol); conversations rated with the names shown
+    # (--no-blind) are summed up apart and count toward nothing else.
+    blind_ids = {cid for cid, conv in conversations.items() if conv["blind"]}
+    counted_blind = [row for row in counted if row["conversation_id"] in blind_ids]
+    counted_open = [row for row in counted if row["conversation_id"] not in blind_ids]
+    models = _models(counted_blind, resamples, seed)
 
     raters: dict[str, dict[str, int]] = defaultdict(lambda: {"conversations": 0, "ratings": 0, "verdicts": 0})
     rated_conversations: dict[str, set[str]] = defaultdict(set)
@@ -338,19 +360,28 @@ def build_report(db_path: str | Path, a_model: str | None = None, resamples: int
             raters[verdict_by.get(conversation_id, conv["rater"])]["verdicts"] += 1
 
     raw, kappa = fleiss_kappa(agreement_items)
-    verdicts, verdict_pairs = _verdicts(conversations, a_model)
+    blind_conversations = {k: c for k, c in conversations.items() if k in blind_ids}
+    open_conversations = {k: c for k, c in conversations.items() if k not in blind_ids}
+    verdicts, verdict_pairs = _verdicts_of(blind_conversations, conversations, a_model)
+    unblinded = {
+        "conversations": len({row["conversation_id"] for row in counted_open}),
+        "turns": len(counted_open),
+        "models": _models(counted_open, resamples, seed),
+        "verdicts": _verdicts_of(open_conversations, conversations, a_model)[0],
+    }
     return {
         "db": str(db_path),
-        "counting": "each (conversation, side, turn) once: its latest attempt rated by the conversation's own rater,"
-        " as rated before the verdict showed the names",
+        "counting": "each (conversation, side, turn) of a blind conversation once: its latest attempt rated by the"
+        " conversation's own rater, as rated before the verdict showed the names (unblinded ones: apart)",
         "after_reveal": after_reveal,
         "bootstrap": {"resamples": resamples, "seed": seed, "unit": "conversation", "level": 95},
-        "conversations": len({row["conversation_id"] for row in counted}),
-        "turns": len(counted),
+        "conversations": len({row["conversation_id"] for row in counted_blind}),
+        "turns": len(counted_blind),
         "models": models,
         "verdicts": verdicts,
         "verdict_pairs": verdict_pairs,
-        "comparison": _comparison(counted, verdicts, resamples, seed),
+        "comparison": _comparison(counted_blind, verdicts, resamples, seed),
+        "unblinded": unblinded,
         "raters": {name: raters[name] for name in sorted(raters)},
         "agreement": {
             "turns": len(agreement_items),
@@ -388,10 +419,12 @@ def markdown(report: dict) -> str:
     lines = ["# LIMA multi-turn arena: report", ""]
     if report["turns"]:
         lines += [
-            f"{report['conversations']} conversations, {report['turns']} rated turns. Each turn counts once: its "
+            f"{report['conversations']} blind conversations, {report['turns']} rated turns. Each turn counts once: its "
             "latest attempt rated by the conversation's own rater. In brackets: 95 % bootstrap intervals over "
             f"conversations ({report['bootstrap']['resamples']} resamples, seed {report['bootstrap']['seed']}).",
         ]
+    elif report["unblinded"]["turns"]:
+        lines += ["No blind ratings yet (unblinded ones are summed up apart, below). The paper's bars:"]
     else:
         lines += ["No ratings yet: rate some turns in the arena, then run the report again. The paper's bars:"]
     lines += [
@@ -450,6 +483,31 @@ def markdown(report: dict) -> str:
                 )
             lines.append("")
         lines.pop()
+
+    u = report["unblinded"]
+    if u["turns"]:
+        lines += [
+            "",
+            "## Unblinded conversations (not counted above)",
+            "",
+            f"{u['conversations']} conversations, {u['turns']} rated turns, rated with the names shown "
+            "(`--no-blind`): they count toward nothing above.",
+            "",
+            "| model | conversations | excellent | pass | fail | fails |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        for name, m in u["models"].items():
+            lines.append(
+                f"| {_cell(name)} | {m['conversations']} | {m['excellent']:.1f} % | {m['pass']:.1f} % "
+                f"| {m['fail']:.1f} % | {m['fails_per_turns']} |"
+            )
+        uv = u["verdicts"]
+        if uv["conversations"]:
+            lines += [
+                "",
+                f"Verdicts: {_cell(uv['a_model'])} better in {uv['wins']}, {_cell(uv['b_model'])} better in "
+                f"{uv['losses']}, tied in {uv['ties']}.",
+            ]
 
     lines += ["", "## Raters", ""]
     if report["raters"]:
@@ -525,12 +583,22 @@ def figure(report: dict, path: str | Path) -> Path:
             elif width > 0:  # too narrow to hold its label: write it just above the bar
                 ax.text(left + width / 2, row + 0.42, f"{width:.1f}%", ha="center", va="bottom", fontsize=7)
             left += width
+        if not is_paper and shares.get("excellent_ci"):  # the 95 % intervals, where the segments meet
+            ex, (ex_lo, ex_hi) = shares["excellent"], shares["excellent_ci"]
+            edge, (fail_lo, fail_hi) = 100 - shares["fail"], shares["fail_ci"]
+            for x, low, high in ((ex, ex_lo, ex_hi), (edge, 100 - fail_hi, 100 - fail_lo)):
+                ax.errorbar(x, row, xerr=[[x - low], [high - x]], fmt="none", ecolor="black", capsize=4, lw=1)
     ax.set_yticks(list(rows), [label for label, _, _ in bars], fontsize=8)
     ax.set_xlim(0, 100)
     ax.set_xlabel("share of rated turns (%)")
     title = "Turn ratings, cf. LIMA Figure 7"
     if not report["models"]:
-        title += " (no ratings yet: only the paper's bars)"
+        unblinded = report.get("unblinded", {}).get("turns", 0)
+        title += (
+            f" (no blind ratings yet; {unblinded} unblinded turns are reported apart)"
+            if unblinded
+            else " (no ratings yet: only the paper's bars)"
+        )
     ax.set_title(title, pad=24)
     legend = [Patch(color=COLORS[name], label=name) for name in RATINGS]
     legend.append(Patch(facecolor="white", edgecolor="grey", hatch="//", label="paper"))

@@ -256,8 +256,10 @@ def test_review_second_opinions_feed_agreement_and_results_and_export_work_throu
     bob.predict(turns["b"], "pass", "bob", api_name="/rate")
 
     _, summary, report = bob.predict("", api_name="/results")  # open locally: no admin token configured
-    assert report["models"]["zero"]["excellent"] == 100.0 and report["models"]["dialogue"]["fail"] == 100.0
-    assert report["verdicts"]["wins"] + report["verdicts"]["losses"] == 1
+    assert report["models"] == {} and report["comparison"] is None  # rated with the names shown: apart
+    shown = report["unblinded"]
+    assert shown["models"]["zero"]["excellent"] == 100.0 and shown["models"]["dialogue"]["fail"] == 100.0
+    assert shown["verdicts"]["wins"] + shown["verdicts"]["losses"] == 1
     assert report["agreement"]["turns"] == 2 and report["agreement"]["raw"] == 0.5
     assert set(report["raters"]) == {"alice", "bob"}
     assert "zero" in summary

@@ -427,3 +427,28 @@ def test_the_comparison_the_paper_makes_difference_with_intervals_and_a_sign_tes
     assert c["sign_test_p"] == 1.0  # 2 wins, 1 loss: no evidence either way
     assert sign_test(7, 0) == 0.0156 and sign_test(0, 0) is None  # the paper's 7 better, 3 tied, 0 worse
     assert "excellent +28.6 points (" in markdown(report) and "sign test p = 1" in markdown(report)
+
+
+def test_unblinded_conversations_are_reported_apart_and_count_toward_nothing(tmp_path: Path, db: Path):
+    """The scenario (all blind) plus one conversation rated with the names shown, where the old model wins."""
+    store = Store(build_scenario(tmp_path / "mixed.db"))
+    store.ensure_conversation("open", "s-open", OLD, NEW, blind=False, rater="dan", opener_id=None)
+    turns = {side: store.add_turn("open", "s-open", side, 1, model, "q", "a", DECODING, 1.0, 0.1)
+             for side, model in (("a", OLD), ("b", NEW))}  # fmt: skip
+    store.rate(turns["a"].id, "excellent", "s-open", "dan")
+    store.rate(turns["b"].id, "fail", "s-open", "dan")
+    store.set_verdict("open", "a", "s-open", "dan")
+    store.close()
+    blind, mixed = build_report(db), build_report(tmp_path / "mixed.db")
+    for key in ("conversations", "turns", "models", "verdicts", "comparison"):
+        assert mixed[key] == blind[key], key
+    u = mixed["unblinded"]
+    assert (u["conversations"], u["turns"]) == (1, 2)
+    assert u["models"][OLD]["excellent"] == 100.0 and u["models"][NEW]["fail"] == 100.0
+    assert (u["verdicts"]["a_model"], u["verdicts"]["wins"], u["verdicts"]["losses"]) == (NEW, 0, 1)
+    nothing = {"a_model": None, "b_model": None, "wins": 0, "losses": 0, "ties": 0, "conversations": 0}
+    assert blind["unblinded"] == {"conversations": 0, "turns": 0, "models": {}, "verdicts": nothing}
+    text = markdown(mixed)
+    assert "## Unblinded conversations (not counted above)" in text and "| dan |" in text
+    figure(mixed, tmp_path / "figure7.png")  # the intervals drawn as whiskers; the PNG is written
+    assert (tmp_path / "figure7.png").stat().st_size > 10_000
