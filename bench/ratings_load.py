@@ -5,25 +5,34 @@ The real app (``python demo/app.py`` in a subprocess, its two sides served by lo
 Each rater starts a conversation, has two turns on each side, then sends ``--ratings`` ratings cycling over its
 four turns (so most are changes of an earlier rating), each after a pause as a reader would take (``--think``,
 uniform between half and one and a half times it), and a verdict. A rating counts as acknowledged when the API
-call returned. Latencies are as gradio_client sees them, which includes its own polling (it checks for new
-messages every 50 ms), so ~60 ms is the floor on this path; the server itself answers a rating in ~12 ms.
+call returned. The ratings alternate between two clients of the same API and session: ``gradio_client`` (its
+queue protocol, polled every 50 ms, so ~60 ms is the floor on that path) and a plain HTTP client (one kept-alive
+connection per rater, ``POST /gradio_api/run/rate``, which is what the endpoint is: ``queue=False``). The app
+times that route itself (``demo/timings.py``: request received to response sent, after the commit) and the
+benchmark reads its histogram at ``GET /lima-arena/timings``.
 
   ratings_sent / ratings_stored   acknowledged ratings / rows in the append-only rating_log
   duplicates                      rows in rating_log or the current view beyond what was acknowledged
   lost                            acknowledged ratings missing from rating_log, or a current rating that is not
                                   the rater's last acknowledged one
-  p50_ms / p99_ms                 latency of one rating through the API (target: p99 < 100 ms)
+  p50_ms / p99_ms                 latency of one rating through gradio_client (its polling included)
+  client_p50_ms / client_p99_ms   the same through plain HTTP (target: p99 < 150 ms)
+  server_p50_ms / server_p99_ms   the app's own measure of those plain HTTP ratings (target: p99 < 100 ms)
 
 With ``--kill`` the app is killed with SIGKILL once half the ratings are in, restarted on the same database, and
-``lost_after_kill`` counts acknowledged ratings that did not survive (target 0).
+``lost_after_kill`` counts acknowledged ratings that did not survive (target 0). With ``--mirror-fails`` the
+app writes its event log to a mirror folder, which is replaced by a file (every append fails) from a quarter to
+half of the ratings, then restored; after a SIGTERM, ``mirror_lost`` / ``mirror_duplicates`` compare the
+folder's events with the database's (target 0 and 0).
 
-Prints one JSON line. ``python bench/ratings_load.py [--raters 50] [--ratings 40] [--kill]``.
+Prints one JSON line. ``python bench/ratings_load.py [--raters 50] [--ratings 40] [--kill | --mirror-fails]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import http.client
 import json
 import multiprocessing
 import os
@@ -36,6 +45,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -52,11 +62,13 @@ RATINGS = ("fail", "pass", "excellent")
 class App:
     """``python demo/app.py`` in a subprocess, restartable on the same database and port."""
 
-    def __init__(self, left: str, right: str, db: Path) -> None:
+    def __init__(self, left: str, right: str, db: Path, mirror: Path | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
         self.args = [sys.executable, "demo/app.py", "--left", left, "--right", right, "--db", str(db)]
         self.args += ["--port", str(self.port), "--turn-limit", "10"]
+        if mirror is not None:
+            self.args += ["--mirror-dir", str(mirror)]
         self.log = db.with_suffix(".log")
         self.process: subprocess.Popen | None = None
 
@@ -75,6 +87,12 @@ class App:
                 time.sleep(0.3)
         raise SystemExit("the app did not come up within 120 s")
 
+    def timings(self) -> dict:
+        """The app's own latency histogram of the plain HTTP ratings (demo/timings.py)."""
+        with urllib.request.urlopen(self.url + "lima-arena/timings", timeout=10) as answer:
+            routes = json.load(answer)["routes"]
+        return routes.get("/gradio_api/run/rate", {})
+
     def kill(self) -> None:
         self.process.send_signal(signal.SIGKILL)
         self.process.wait()
@@ -85,7 +103,26 @@ class App:
             self.process.wait(timeout=30)
 
 
-def rater(url: str, name: str, ratings: int, think: float, acked: list, latencies: list, count) -> None:
+class PlainRater:
+    """The rating API without gradio_client: one kept-alive HTTP connection, the rater's own session."""
+
+    def __init__(self, url: str, session_hash: str) -> None:
+        parts = urllib.parse.urlsplit(url)
+        self.connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+        self.session_hash = session_hash
+
+    def rate(self, turn_id: str, rating: str, name: str) -> None:
+        body = json.dumps({"data": [turn_id, rating, name], "session_hash": self.session_hash})
+        self.connection.request("POST", "/gradio_api/run/rate", body=body, headers={"Content-Type": "application/json"})
+        answer = self.connection.getresponse()
+        payload = answer.read()
+        if answer.status != 200 or json.loads(payload)["data"] != ["saved"]:
+            raise RuntimeError(f"rating refused: HTTP {answer.status}: {payload[:200]!r}")
+
+
+def rater(
+    url: str, name: str, ratings: int, think: float, acked: list, latencies: list, plain_latencies: list, count
+) -> None:
     rng = random.Random(name)
     client = Client(url, verbose=False)
     client.predict(api_name="/new_conversation")
@@ -93,15 +130,19 @@ def rater(url: str, name: str, ratings: int, think: float, acked: list, latencie
         for side in "ab":
             client.predict(text, *DECODING, name, api_name=f"/send_{side}")
     turns = [t["turn_id"] for t in client.predict(api_name="/conversation")["turns"]]
+    plain = PlainRater(url, client.session_hash)
     for i in range(ratings):
         time.sleep(rng.uniform(0.5, 1.5) * think)  # a person reads the answer before rating it
         turn_id, rating = turns[i % len(turns)], rng.choice(RATINGS)
         started, sent_at = time.perf_counter(), time.time()
         try:
-            client.predict(turn_id, rating, name, api_name="/rate")
+            if i % 2:
+                plain.rate(turn_id, rating, name)
+            else:
+                client.predict(turn_id, rating, name, api_name="/rate")
         except Exception:  # the app was killed: stop, and count only what was acknowledged
             return
-        latencies.append(time.perf_counter() - started)
+        (plain_latencies if i % 2 else latencies).append(time.perf_counter() - started)
         acked.append((turn_id, name, rating, i, sent_at))
         with count.get_lock():
             count.value += 1
@@ -122,19 +163,21 @@ def _share(count) -> None:
     os.nice(10)
 
 
-def worker(url: str, names: list[str], ratings: int, think: float) -> tuple[list, list]:
+def worker(url: str, names: list[str], ratings: int, think: float) -> tuple[list, list, list]:
     """One process of raters (threads): several processes keep the clients' own GIL out of the latencies."""
     count = _COUNT
     acked: list = []
     latencies: list[float] = []
+    plain: list[float] = []
     threads = [
-        threading.Thread(target=rater, args=(url, name, ratings, think, acked, latencies, count)) for name in names
+        threading.Thread(target=rater, args=(url, name, ratings, think, acked, latencies, plain, count))
+        for name in names
     ]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    return acked, latencies
+    return acked, latencies, plain
 
 
 def check(db: Path, acked: list, in_flight: int = 0) -> dict:
@@ -181,11 +224,49 @@ def commit_latencies(db: Path, acked: list) -> list[float]:
     return [at - s for key, times in sent.items() for s, at in zip(times, committed[key], strict=False)]
 
 
+def mirror_check(db: Path, folder: Path) -> dict:
+    """The mirror folder's events against the database's: every one copied, none twice."""
+    with sqlite3.connect(db) as con:
+        stored = collections.Counter(row[0] for row in con.execute("SELECT id FROM events"))
+    copied = collections.Counter(
+        json.loads(line)["id"] for path in folder.glob("events-*.jsonl") for line in path.read_text().splitlines()
+    )
+    return {
+        "mirror_events": sum(copied.values()),
+        "mirror_lost": sum((stored - copied).values()),
+        "mirror_duplicates": sum((copied - stored).values()) + sum(n - 1 for n in copied.values() if n > 1),
+    }
+
+
+def break_mirror(folder: Path, count, start: int, end: int, done) -> int:
+    """Replace the mirror folder by a file between ``start`` and ``end`` acknowledged ratings; how many were
+    acknowledged while it failed."""
+    while count.value < start and not done():
+        time.sleep(0.05)
+    aside = folder.with_name(folder.name + ".aside")
+    folder.rename(aside)
+    folder.write_text("every append to this folder fails now\n")
+    failed_from = count.value
+    while count.value < end and not done():
+        time.sleep(0.05)
+    folder.unlink()
+    aside.rename(folder)
+    return count.value - failed_from
+
+
+def percentile_ms(seconds: list[float], q: float) -> float | None:
+    ms = sorted(1000 * x for x in seconds)
+    if not ms:
+        return None
+    return round(statistics.median(ms) if q == 0.5 else ms[min(len(ms) - 1, int(q * len(ms)))], 1)
+
+
 def run(args: argparse.Namespace, workdir: Path) -> dict:
     reply = "A short answer."
     servers = [TGIServer(Behaviour(reply=reply)).start() for _ in range(2)]
     db = workdir / "ratings.db"
-    app = App(f"zero={servers[0].url}", f"dialogue={servers[1].url}", db)
+    folder = workdir / "mirror" if args.mirror_fails else None
+    app = App(f"zero={servers[0].url}", f"dialogue={servers[1].url}", db, mirror=folder)
     app.start()
     context = multiprocessing.get_context("spawn")
     count = context.Value("i", 0)
@@ -195,40 +276,51 @@ def run(args: argparse.Namespace, workdir: Path) -> dict:
     result: dict = {}
     with context.Pool(args.procs, initializer=_share, initargs=(count,)) as pool:
         jobs = pool.starmap_async(worker, [(app.url, group, args.ratings, args.think) for group in groups])
+        total = args.raters * args.ratings
         if args.kill:
-            while count.value < args.raters * args.ratings // 2 and not jobs.ready():
+            while count.value < total // 2 and not jobs.ready():
                 time.sleep(0.05)
+            server = app.timings()  # what the app measured until now: the kill takes its histogram with it
             app.kill()  # a rating whose call returned is committed: every acknowledged one must survive
+        if folder is not None:
+            result["acknowledged_while_mirror_failed"] = break_mirror(folder, count, total // 4, total // 2, jobs.ready)
         outputs = jobs.get(timeout=1800)
-    acked = [a for out, _ in outputs for a in out]
-    latencies = [x for _, lat in outputs for x in lat]
+    acked = [a for out, _, _ in outputs for a in out]
+    latencies = [x for _, lat, _ in outputs for x in lat]
+    plain = [x for _, _, lat in outputs for x in lat]
+    if not args.kill:
+        server = app.timings()
     if args.kill:
         app.start()  # the same database, as after a crash
         app.stop()
         result["lost_after_kill"] = check(db, acked, in_flight=1)["lost"]
         result["acknowledged_before_kill"] = len(acked)
     wall = time.perf_counter() - started
-    app.stop()
-    for server in servers:
-        server.stop()
-    ms = sorted(1000 * x for x in latencies)
-    commit_ms = sorted(1000 * x for x in commit_latencies(db, acked))
+    app.stop()  # SIGTERM: the mirror copies what is left
+    if folder is not None:
+        result.update(mirror_check(db, folder))
+    for tgi in servers:
+        tgi.stop()
+    commits = commit_latencies(db, acked)
     return {
         "ratings_sent": len(acked),
         **check(db, acked, in_flight=1 if args.kill else 0),
-        "p50_ms": round(statistics.median(ms), 1) if ms else None,
-        "p99_ms": round(ms[min(len(ms) - 1, int(0.99 * len(ms)))], 1) if ms else None,
-        "commit_p50_ms": round(statistics.median(commit_ms), 1) if commit_ms else None,
-        "commit_p99_ms": round(commit_ms[min(len(commit_ms) - 1, int(0.99 * len(commit_ms)))], 1)
-        if commit_ms
-        else None,
+        "p50_ms": percentile_ms(latencies, 0.5),
+        "p99_ms": percentile_ms(latencies, 0.99),
+        "client_p50_ms": percentile_ms(plain, 0.5),
+        "client_p99_ms": percentile_ms(plain, 0.99),
+        "server_p50_ms": server.get("p50_ms"),
+        "server_p99_ms": server.get("p99_ms"),
+        "server_ratings": server.get("count", 0),
+        "commit_p50_ms": percentile_ms(commits, 0.5),
+        "commit_p99_ms": percentile_ms(commits, 0.99),
         **result,
         "raters": args.raters,
         "ratings_per_rater": args.ratings,
         "think_s": args.think,
         "client_processes": args.procs,
         "wall_s": round(wall, 1),
-        "targets": {"lost": 0, "duplicates": 0, "p99_ms": 100},
+        "targets": {"lost": 0, "duplicates": 0, "server_p99_ms": 100, "client_p99_ms": 150},
     }
 
 
@@ -238,7 +330,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--ratings", type=int, default=40, help="ratings per rater")
     parser.add_argument("--think", type=float, default=3.0, help="mean seconds a rater reads before each rating")
     parser.add_argument("--procs", type=int, default=5, help="client processes the raters are spread over")
-    parser.add_argument("--kill", action="store_true", help="SIGKILL the app midway, restart it, check")
+    what = parser.add_mutually_exclusive_group()
+    what.add_argument("--kill", action="store_true", help="SIGKILL the app midway, restart it, check")
+    what.add_argument("--mirror-fails", action="store_true", help="make the mirror folder fail midway, check it")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="lima-load-") as tmp:
         result = run(args, Path(tmp))

@@ -25,8 +25,9 @@ if __package__ in (None, ""):  # run as `python demo/app.py`: make the repositor
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import gradio as gr
+from starlette.middleware import Middleware
 
-from demo import arena, backends, mirror, ratings, results, review, settings
+from demo import arena, backends, mirror, ratings, results, review, settings, timings
 
 log = logging.getLogger("demo.app")
 
@@ -559,7 +560,14 @@ def main(argv: list[str] | None = None) -> int:
     demo.queue(default_concurrency_limit=8)
     stop_on_signals()
     try:
-        demo.launch(server_name=config.host, server_port=config.port, share=config.share, footer_links=["api"])
+        demo.launch(
+            server_name=config.host,
+            server_port=config.port,
+            share=config.share,
+            footer_links=["api"],
+            # the server's own latency per direct API route, at GET /lima-arena/timings (bench/ratings_load.py)
+            app_kwargs={"middleware": [Middleware(timings.Timings, registry=timings.Registry())]},
+        )
     except OSError as err:  # the port is taken, or the address is not this machine's
         reason = str(err).splitlines()[0].split(". ")[0]
         print(f"error: cannot listen on {config.host}:{config.port} ({reason}): pass a free --port", file=sys.stderr)
