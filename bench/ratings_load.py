@@ -106,12 +106,18 @@ class App:
 class PlainRater:
     """The rating API without gradio_client: one kept-alive HTTP connection, the rater's own session."""
 
+    IDLE_S = 4.0  # uvicorn closes a connection idle for 5 s (timeout_keep_alive): reconnect before that
+
     def __init__(self, url: str, session_hash: str) -> None:
         parts = urllib.parse.urlsplit(url)
         self.connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
         self.session_hash = session_hash
+        self.used = time.monotonic()
 
     def rate(self, turn_id: str, rating: str, name: str) -> None:
+        if time.monotonic() - self.used > self.IDLE_S:
+            self.connection.close()  # the next request opens a new one (its set-up is in the latency)
+        self.used = time.monotonic()
         body = json.dumps({"data": [turn_id, rating, name], "session_hash": self.session_hash})
         self.connection.request("POST", "/gradio_api/run/rate", body=body, headers={"Content-Type": "application/json"})
         answer = self.connection.getresponse()
@@ -121,7 +127,15 @@ class PlainRater:
 
 
 def rater(
-    url: str, name: str, ratings: int, think: float, acked: list, latencies: list, plain_latencies: list, count
+    url: str,
+    name: str,
+    ratings: int,
+    think: float,
+    acked: list,
+    latencies: list,
+    plain_latencies: list,
+    errors: list,
+    count,
 ) -> None:
     rng = random.Random(name)
     client = Client(url, verbose=False)
@@ -140,7 +154,8 @@ def rater(
                 plain.rate(turn_id, rating, name)
             else:
                 client.predict(turn_id, rating, name, api_name="/rate")
-        except Exception:  # the app was killed: stop, and count only what was acknowledged
+        except Exception as err:  # the app was killed: stop, and count only what was acknowledged
+            errors.append(f"{name} rating {i} ({'http' if i % 2 else 'gradio_client'}): {str(err)[:200]}")
             return
         (plain_latencies if i % 2 else latencies).append(time.perf_counter() - started)
         acked.append((turn_id, name, rating, i, sent_at))
@@ -163,21 +178,22 @@ def _share(count) -> None:
     os.nice(10)
 
 
-def worker(url: str, names: list[str], ratings: int, think: float) -> tuple[list, list, list]:
+def worker(url: str, names: list[str], ratings: int, think: float) -> tuple[list, list, list, list]:
     """One process of raters (threads): several processes keep the clients' own GIL out of the latencies."""
     count = _COUNT
     acked: list = []
     latencies: list[float] = []
     plain: list[float] = []
+    errors: list[str] = []
     threads = [
-        threading.Thread(target=rater, args=(url, name, ratings, think, acked, latencies, plain, count))
+        threading.Thread(target=rater, args=(url, name, ratings, think, acked, latencies, plain, errors, count))
         for name in names
     ]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    return acked, latencies, plain
+    return acked, latencies, plain, errors
 
 
 def check(db: Path, acked: list, in_flight: int = 0) -> dict:
@@ -285,9 +301,10 @@ def run(args: argparse.Namespace, workdir: Path) -> dict:
         if folder is not None:
             result["acknowledged_while_mirror_failed"] = break_mirror(folder, count, total // 4, total // 2, jobs.ready)
         outputs = jobs.get(timeout=1800)
-    acked = [a for out, _, _ in outputs for a in out]
-    latencies = [x for _, lat, _ in outputs for x in lat]
-    plain = [x for _, _, lat in outputs for x in lat]
+    acked = [a for out, *_ in outputs for a in out]
+    latencies = [x for _, lat, _, _ in outputs for x in lat]
+    plain = [x for _, _, lat, _ in outputs for x in lat]
+    errors = [e for *_, errs in outputs for e in errs]
     if not args.kill:
         server = app.timings()
     if args.kill:
@@ -312,6 +329,8 @@ def run(args: argparse.Namespace, workdir: Path) -> dict:
         "server_p50_ms": server.get("p50_ms"),
         "server_p99_ms": server.get("p99_ms"),
         "server_ratings": server.get("count", 0),
+        "errors": len(errors),
+        "first_error": errors[0] if errors else None,
         "commit_p50_ms": percentile_ms(commits, 0.5),
         "commit_p99_ms": percentile_ms(commits, 0.99),
         **result,

@@ -30,6 +30,7 @@ from pathlib import Path
 RATINGS = ("fail", "pass", "excellent")
 VERDICTS = ("a", "b", "tie")
 SIDES = ("a", "b")
+PURPOSES = ("arena", "autoplay", "checkpoints")
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,7 @@ CREATE TABLE IF NOT EXISTS conversations (
     model_b     TEXT NOT NULL,
     blind       INTEGER NOT NULL,
     opener_id   TEXT,
+    purpose     TEXT NOT NULL DEFAULT 'arena',  -- arena (a rater's), autoplay (a judge's), checkpoints (epochs)
     created_at  REAL NOT NULL,
     verdict     TEXT CHECK (verdict IN ('a', 'b', 'tie')),
     verdict_at  REAL
@@ -162,6 +164,8 @@ class Store:
             if "by_owner" not in columns:  # from before second opinions existed: all were the owner's
                 self._db.execute("ALTER TABLE ratings ADD COLUMN by_owner INTEGER NOT NULL DEFAULT 1")
             self._db.execute("ALTER TABLE ratings RENAME TO ratings_by_name")
+        if columns and "purpose" not in {row[1] for row in self._db.execute("PRAGMA table_info(conversations)")}:
+            self._db.execute("ALTER TABLE conversations ADD COLUMN purpose TEXT NOT NULL DEFAULT 'arena'")
         log_columns = {row[1] for row in self._db.execute("PRAGMA table_info(rating_log)")}
         if log_columns and "session" not in log_columns:
             self._db.execute("ALTER TABLE rating_log ADD COLUMN session TEXT")
@@ -280,8 +284,13 @@ class Store:
         blind: bool,
         rater: str = "",
         opener_id: str | None = None,
+        purpose: str = "arena",
     ) -> None:
-        """Create the conversation if it is new (both sides may race to do so); refuse another session's id."""
+        """Create the conversation if it is new (both sides may race to do so); refuse another session's id.
+        ``purpose``: ``arena`` (a person's), ``autoplay`` (played and judged by a model), ``checkpoints`` (two
+        epochs compared on a dev prompt); only ``arena`` ones make the report's human figures."""
+        if purpose not in PURPOSES:
+            raise ValueError(f"purpose must be one of {', '.join(PURPOSES)}, got {purpose!r}")
 
         def plan(db: sqlite3.Connection, now: float) -> list[dict]:
             row = db.execute("SELECT session FROM conversations WHERE id = ?", (conversation_id,)).fetchone()
@@ -300,6 +309,7 @@ class Store:
                     model_b=model_b,
                     blind=bool(blind),
                     opener_id=opener_id,
+                    purpose=purpose,
                 )
             ]
 
@@ -556,8 +566,8 @@ def _apply(db: sqlite3.Connection, event: dict) -> None:
     kind, at = event["kind"], event["at"]
     if kind == "conversation":
         db.execute(
-            "INSERT INTO conversations (id, session, rater, model_a, model_b, blind, opener_id, created_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO conversations (id, session, rater, model_a, model_b, blind, opener_id, purpose, created_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 event["conversation_id"],
                 event["session"],
@@ -566,6 +576,7 @@ def _apply(db: sqlite3.Connection, event: dict) -> None:
                 event["model_b"],
                 int(event["blind"]),
                 event["opener_id"],
+                event.get("purpose", "arena"),
                 at,
             ),
         )

@@ -264,6 +264,11 @@ def _verdicts(conversations: dict[str, sqlite3.Row], a_model: str | None) -> tup
     return (main[0] if main else _empty_verdicts(a_model)), pairs
 
 
+def _purpose(conversation: sqlite3.Row) -> str:
+    # sqlite3.Row: `in` looks at the values, keys() at the columns; a database from before purposes: all arena
+    return conversation["purpose"] if "purpose" in conversation.keys() else "arena"  # noqa: SIM118
+
+
 def _verdicts_of(some: dict[str, sqlite3.Row], every: dict[str, sqlite3.Row], a_model: str | None):
     """``_verdicts`` of a subset: a model judged only outside it has an empty tally here, not an error."""
     if a_model is not None and not _judges(some, a_model) and _judges(every, a_model):
@@ -343,6 +348,10 @@ def build_report(db_path: str | Path, a_model: str | None = None, resamples: int
 
     # Only blind judgments make the comparison (the paper's protocol); conversations rated with the names shown
     # (--no-blind) are summed up apart and count toward nothing else.
+    # Conversations of other purposes (a judge's autoplay, epoch comparisons) are not a person's arena ratings.
+    arena_ids = {cid for cid, conv in conversations.items() if _purpose(conv) == "arena"}
+    conversations = {cid: conv for cid, conv in conversations.items() if cid in arena_ids}
+    counted = [row for row in counted if row["conversation_id"] in arena_ids]
     blind_ids = {cid for cid, conv in conversations.items() if conv["blind"]}
     counted_blind = [row for row in counted if row["conversation_id"] in blind_ids]
     counted_open = [row for row in counted if row["conversation_id"] not in blind_ids]

@@ -452,3 +452,20 @@ def test_unblinded_conversations_are_reported_apart_and_count_toward_nothing(tmp
     assert "## Unblinded conversations (not counted above)" in text and "| dan |" in text
     figure(mixed, tmp_path / "figure7.png")  # the intervals drawn as whiskers; the PNG is written
     assert (tmp_path / "figure7.png").stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("purpose", ["autoplay", "checkpoints"])
+def test_conversations_of_other_purposes_never_change_the_human_figures(tmp_path: Path, db: Path, purpose: str):
+    store = Store(build_scenario(tmp_path / "more.db"))
+    store.ensure_conversation("x", "judge:j", NEW, OLD, blind=True, rater="judge:j", purpose=purpose)
+    turns = {side: store.add_turn("x", "judge:j", side, 1, model, "q", "a", DECODING, 1.0, 0.1)
+             for side, model in (("a", NEW), ("b", OLD))}  # fmt: skip
+    store.rate(turns["a"].id, "fail", "judge:j", "judge:j")
+    store.rate(turns["b"].id, "excellent", "judge:j", "judge:j")
+    store.set_verdict("x", "b", "judge:j", "judge:j")
+    with pytest.raises(ValueError, match="purpose must be one of arena, autoplay, checkpoints"):
+        store.ensure_conversation("y", "s", NEW, OLD, blind=True, purpose="bench")
+    store.close()
+    base, more = build_report(db), build_report(tmp_path / "more.db")
+    for key in ("conversations", "turns", "models", "verdicts", "comparison", "unblinded"):
+        assert more[key] == base[key], key
