@@ -27,7 +27,7 @@ if __package__ in (None, ""):  # run as `python demo/app.py`: make the repositor
 import gradio as gr
 from starlette.middleware import Middleware
 
-from demo import arena, backends, mirror, ratings, results, review, settings, timings
+from demo import arena, backends, checkpoints, mirror, ratings, results, review, settings, timings
 
 log = logging.getLogger("demo.app")
 
@@ -53,6 +53,7 @@ def build(
     max_new_tokens: int = 512,
     admin: results.Admin | None = None,
     review_open: bool = True,
+    checkpoint_runs: list[checkpoints.Run] | None = None,
 ) -> gr.Blocks:
     """The arena's Blocks for two models (configured left and right) and a ratings store."""
     openers = load_openers()
@@ -422,6 +423,10 @@ def build(
                 review.layout(store, rater, enabled=review_open)
             with gr.Tab("Results", id="results", visible=admin.open, elem_id="tab-results") as results_tab:
                 results.layout(store, admin, admin_token)
+            if checkpoint_runs:
+                with gr.Tab("Checkpoints", id="checkpoints"):
+                    refresh, which, summary, epoch_box = checkpoints.layout(store, checkpoint_runs, rater)
+                demo.load(refresh, inputs=[which], outputs=[summary, epoch_box], api_visibility="private")
         if admin.open:  # results are open to whoever runs the app: no token to ask for
             with gr.Column(visible=False):
                 admin_token.render()
@@ -548,6 +553,14 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     public = is_public(config)
     review_open = config.review if config.review is not None else not public
+    checkpoint_runs = None
+    if config.checkpoints:
+        try:
+            checkpoint_runs = checkpoints.find_runs(config.checkpoints)
+        except checkpoints.CheckpointError as err:
+            print(f"error: {err}", file=sys.stderr)
+            shut_down(store)
+            return 2
     demo = build(
         models,
         store,
@@ -556,6 +569,7 @@ def main(argv: list[str] | None = None) -> int:
         max_new_tokens=max_new,
         admin=results.Admin(token=os.environ.get("LIMA_ARENA_ADMIN_TOKEN"), public=public),
         review_open=review_open,
+        checkpoint_runs=checkpoint_runs,
     )
     demo.queue(default_concurrency_limit=8)
     stop_on_signals()

@@ -44,6 +44,7 @@ class Settings:
     review: bool | None = None  # the Review tab; default: on locally, off when public (Space, --share, not loopback)
     dataset_repo: str | None = None  # Hub dataset repo that receives every rating as JSONL (CommitScheduler)
     mirror_dir: str | None = None  # where those JSONL files are written (default: beside the database)
+    checkpoints: str | None = None  # a run (or recipe) folder whose epochs' dev answers the Checkpoints tab compares
 
 
 _HELP = {
@@ -62,6 +63,8 @@ _HELP = {
     "review": "offer the Review tab (second opinions on others' conversations); default on, off when public",
     "dataset_repo": "Hub dataset repo (owner/name) that also receives every rating, pushed every 5 minutes",
     "mirror_dir": "folder for the append-only JSONL event log (default: <db>.jsonl.d beside the db)",
+    "checkpoints": "a run folder (runs/R/lima-1030, or runs/R for both models) whose epochs the Checkpoints tab"
+    " compares on their dev answers (python -m finetune dev RUN_DIR writes them)",
 }
 
 
