@@ -27,7 +27,7 @@ if __package__ in (None, ""):  # run as `python demo/app.py`: make the repositor
 import gradio as gr
 from starlette.middleware import Middleware
 
-from demo import arena, backends, checkpoints, mirror, ratings, results, review, settings, timings
+from demo import arena, backends, checkpoints, limits, mirror, ratings, results, review, settings, timings
 
 log = logging.getLogger("demo.app")
 
@@ -54,10 +54,15 @@ def build(
     admin: results.Admin | None = None,
     review_open: bool = True,
     checkpoint_runs: list[checkpoints.Run] | None = None,
+    caps: limits.Limits | None = None,
 ) -> gr.Blocks:
     """The arena's Blocks for two models (configured left and right) and a ratings store."""
     openers = load_openers()
     admin = admin or results.Admin(token=None, public=False)
+    caps = caps or limits.Limits()
+
+    def keys(request: gr.Request) -> list[str]:
+        return limits.keys_of(request, arena.session_of(request), admin.public)
 
     # -- handlers: one per idea ----------------------------------------------------------------------------
     def new_conversation(old: arena.Conversation | None = None) -> tuple:
@@ -158,6 +163,10 @@ def build(
                     gr.Warning(f"This conversation reached its limit of {turn_limit} turns; start a new one.")
                     yield arena.chat_messages(side), skip, skip, skip
                     return
+            try:  # before anything is stored: a refused turn leaves no trace
+                caps.start_turn(keys(request))
+            except limits.LimitReached as err:
+                raise gr.Error(str(err)) from None
             session, rater = arena.session_of(request), arena.rater_of(rater_name, request)
             backend = models[conv.models[index]]
             names = [models[i].name for i in conv.models]
@@ -169,7 +178,7 @@ def build(
             turn = arena.TurnView(user=text)
             side.turns.append(turn)
             side.busy = True
-            answer, started, first_token_s = "", time.time(), None
+            answer, started, first_token_s, chunks = "", time.time(), None, 0
 
             def store_turn(error: str | None):
                 return store.add_turn(
@@ -197,6 +206,7 @@ def build(
                             if first_token_s is None:
                                 first_token_s = time.time() - started
                             answer += chunk
+                            chunks += 1
                             yield arena.chat_messages(side, answer), skip, skip, skip
                         break
                     except backends.BackendError as err:
@@ -235,6 +245,7 @@ def build(
                 raise
             finally:
                 side.busy = False
+                caps.generated(chunks)  # a streamed chunk is a token on TGI and in-process
             again_label = "↻ Retry" if turn.error else "↻ Regenerate"
             yield arena.chat_messages(side), side, side.rateable(), gr.update(value=again_label, interactive=True)
 
@@ -306,6 +317,10 @@ def build(
 
     def rate_by_id(turn_id: str, rating: str, rater_name: str, request: gr.Request) -> str:
         """API: rate a turn of one's own conversation by id (the server checks the id belongs to the session)."""
+        try:
+            caps.rate(keys(request))
+        except limits.LimitReached as err:
+            raise gr.Error(str(err)) from None
         try:
             store.rate(turn_id, rating, arena.session_of(request), arena.rater_of(rater_name, request))
         except (ratings.NotAllowed, ValueError) as err:
@@ -553,6 +568,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     public = is_public(config)
     review_open = config.review if config.review is not None else not public
+
+    caps = caps_for(config, public)
     checkpoint_runs = None
     if config.checkpoints:
         try:
@@ -570,6 +587,7 @@ def main(argv: list[str] | None = None) -> int:
         admin=results.Admin(token=os.environ.get("LIMA_ARENA_ADMIN_TOKEN"), public=public),
         review_open=review_open,
         checkpoint_runs=checkpoint_runs,
+        caps=caps,
     )
     demo.queue(default_concurrency_limit=8)
     stop_on_signals()
@@ -632,6 +650,19 @@ def shut_down(store: ratings.Store) -> None:
             except Exception as err:  # the Hub may be unreachable; the JSONL files and SQLite still hold it all
                 log.warning("could not push the mirror at shutdown: %s", str(err).splitlines()[0] if str(err) else err)
     store.close()
+
+
+def caps_for(config: settings.Settings, public: bool) -> limits.Limits:
+    """The limits as set; one left unset is off locally and takes its public default when public (0: off)."""
+
+    def cap(value: int | None, name: str) -> int | None:
+        return limits.PUBLIC_DEFAULTS[name] if value is None and public else (value or None)
+
+    return limits.Limits(
+        turns_per_hour=cap(config.max_turns_per_hour, "turns_per_hour"),
+        ratings_per_minute=cap(config.max_ratings_per_minute, "ratings_per_minute"),
+        tokens_per_hour=cap(config.max_tokens_per_hour, "tokens_per_hour"),
+    )
 
 
 def is_public(config: settings.Settings) -> bool:

@@ -23,6 +23,7 @@ class Admin:
 
     def __init__(self, token: str | None, public: bool) -> None:
         self._token = token or None
+        self.public = public
         self.open = self._token is None and not public
 
     def allows(self, given: str | None) -> bool:

@@ -44,6 +44,9 @@ class Settings:
     review: bool | None = None  # the Review tab; default: on locally, off when public (Space, --share, not loopback)
     dataset_repo: str | None = None  # Hub dataset repo that receives every rating as JSONL (CommitScheduler)
     mirror_dir: str | None = None  # where those JSONL files are written (default: beside the database)
+    max_turns_per_hour: int | None = None  # per session (and client when public); 0: off; unset: off locally
+    max_ratings_per_minute: int | None = None
+    max_tokens_per_hour: int | None = None  # the whole app's generated tokens
     checkpoints: str | None = None  # a run (or recipe) folder whose epochs' dev answers the Checkpoints tab compares
 
 
@@ -63,6 +66,10 @@ _HELP = {
     "review": "offer the Review tab (second opinions on others' conversations); default on, off when public",
     "dataset_repo": "Hub dataset repo (owner/name) that also receives every rating, pushed every 5 minutes",
     "mirror_dir": "folder for the append-only JSONL event log (default: <db>.jsonl.d beside the db)",
+    "max_turns_per_hour": "answers a session (and, when public, a client) may ask for per hour; 0 turns it off"
+    " (default: off locally, 120 when public)",
+    "max_ratings_per_minute": "ratings a session may give per minute; 0: off (default: off locally, 60 when public)",
+    "max_tokens_per_hour": "tokens the whole arena may generate per hour, all raters together (default: off)",
     "checkpoints": "a run folder (runs/R/lima-1030, or runs/R for both models) whose epochs the Checkpoints tab"
     " compares on their dev answers (python -m finetune dev RUN_DIR writes them)",
 }
@@ -121,6 +128,9 @@ def parse(argv: list[str] | None = None, environ: dict[str, str] | None = None) 
         raise SettingsError(f"turn_limit must be at least 1, got {settings.turn_limit}")
     if not 0 < settings.port < 65536:
         raise SettingsError(f"port must be 1-65535, got {settings.port}")
+    for name in ("max_turns_per_hour", "max_ratings_per_minute", "max_tokens_per_hour"):
+        if (getattr(settings, name) or 0) < 0:
+            raise SettingsError(f"{name} must be 0 (off) or more, got {getattr(settings, name)}")
     if settings.max_new_tokens is not None and settings.max_new_tokens < 1:
         raise SettingsError(f"max_new_tokens must be at least 1, got {settings.max_new_tokens}")
     return settings

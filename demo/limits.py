@@ -1,0 +1,131 @@
+"""Limits for a public arena: how many turns a session (and a client) may ask for per hour, how many ratings
+per minute, and how many tokens the whole app may generate per hour.
+
+A public Space is the internet: a script calling ``/send_a`` in a loop costs whoever pays for the endpoints,
+and a crowd of clicks can starve real raters. Each limit is a sliding window (the last hour, the last minute)
+over the times of what was allowed, per key: the session, and on a Space also the client (the Hugging Face
+user with OAuth, else the address Gradio reports), so a new browser tab does not reset it. A refusal says when
+the oldest counted use leaves the window; nothing is stored for a refused turn, and other keys are unaffected.
+Off (``None`` or 0) locally by default; ``PUBLIC_DEFAULTS`` apply when the arena is public and a limit is unset.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections import defaultdict, deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+HOUR, MINUTE = 3600.0, 60.0
+# A rater who reads and rates every answer sends a turn every minute or so, and rates a few answers a minute.
+PUBLIC_DEFAULTS = {"turns_per_hour": 120, "ratings_per_minute": 60, "tokens_per_hour": None}
+
+
+class LimitReached(Exception):
+    """Over a limit; the message says which and when it resets."""
+
+
+def _wait(seconds: float) -> str:
+    if seconds < 90:
+        return f"{max(1, math.ceil(seconds))} s"
+    return f"{math.ceil(seconds / 60)} min"
+
+
+class Window:
+    """Uses per key within the last ``span`` seconds; thread-safe."""
+
+    def __init__(self, limit: int, span: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.limit, self.span, self.clock = limit, span, clock
+        self._uses: dict[str, deque[tuple[float, int]]] = defaultdict(deque)
+        self._lock = threading.Lock()
+
+    def _prune(self, key: str, now: float) -> deque[tuple[float, int]]:
+        uses = self._uses[key]
+        while uses and uses[0][0] <= now - self.span:
+            uses.popleft()
+        return uses
+
+    def used(self, key: str) -> int:
+        with self._lock:
+            return sum(n for _, n in self._prune(key, self.clock()))
+
+    def check(self, keys: list[str], amount: int = 1) -> float | None:
+        """Seconds until ``amount`` more would fit for every key; None if it fits now."""
+        now = self.clock()
+        waits = []
+        with self._lock:
+            for key in keys:
+                uses = self._prune(key, now)
+                total = sum(n for _, n in uses)
+                if total + amount > self.limit and uses:
+                    # wait until enough of the oldest uses leave the window
+                    freed, need = 0, total + amount - self.limit
+                    for at, n in uses:
+                        freed += n
+                        if freed >= need:
+                            waits.append(at + self.span - now)
+                            break
+        return max(waits) if waits else None
+
+    def take(self, keys: list[str], amount: int = 1) -> None:
+        now = self.clock()
+        with self._lock:
+            for key in keys:
+                self._uses[key].append((now, amount))
+
+
+@dataclass
+class Limits:
+    turns_per_hour: int | None = None
+    ratings_per_minute: int | None = None
+    tokens_per_hour: int | None = None  # the whole app's generated tokens (an endpoint bill), all raters together
+    clock: Callable[[], float] = time.monotonic
+
+    def __post_init__(self) -> None:
+        self.turns = Window(self.turns_per_hour, HOUR, self.clock) if self.turns_per_hour else None
+        self.ratings = Window(self.ratings_per_minute, MINUTE, self.clock) if self.ratings_per_minute else None
+        self.tokens = Window(self.tokens_per_hour, HOUR, self.clock) if self.tokens_per_hour else None
+
+    @property
+    def active(self) -> bool:
+        return any((self.turns, self.ratings, self.tokens))
+
+    def start_turn(self, keys: list[str]) -> None:
+        """Count one answer for these keys, or raise LimitReached (and count nothing)."""
+        if self.tokens is not None and (wait := self.tokens.check(["app"], 1)) is not None:
+            raise LimitReached(
+                f"The arena has generated its {self.tokens_per_hour} tokens for this hour; try again in {_wait(wait)}."
+            )
+        if self.turns is not None:
+            wait = self.turns.check(keys)
+            if wait is not None:
+                raise LimitReached(f"You reached {self.turns_per_hour} answers per hour; try again in {_wait(wait)}.")
+            self.turns.take(keys)
+
+    def generated(self, tokens: int) -> None:
+        if self.tokens is not None and tokens > 0:
+            self.tokens.take(["app"], tokens)
+
+    def rate(self, keys: list[str]) -> None:
+        if self.ratings is None:
+            return
+        wait = self.ratings.check(keys)
+        if wait is not None:
+            raise LimitReached(f"You reached {self.ratings_per_minute} ratings per minute; try again in {_wait(wait)}.")
+        self.ratings.take(keys)
+
+
+def keys_of(request: object, session: str, public: bool) -> list[str]:
+    """What a limit counts against: the session, and when public also the client (OAuth user, else address)."""
+    keys = [f"session:{session}"]
+    if public:
+        user = getattr(request, "username", None)
+        client = getattr(request, "client", None)
+        host = getattr(client, "host", None)
+        if user:
+            keys.append(f"user:{user}")
+        elif host:
+            keys.append(f"address:{host}")
+    return keys
