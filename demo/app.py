@@ -203,6 +203,10 @@ def build(
                         async for chunk in backend.stream(side.history(), decoding):
                             if conv.closed:  # the rater moved on: keep what was said, write nothing more
                                 break
+                            if isinstance(chunk, backends.Waiting):  # queued behind other raters: say so
+                                if not answer:
+                                    yield arena.chat_messages(side, f"_{chunk}…_"), skip, skip, skip
+                                continue
                             if first_token_s is None:
                                 first_token_s = time.time() - started
                             answer += chunk

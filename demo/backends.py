@@ -26,6 +26,7 @@ import asyncio
 import json
 import logging
 import os
+import queue
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -109,16 +110,21 @@ def _local_name(source: str) -> str:
 
 
 # -- in-process transformers --------------------------------------------------------------------------------
-class LocalBackend:
-    """A model in this process. One generation at a time per model; other sides and requests never wait on it
-    except for CPU time."""
+class Waiting(str):
+    """Not answer text: a note a stream yields while its request waits for the model (the app shows it)."""
 
-    def __init__(self, source: str, name: str | None = None, device: str | None = None) -> None:
+
+class LocalBackend:
+    """A model in this process. Concurrent requests are generated together in batches (``demo/batching.py``;
+    ``max_batch=1``: one at a time), each streaming its own answer."""
+
+    def __init__(self, source: str, name: str | None = None, device: str | None = None, max_batch: int = 8) -> None:
         self.source = source
         self.name = name or _local_name(source)
         self.device = device
+        self.max_batch = max_batch
+        self.batcher = None
         self._load_lock = threading.Lock()
-        self._generate_lock = threading.Lock()
         self.model = None
         self.tokenizer = None
         self.load_error: str | None = None
@@ -145,6 +151,13 @@ class LocalBackend:
                 return
             if not tokenizer.chat_template:
                 self.load_error = f"{self.source} has no chat template; serve a fine-tuned model directory"
+                return
+            from demo.batching import Batcher
+
+            try:
+                self.batcher = Batcher(model, tokenizer, device, max_batch=self.max_batch)
+            except ValueError as err:
+                self.load_error = f"{self.source}: {err}"
                 return
             self.model, self.tokenizer, self.device = model, tokenizer, device
             log.info("loaded %s on %s in %.1f s", self.source, device, time.perf_counter() - started)
@@ -184,52 +197,44 @@ class LocalBackend:
         await asyncio.to_thread(self.load)
         if self.load_error:
             raise BackendError(self.load_error)
-        from transformers import TextIteratorStreamer
+        from demo.batching import DONE
 
-        tokenizer, model = self.tokenizer, self.model
-        encoded = tokenizer.apply_chat_template(
-            messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
-        ).to(self.device)
-        prompt_len = encoded["input_ids"].shape[1]
-        room = TOTAL_TOKEN_BUDGET - prompt_len
+        tokenizer, batcher = self.tokenizer, self.batcher
+        encoded = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True)
+        prompt = list(encoded["input_ids"])
+        room = TOTAL_TOKEN_BUDGET - len(prompt)
         if room < 16:
             raise BackendError(
-                f"the conversation is {prompt_len} tokens, past the {TOTAL_TOKEN_BUDGET}-token budget; start a new one"
+                f"the conversation is {len(prompt)} tokens, past the {TOTAL_TOKEN_BUDGET}-token budget; start a new one"
             )
-        streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
-        cancelled = threading.Event()
-        failure: list[BaseException] = []
-
-        def generate() -> None:
-            from transformers import StoppingCriteria, StoppingCriteriaList
-
-            class Cancelled(StoppingCriteria):
-                def __call__(self, input_ids, scores, **kwargs):
-                    return cancelled.is_set()
-
-            try:
-                with self._generate_lock:
-                    model.generate(
-                        **encoded,
-                        streamer=streamer,
-                        **self.generate_kwargs(decoding, room),
-                        stopping_criteria=StoppingCriteriaList([Cancelled()]),
-                    )
-            except BaseException as err:
-                failure.append(err)
-                streamer.end()
-
-        thread = threading.Thread(target=generate, daemon=True, name=f"generate:{self.name}")
-        thread.start()
-        chunks = iter(streamer)
+        kwargs = self.generate_kwargs(decoding, room)
+        request = batcher.submit(prompt, kwargs, kwargs["max_new_tokens"])
+        ids: list[int] = []
+        sent = ""
         try:
-            while (chunk := await asyncio.to_thread(next, chunks, None)) is not None:
-                if chunk:
-                    yield chunk
+            while True:
+                try:
+                    item = await asyncio.to_thread(request.tokens.get, True, 1.0)
+                except queue.Empty:  # still queued behind other raters' answers: say so
+                    ahead = batcher.waiting_before(request)
+                    if not ids and (ahead or batcher.running):
+                        yield Waiting(
+                            f"waiting for the model: {ahead + 1} in line" if ahead else "waiting for the model"
+                        )
+                    continue
+                if item is DONE:
+                    break
+                if isinstance(item, BaseException):
+                    raise BackendError(f"generation failed: {str(item).splitlines()[0] if str(item) else item!r}")
+                ids.append(item)
+                text = tokenizer.decode(ids, skip_special_tokens=True)
+                if text.endswith("\ufffd"):  # a character split across tokens: wait for the rest of it
+                    continue
+                if len(text) > len(sent):
+                    yield text[len(sent) :]
+                    sent = text
         finally:
-            cancelled.set()  # the rater left or the app cancelled: stop spending CPU on this answer
-        if failure:
-            raise BackendError(f"generation failed: {failure[0]}")
+            request.cancelled.set()  # the rater left or the app cancelled: the batch stops spending time on it
 
 
 # -- TGI / OpenAI-compatible servers ------------------------------------------------------------------------

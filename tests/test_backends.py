@@ -25,6 +25,7 @@ from demo.backends import (
     Decoding,
     LocalBackend,
     RemoteBackend,
+    Waiting,
     make_backend,
     parse_source,
 )
@@ -44,7 +45,8 @@ async def _collect(backend, messages: list[dict], decoding: Decoding) -> tuple[l
     chunks: list[str] = []
     try:
         async for chunk in backend.stream(messages, decoding):
-            chunks.append(chunk)
+            if not isinstance(chunk, Waiting):  # a note while queued, not answer text
+                chunks.append(chunk)
     except BackendError as error:
         return chunks, error
     return chunks, None
@@ -167,10 +169,8 @@ def test_local_missing_model_dir(tmp_path: Path):
 
 
 def test_local_closing_the_stream_stops_generation(local: LocalBackend):
-    thread_name = f"generate:{local.name}"
-
     def generating() -> bool:
-        return any(thread.name == thread_name for thread in threading.enumerate())
+        return local.batcher is not None and local.batcher.running > 0
 
     async def first_chunk_then_close() -> tuple[str, bool, float]:
         stream = local.stream(HISTORY, Decoding(max_new_tokens=1800))  # seconds of CPU if left running
@@ -463,3 +463,54 @@ def test_one_side_failing_does_not_stop_the_other():
         (good, good_error), (bad, bad_error) = asyncio.run(both())
     assert good_error is None and "".join(good) == FIVE
     assert bad == [] and "(424)" in assert_one_line(bad_error)
+
+
+# -- batched in-process generation ----------------------------------------------------------------------------
+def test_concurrent_requests_are_answered_in_batches_each_its_own_answer(trained):
+    """Four raters at once: one batch, and each stream is the answer its own request gets alone (greedy, fp32)."""
+    source = str(trained / "lima-1030" / "epoch-3")
+    prompts = [[{"role": "user", "content": text}] for text in ("Hi there", "Tell me a joke.", "What is 2+2?", "Bye")]
+    greedy = Decoding(temperature=GREEDY, max_new_tokens=12)
+    alone = LocalBackend(source, max_batch=1)
+    expected = [collect(alone, messages, greedy) for messages in prompts]
+    assert all(error is None for _, error in expected) and alone.batcher.batch_sizes == [1, 1, 1, 1]
+
+    together = LocalBackend(source, max_batch=8)
+    together.load()
+
+    async def crowd():
+        return await asyncio.gather(*(_collect(together, messages, greedy) for messages in prompts))
+
+    answers = asyncio.run(crowd())
+    assert together.batcher.batch_sizes == [4]  # observable in the backend: one generate call for all four
+    assert ["".join(chunks) for chunks, _ in answers] == ["".join(chunks) for chunks, _ in expected]
+    assert all(len(chunks) > 1 for chunks, _ in answers)  # streamed token by token, not at the end
+
+    # Different decoding never shares a batch: each request keeps its own settings.
+    sampled = Decoding(temperature=0.7, max_new_tokens=6)
+
+    async def mixed():
+        return await asyncio.gather(_collect(together, prompts[0], greedy), _collect(together, prompts[1], sampled))
+
+    asyncio.run(mixed())
+    assert sorted(together.batcher.batch_sizes[1:]) == [1, 1]
+
+
+def test_a_request_queued_behind_a_running_batch_is_told_it_waits(trained):
+    backend = LocalBackend(str(trained / "lima-1030" / "epoch-3"), max_batch=1)
+    long = Decoding(temperature=GREEDY, max_new_tokens=600, repetition_penalty=1.0)
+
+    async def two():
+        async def everything(messages):
+            seen = []
+            async for chunk in backend.stream(messages, long):
+                seen.append(chunk)
+                if len(seen) > 400:
+                    break
+            return seen
+
+        return await asyncio.gather(everything(HISTORY), everything([{"role": "user", "content": "Hello"}]))
+
+    first, second = asyncio.run(two())
+    notes = [c for c in first + second if isinstance(c, Waiting)]
+    assert notes and all(str(c).startswith("waiting for the model") for c in notes)

@@ -1,0 +1,173 @@
+"""Batched generation for an in-process model: concurrent requests share one ``generate`` call.
+
+On a CPU (or a small GPU) one model answering one rater at a time leaves most of the machine idle: measured on
+the quick-cpu model, plain ``generate`` gives 9.3 tokens/s at batch 1, 20.3 at batch 4 and 35.0 at batch 8.
+transformers' continuous batching (``init_continuous_batching``) runs on CPU with these models, but it drops
+``RepetitionPenaltyLogitsProcessor`` (``supports_continuous_batching = False`` in
+``generation/logits_process.py``), and the paper's decoding needs that penalty. So this is a small dynamic
+batcher over ``generate``: requests queue; the worker takes the oldest and, after a short gathering window,
+every other waiting request with the same decoding (up to ``max_batch``), left-pads them into one batch and
+generates. A custom streamer hands each row its own tokens as they come, so every request still streams its
+own answer; each row stops at EOT (generate's own end-of-sequence handling), at its own token cap, or when its
+request is cancelled (a per-row stopping criterion). Requests that arrive while a batch runs wait for the next
+one: a full batch queues. With ``max_batch=1`` it is the one-at-a-time generation it replaces.
+
+Left padding with an attention mask gives the same greedy tokens as an unbatched call (tested on the tiny
+model in fp32). The repetition penalty also sees the pad token; that token is never generated, so it changes
+nothing (``Batcher`` refuses a tokenizer whose pad token is an end-of-turn token).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+DONE = object()  # the end of a request's tokens
+
+
+@dataclass(eq=False)
+class Request:
+    input_ids: list[int]
+    group: tuple  # requests batch together only with the same decoding
+    generate_kwargs: dict
+    max_new_tokens: int
+    tokens: queue.Queue = field(default_factory=queue.Queue)  # token ids, then DONE (or an exception)
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    queued_at: float = field(default_factory=time.monotonic)
+
+
+class Batcher:
+    """One worker thread per model; ``submit`` from any thread."""
+
+    def __init__(self, model: Any, tokenizer: Any, device: str, max_batch: int = 8, gather_s: float = 0.02) -> None:
+        self.model, self.tokenizer, self.device = model, tokenizer, device
+        self.max_batch, self.gather_s = max(1, max_batch), gather_s
+        eos = model.generation_config.eos_token_id
+        self.eos = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        self.pad = (
+            tokenizer.pad_token_id if tokenizer.pad_token_id is not None else model.generation_config.pad_token_id
+        )
+        if self.pad is None or self.pad in self.eos:
+            raise ValueError("batched generation needs a pad token that is not an end-of-turn token")
+        self.batch_sizes: list[int] = []  # every batch run, in order (what tests and benchmarks observe)
+        self.running = 0  # rows in the batch being generated now
+        self._pending: deque[Request] = deque()
+        self._ready = threading.Condition()
+        self._thread = threading.Thread(target=self._work, name="batcher", daemon=True)
+        self._thread.start()
+
+    def submit(self, input_ids: list[int], generate_kwargs: dict, max_new_tokens: int) -> Request:
+        group = tuple(sorted((k, repr(v)) for k, v in generate_kwargs.items() if k != "max_new_tokens"))
+        request = Request(list(input_ids), group, generate_kwargs, max_new_tokens)
+        with self._ready:
+            self._pending.append(request)
+            self._ready.notify()
+        return request
+
+    def waiting_before(self, request: Request) -> int:
+        """Requests ahead of this one in the queue (0 once it is generating)."""
+        with self._ready:
+            try:
+                return list(self._pending).index(request)
+            except ValueError:
+                return 0
+
+    def _take(self) -> list[Request]:
+        with self._ready:
+            while not self._pending:
+                self._ready.wait()
+        time.sleep(self.gather_s)  # let requests sent together (both sides, a crowd) arrive
+        with self._ready:
+            while self._pending and self._pending[0].cancelled.is_set():
+                self._pending.popleft().tokens.put(DONE)
+            if not self._pending:
+                return []
+            group = self._pending[0].group
+            batch = [r for r in self._pending if r.group == group and not r.cancelled.is_set()][: self.max_batch]
+            for r in batch:
+                self._pending.remove(r)
+            return batch
+
+    def _work(self) -> None:
+        while True:
+            batch = self._take()
+            if not batch:
+                continue
+            self.batch_sizes.append(len(batch))
+            self.running = len(batch)
+            try:
+                self._generate(batch)
+            except BaseException as err:  # every request of the batch learns it failed
+                log.exception("batched generation failed")
+                for r in batch:
+                    r.tokens.put(err)
+            finally:
+                self.running = 0
+                for r in batch:
+                    r.tokens.put(DONE)
+
+    def _generate(self, batch: list[Request]) -> None:
+        import torch
+        from transformers import StoppingCriteria, StoppingCriteriaList
+        from transformers.generation.streamers import BaseStreamer
+
+        width = max(len(r.input_ids) for r in batch)
+        ids = torch.full((len(batch), width), self.pad, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, r in enumerate(batch):
+            ids[row, width - len(r.input_ids) :] = torch.tensor(r.input_ids)
+            mask[row, width - len(r.input_ids) :] = 1
+        finished = [False] * len(batch)
+        counts = [0] * len(batch)
+        eos, outer = self.eos, self
+
+        class Rows(BaseStreamer):
+            """Each step's tokens, one per row, to each row's request (after its end, nothing)."""
+
+            def __init__(self) -> None:
+                self.prompt_seen = False
+
+            def put(self, value: Any) -> None:
+                if not self.prompt_seen:  # generate hands the prompt over first
+                    self.prompt_seen = True
+                    return
+                for row, token in enumerate(value.reshape(-1).tolist()):
+                    if finished[row]:
+                        continue
+                    counts[row] += 1
+                    batch[row].tokens.put(token)  # the end token too: decoding drops it when it is special
+                    if token in eos or counts[row] >= batch[row].max_new_tokens:
+                        finished[row] = True
+
+            def end(self) -> None:
+                pass
+
+        class PerRow(StoppingCriteria):
+            """A row is done at its own cap or when its request was cancelled; the batch ends when all are."""
+
+            def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+                done = [
+                    finished[row] or r.cancelled.is_set() or counts[row] >= r.max_new_tokens
+                    for row, r in enumerate(batch)
+                ]
+                for row, stop in enumerate(done):
+                    finished[row] = finished[row] or stop
+                return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+        kwargs = {**batch[0].generate_kwargs, "max_new_tokens": max(r.max_new_tokens for r in batch)}
+        with torch.inference_mode():
+            outer.model.generate(
+                input_ids=ids.to(self.device),
+                attention_mask=mask.to(self.device),
+                pad_token_id=self.pad,
+                streamer=Rows(),
+                stopping_criteria=StoppingCriteriaList([PerRow()]),
+                **kwargs,
+            )
