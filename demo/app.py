@@ -541,7 +541,7 @@ def main(argv: list[str] | None = None) -> int:
     except settings.SettingsError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    models = [backends.make_backend(src) for src in sources]
+    models = [backends.make_backend(src, concurrency=config.concurrency) for src in sources]
     local_on_cpu = any(isinstance(m, backends.LocalBackend) for m in models)
     max_new = config.max_new_tokens or (256 if local_on_cpu and not _cuda() else backends.TOTAL_TOKEN_BUDGET // 2)
     for model in models:  # load in-process models while the server starts

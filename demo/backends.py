@@ -93,12 +93,14 @@ def parse_source(spec: str) -> tuple[str | None, str]:
     return None, spec.strip()
 
 
-def make_backend(spec: str, **kwargs) -> LocalBackend | RemoteBackend:
+def make_backend(spec: str, concurrency: int | None = None, **kwargs) -> LocalBackend | RemoteBackend:
+    """``concurrency``: answers at once: in-process, the batch size (default 8); for a server, how many it is
+    asked at once (default: what TGI's /info says it takes, else no cap)."""
     name, source = parse_source(spec)
     if source.startswith(("http://", "https://")):
         url, _, model = source.partition("#")  # the fragment names one of the server's models
-        return RemoteBackend(url, name=name, model=model.strip() or None)
-    return LocalBackend(source, name=name, **kwargs)
+        return RemoteBackend(url, name=name, model=model.strip() or None, max_concurrent=concurrency)
+    return LocalBackend(source, name=name, **({"max_batch": concurrency} if concurrency else {}), **kwargs)
 
 
 def _local_name(source: str) -> str:
@@ -310,8 +312,21 @@ class RemoteBackend:
     from ``HF_TOKEN``. ``model`` names one of the server's models (the source's ``#fragment``); it never goes
     into the URL."""
 
-    def __init__(self, url: str, name: str | None = None, timeout: float = 120.0, model: str | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        name: str | None = None,
+        timeout: float = 120.0,
+        model: str | None = None,
+        max_concurrent: int | None = None,
+    ) -> None:
         self.source = url.rstrip("/") + (f"#{model}" if model else "")
+        # How many answers this side asks of its server at once: the setting, else what TGI's /info says it
+        # takes (max_concurrent_requests; beyond it TGI answers 429), else no cap. A burst becomes a queue here.
+        self.max_concurrent = max_concurrent
+        self.server_cap: int | None = None
+        self.active = 0
+        self._gate = threading.Lock()
         self.url = url.rstrip("/")
         self.timeout = timeout
         self.model = model or None
@@ -362,6 +377,8 @@ class RemoteBackend:
                     info = None
                 if isinstance(info, dict) and "max_total_tokens" in info and "model_id" in info:
                     self.kind, self.version, self.model_id = "tgi", str(info.get("version", "?")), info["model_id"]
+                    cap = info.get("max_concurrent_requests")
+                    self.server_cap = cap if isinstance(cap, int) and cap > 0 else None
                 else:
                     health = await self._get_json(client, "/health")
                     version = await self._get_json(client, "/version")
@@ -410,11 +427,30 @@ class RemoteBackend:
         return decoding_record(decoding, server, sent, _SCOPES.get(kind, "unknown"), may_ignore)
 
     async def stream(self, messages: list[dict], decoding: Decoding) -> AsyncIterator[str]:
+        """The answer's text as it streams, after a slot under the side's cap (``Waiting`` notes until then)."""
+        if self.kind is None:  # not probed yet (or the server was down then): learn what it is first
+            await self.probe()
+        cap, waited = self.max_concurrent or self.server_cap, 0
+        while True:
+            with self._gate:  # a lock, not an asyncio primitive: the backend outlives any one event loop
+                if cap is None or self.active < cap:
+                    self.active += 1
+                    break
+            if waited % 20 == 0:  # at once, then every second
+                yield Waiting(f"waiting for the server: {cap} answers in progress")
+            waited += 1
+            await asyncio.sleep(0.05)
+        try:
+            async for chunk in self._stream(messages, decoding):
+                yield chunk
+        finally:
+            with self._gate:
+                self.active -= 1
+
+    async def _stream(self, messages: list[dict], decoding: Decoding) -> AsyncIterator[str]:
         import httpx2  # huggingface_hub's own HTTP transport: its errors are httpx2's
         from huggingface_hub.errors import HfHubHTTPError, InferenceTimeoutError, TextGenerationError
 
-        if self.kind is None:  # not probed yet (or the server was down then): learn what it is first
-            await self.probe()
         sent, _ = server_terms(self.kind or "openai", decoding, self._target())
         fields = dict(sent)
         named = {key: fields.pop(key) for key in ("model", "max_tokens", "temperature", "top_p") if key in fields}

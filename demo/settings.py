@@ -47,6 +47,7 @@ class Settings:
     max_turns_per_hour: int | None = None  # per session (and client when public); 0: off; unset: off locally
     max_ratings_per_minute: int | None = None
     max_tokens_per_hour: int | None = None  # the whole app's generated tokens
+    concurrency: int | None = None  # answers a side works on at once (in-process batch; a server's slots)
     checkpoints: str | None = None  # a run (or recipe) folder whose epochs' dev answers the Checkpoints tab compares
 
 
@@ -70,6 +71,8 @@ _HELP = {
     " (default: off locally, 120 when public)",
     "max_ratings_per_minute": "ratings a session may give per minute; 0: off (default: off locally, 60 when public)",
     "max_tokens_per_hour": "tokens the whole arena may generate per hour, all raters together (default: off)",
+    "concurrency": "answers each side works on at once: in-process, the batch size (default 8); a server, how"
+    " many it is asked at once (default: what TGI's /info says it takes); more wait in line and are told so",
     "checkpoints": "a run folder (runs/R/lima-1030, or runs/R for both models) whose epochs the Checkpoints tab"
     " compares on their dev answers (python -m finetune dev RUN_DIR writes them)",
 }
@@ -128,6 +131,8 @@ def parse(argv: list[str] | None = None, environ: dict[str, str] | None = None) 
         raise SettingsError(f"turn_limit must be at least 1, got {settings.turn_limit}")
     if not 0 < settings.port < 65536:
         raise SettingsError(f"port must be 1-65535, got {settings.port}")
+    if settings.concurrency is not None and settings.concurrency < 1:
+        raise SettingsError(f"concurrency must be at least 1, got {settings.concurrency}")
     for name in ("max_turns_per_hour", "max_ratings_per_minute", "max_tokens_per_hour"):
         if (getattr(settings, name) or 0) < 0:
             raise SettingsError(f"{name} must be 0 (off) or more, got {getattr(settings, name)}")

@@ -514,3 +514,41 @@ def test_a_request_queued_behind_a_running_batch_is_told_it_waits(trained):
     first, second = asyncio.run(two())
     notes = [c for c in first + second if isinstance(c, Waiting)]
     assert notes and all(str(c).startswith("waiting for the model") for c in notes)
+
+
+def test_a_side_asks_its_server_no_more_than_it_takes_so_a_burst_queues_instead_of_429s():
+    """TGI says in /info how many requests it takes at once and answers 429 beyond; the side waits for a slot."""
+    with TGIServer(Behaviour(reply=FIVE, token_delay_s=0.05, max_concurrent_requests=2)) as tgi:
+        backend = RemoteBackend(tgi.url)
+        assert asyncio.run(backend.probe()).ok and backend.server_cap == 2
+
+        async def burst():
+            return await asyncio.gather(*(_notes_and_text(backend) for _ in range(5)))
+
+        results = asyncio.run(burst())
+        assert [text for _, text, _ in results] == [FIVE] * 5 and all(error is None for *_, error in results)
+        assert tgi.peak_in_flight == 2 and backend.active == 0
+        assert sum(bool(notes) for notes, _, _ in results) >= 3  # those that waited were told so
+        assert all(n.startswith("waiting for the server: 2 answers in progress") for ns, _, _ in results for n in ns)
+
+        tgi.in_flight, tgi.peak_in_flight = 0, 0
+        uncapped = RemoteBackend(tgi.url, max_concurrent=8)  # a setting above what the server takes: 429s
+
+        async def uncapped_burst():
+            return await asyncio.gather(*(_notes_and_text(uncapped) for _ in range(4)))
+
+        outcomes = asyncio.run(uncapped_burst())
+        assert any(error is not None and "overloaded (429)" in str(error) for *_, error in outcomes)
+
+
+async def _notes_and_text(backend) -> tuple[list[str], str, BackendError | None]:
+    notes, text = [], ""
+    try:
+        async for chunk in backend.stream(HISTORY, Decoding(max_new_tokens=16)):
+            if isinstance(chunk, Waiting):
+                notes.append(str(chunk))
+            else:
+                text += chunk
+    except BackendError as error:
+        return notes, text, error
+    return notes, text, None

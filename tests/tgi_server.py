@@ -100,6 +100,8 @@ class Behaviour:
     server: str = "tgi"
     # Cross-request order without timing: ``arrived`` is set when a generation request reaches the server;
     # ``hold`` (event, n) waits, before the n-th token, until that event is set (at most 5 s, then a stream error).
+    # What /info reports; like TGI's router (its semaphore in infer.rs), a request beyond it is refused with 429.
+    max_concurrent_requests: int = 128
     arrived: threading.Event | None = None
     hold: tuple[threading.Event, int] | None = None
 
@@ -192,7 +194,20 @@ class _Handler(BaseHTTPRequestHandler):
         if behaviour.status != 200:
             self._send_error(behaviour.status, *behaviour.error())
             return
-        route(body, behaviour)
+        tgi = self.server.tgi
+        with tgi._lock:
+            full = tgi.in_flight >= behaviour.max_concurrent_requests
+            if not full:
+                tgi.in_flight += 1
+                tgi.peak_in_flight = max(tgi.peak_in_flight, tgi.in_flight)
+        if full:
+            self._send_error(429, *behaviour.error(429))
+            return
+        try:
+            route(body, behaviour)
+        finally:
+            with tgi._lock:
+                tgi.in_flight -= 1
 
     # Generation routes
 
@@ -427,6 +442,8 @@ class TGIServer:
         self.requests: list[dict] = []
         self.applied: list[dict] = []  # per chat request TGI accepted: what the model would generate with
         self.headers: list[dict[str, str]] = []  # the HTTP headers of each recorded request, in order
+        self.in_flight = 0  # generation requests being answered now, and the most at once
+        self.peak_in_flight = 0
         self._lock = threading.Lock()
         self._connections: set[socket.socket] = set()
         self._stopping = threading.Event()
@@ -445,7 +462,7 @@ class TGIServer:
             "model_id": self.behaviour.model_id,
             "model_sha": None,
             "model_pipeline_tag": "text-generation",
-            "max_concurrent_requests": 128,
+            "max_concurrent_requests": self.behaviour.max_concurrent_requests,
             "max_best_of": 2,
             "max_stop_sequences": 4,
             "max_input_tokens": 1536,
