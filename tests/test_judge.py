@@ -134,8 +134,8 @@ def test_the_turn_prompt_holds_the_conversation_up_to_the_judged_answer(judged):
     assert stored[0][1] == "The answer was read.\nRating: pass"
 
 
-def test_an_unparsable_answer_is_stored_and_counted_never_guessed(tmp_path: Path):
-    db = tmp_path / "ratings.db"
+def one_conversation(db: Path) -> list:
+    """A judged conversation of one turn a side, both rated excellent by their owner; its turns."""
     store = Store(db)
     store.ensure_conversation("c", "s", "lima-1000", "lima-1030", blind=True, rater="ann")
     turns = [store.add_turn("c", "s", side, 1, model, "q", f"answer {side}", {}, 1.0, 0.1)
@@ -144,6 +144,12 @@ def test_an_unparsable_answer_is_stored_and_counted_never_guessed(tmp_path: Path
         store.rate(turn.id, "excellent", "s", "ann")
     store.set_verdict("c", "a", "s", "ann")
     store.close()
+    return turns
+
+
+def test_an_unparsable_answer_is_stored_and_counted_never_guessed(tmp_path: Path):
+    db = tmp_path / "ratings.db"
+    turns = one_conversation(db)
 
     def rating(answer: str) -> str:  # no rating line for b; a's rated in the ways judges write it
         return "I would say it is good." if answer == "answer b" else "**Rating:** Excellent."
@@ -180,6 +186,19 @@ def test_an_unparsable_answer_is_stored_and_counted_never_guessed(tmp_path: Path
     for table in ("judgments", "ratings", "review_grants"):
         sql = f"SELECT * FROM {table} ORDER BY rowid"
         assert rows(tmp_path / "rebuilt.db", sql) == rows(db, sql), table
+
+
+def test_a_request_the_judge_refuses_is_skipped_and_asked_again_next_run(tmp_path: Path):
+    db = tmp_path / "ratings.db"
+    one_conversation(db)
+    with TGIServer(Behaviour(status=422)) as server:  # e.g. a conversation past the judge's context
+        refused = run_judge(db, server.url)
+        server.behaviour = Behaviour(reply_for=scripted())
+        again = run_judge(db, server.url)
+    assert refused.returncode == 0, refused.stderr
+    assert refused.stdout.strip().endswith("; 3 requests refused by the judge (asked again next run)")
+    assert refused.stderr.count("warning: ") == 3  # both turns, then the first order of the verdict
+    assert again.stdout.strip() == f"{JUDGE}: rated 2 turns, 0 unparsable, 1 verdicts, of which 1 position-swap ties"
 
 
 def test_the_parser_reads_the_last_contract_line_only():
