@@ -71,11 +71,13 @@ def decoding_record(decoding: Decoding, server: str, sent: dict, scope: str, may
 
 
 class BackendError(Exception):
-    """A failure to show in one side's pane; ``warming_up`` marks a server that will answer if asked again."""
+    """A failure to show in one side's pane; ``warming_up`` marks a server that will answer if asked again;
+    ``status`` is the HTTP status the server answered, if it answered one (a 422 refuses that request only)."""
 
-    def __init__(self, message: str, warming_up: bool = False) -> None:
+    def __init__(self, message: str, warming_up: bool = False, status: int | None = None) -> None:
         super().__init__(message)
         self.warming_up = warming_up
+        self.status = status
 
 
 @dataclass(frozen=True)
@@ -487,4 +489,4 @@ def _http_error(err: Exception) -> BackendError:
     server_says = _one_line(Exception(getattr(err, "server_message", None) or ""))
     base = _STATUS_MESSAGES.get(code, f"the server answered {code}")
     message = f"{base}: {server_says}" if server_says else base
-    return BackendError(message[:400], warming_up=code == 503)
+    return BackendError(message[:400], warming_up=code == 503, status=code)

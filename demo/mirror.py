@@ -3,10 +3,10 @@ repo, and the way back from those files to a database.
 
 A Space's disk is ephemeral, so the dataset repo is the record that survives a restart. Every write to the
 store is one self-contained event (a conversation with its models and blind flag, a turn with its full text,
-decoding and timings, a rating, a verdict naming the models, a review hand-out), committed to SQLite in the same
-transaction as the tables it changes (``ratings.Store``). The mirror copies those events, in order, to a JSONL
-file of this process's own (``events-<uuid>.jsonl``: two replicas never write one file) and fsyncs it; the
-scheduler uploads the folder every few minutes and once more at shutdown.
+decoding and timings, a rating, a verdict naming the models, a review hand-out, a model judge's answer),
+committed to SQLite in the same transaction as the tables it changes (``ratings.Store``). The mirror copies those
+events, in order, to a JSONL file of this process's own (``events-<uuid>.jsonl``: two replicas never write one
+file) and fsyncs it; the scheduler uploads the folder every few minutes and once more at shutdown.
 
 The copy runs beside the rater, not in their way: a rating is acknowledged once SQLite has committed it. A copy
 that fails (a full disk, a folder that went away) is retried with backoff from where it stopped, which the
@@ -56,6 +56,7 @@ FIELDS = {
     "rating": ("turn_id", "session", "rater", "rating", "by_owner", "conversation_id"),
     "verdict": ("conversation_id", "rater", "verdict"),
     "review": ("session", "conversation_id", "rater"),
+    "judgment": ("judgment_id", "subject_kind", "subject_id", "judge", "order", "prompt", "raw_answer", "parsed"),
 }
 REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 

@@ -9,6 +9,10 @@ Blind judgments are final: once a conversation has its verdict (and the names ar
 neither rate it again nor judge it again, and it takes no more turns. By the paper's protocol every answer is
 rated: the verdict waits for every shown answer's rating, and an answer is rated before it is regenerated.
 
+A model judge (``demo.judge``) rates in a session of its own, ``judge:<model>``: a second opinion through a review
+grant on a person's conversations, the owner of the ones it played itself (``autoplay``). Its answers are kept
+whole in ``judgments``, each committed with the rating read from it.
+
 Durability is the point: the database runs in WAL mode with ``synchronous=FULL``, and every write goes through
 one connection under one lock and is committed before the call returns, so a rating the UI acknowledged
 survives a ``kill -9`` right after. Ownership is checked here, not in the UI: a session may only rate turns and
@@ -31,6 +35,10 @@ RATINGS = ("fail", "pass", "excellent")
 VERDICTS = ("a", "b", "tie")
 SIDES = ("a", "b")
 PURPOSES = ("arena", "autoplay", "checkpoints")
+# A model judge rates under a session (and name) of its own, judge:<model>: the report tells its ratings from a
+# person's by this prefix, which no browser session carries (Gradio's are random hashes).
+JUDGE_PREFIX = "judge:"
+ORDERS = ("ab", "ba")  # a pairwise judgment: which side was shown first, as "A"
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +106,19 @@ CREATE TABLE IF NOT EXISTS review_grants (   -- a conversation handed to another
     granted_at       REAL NOT NULL,
     PRIMARY KEY (session, conversation_id)
 );
+CREATE TABLE IF NOT EXISTS judgments (      -- a model judge's answers, kept whole beside the rating read from them
+    id            TEXT PRIMARY KEY,
+    subject_kind  TEXT NOT NULL CHECK (subject_kind IN ('turn', 'conversation')),
+    subject_id    TEXT NOT NULL,              -- the turn's id, or the conversation's
+    judge         TEXT NOT NULL,              -- judge:<model>
+    "order"       TEXT CHECK ("order" IN ('ab', 'ba')),  -- conversations: 'ba' showed side b as "A"; turns: NULL
+    prompt        TEXT NOT NULL,              -- exactly what the judge was sent (its messages, as JSON)
+    raw_answer    TEXT NOT NULL,
+    parsed        TEXT,                       -- the rating, or the verdict in the conversation's own sides (the
+                                              -- order undone); NULL: unparsable, never guessed
+    at            REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS judgments_by_judge ON judgments (judge, subject_id);
 CREATE TABLE IF NOT EXISTS events (          -- every write above, as the self-contained event it applied
     seq   INTEGER PRIMARY KEY AUTOINCREMENT,
     id    TEXT NOT NULL UNIQUE,
@@ -394,38 +415,7 @@ class Store:
         """Store a rating; the same rater rating the same turn again replaces the current value."""
         if rating not in RATINGS:
             raise ValueError(f"rating must be one of {', '.join(RATINGS)}, got {rating!r}")
-
-        def plan(db: sqlite3.Connection, now: float) -> list[dict]:
-            row = db.execute(
-                "SELECT t.status, t.side, t.turn_index, t.attempt, t.model, t.user_text, t.assistant_text,"
-                " c.session, c.id, c.verdict, EXISTS (SELECT 1 FROM review_grants g WHERE g.session = ? AND"
-                " g.conversation_id = c.id) AS granted FROM turns t JOIN conversations c ON c.id = t.conversation_id"
-                " WHERE t.id = ?",
-                (session, str(turn_id)),
-            ).fetchone()
-            if row is None or (row["session"] != session and not row["granted"]):
-                raise NotAllowed("this turn does not belong to your session")
-            if row["status"] != "complete":
-                raise NotAllowed("a turn that ended in an error cannot be rated; retry it first")
-            owner = row["session"] == session
-            if owner and row["verdict"] is not None:
-                raise NotAllowed("this conversation has its verdict and the names are shown: its ratings are final")
-            return [
-                _event(
-                    "rating",
-                    now,
-                    turn_id=str(turn_id),
-                    session=session,
-                    rater=rater,
-                    rating=rating,
-                    by_owner=owner,
-                    second_opinion=not owner,
-                    conversation_id=row["id"],
-                    **{k: row[k] for k in ("side", "turn_index", "attempt", "model", "user_text", "assistant_text")},
-                )
-            ]
-
-        self._commit(plan)
+        self._commit(lambda db, now: _rating_events(db, now, str(turn_id), rating, session, rater))
 
     def set_verdict(self, conversation_id: str, verdict: str, session: str, rater: str) -> None:
         if verdict not in VERDICTS:
@@ -505,6 +495,87 @@ class Store:
                 latest[(turn.side, turn.turn_index)] = turn
         return [latest[key] for key in sorted(latest)]
 
+    # -- a model judge -------------------------------------------------------------------------------------
+    def judge_turn(self, turn_id: str, judge: str, prompt: str, raw_answer: str, parsed: str | None) -> None:
+        """A judge's answer about one turn, and the rating read from it (none when unparsable), in one commit:
+        a crash never leaves a rating without the answer it came from, nor an answer whose rating was lost.
+        The judge rates in its own session (``judge``): the conversation's owner for autoplay, else a second
+        opinion through a review grant."""
+        if parsed is not None and parsed not in RATINGS:
+            raise ValueError(f"a turn's judgment must be one of {', '.join(RATINGS)} or None, got {parsed!r}")
+
+        def plan(db: sqlite3.Connection, now: float) -> list[dict]:
+            events = [_judgment_event(db, now, "turn", str(turn_id), judge, None, prompt, raw_answer, parsed)]
+            if parsed is not None:
+                events += _rating_events(db, now, str(turn_id), parsed, judge, judge)
+            return events
+
+        self._commit(plan)
+
+    def record_judgment(
+        self, conversation_id: str, judge: str, order: str, prompt: str, raw_answer: str, parsed: str | None
+    ) -> None:
+        """A judge's pairwise answer about a conversation shown in ``order``; ``parsed`` is in the conversation's
+        own sides. A judgment only: it is nobody's verdict."""
+        if order not in ORDERS:
+            raise ValueError(f"order must be one of {', '.join(ORDERS)}, got {order!r}")
+        if parsed is not None and parsed not in VERDICTS:
+            raise ValueError(f"a verdict judgment must be one of {', '.join(VERDICTS)} or None, got {parsed!r}")
+        self._commit(
+            lambda db, now: [
+                _judgment_event(db, now, "conversation", conversation_id, judge, order, prompt, raw_answer, parsed)
+            ]
+        )
+
+    def judgments(self, judge: str | None = None, subject_id: str | None = None) -> list[dict]:
+        """Every judgment (of one judge, about one turn or conversation), oldest first."""
+        wanted = {"judge": judge, "subject_id": subject_id}
+        where = " AND ".join(f"{column} = ?" for column, value in wanted.items() if value is not None)
+        args = tuple(value for value in wanted.values() if value is not None)
+        sql = "SELECT * FROM judgments" + (f" WHERE {where}" if where else "") + " ORDER BY at, rowid"
+        return [dict(row) for row in self._all(sql, args)]
+
+    def unjudged_turns(self, judge: str) -> list[Turn]:
+        """What a judge has left to rate: the answer shown now (the latest attempt, if it completed) of every
+        turn of every judged arena conversation that this judge has no judgment of yet, oldest first."""
+        rows = self._all(
+            "SELECT t.id, t.conversation_id, t.side, t.turn_index, t.attempt, t.model, t.user_text,"
+            " t.assistant_text, t.status, t.error FROM turns t JOIN conversations c ON c.id = t.conversation_id"
+            " WHERE c.purpose = 'arena' AND c.verdict IS NOT NULL AND t.status = 'complete'"
+            " AND t.attempt = (SELECT MAX(u.attempt) FROM turns u WHERE u.conversation_id = t.conversation_id"
+            " AND u.side = t.side AND u.turn_index = t.turn_index)"
+            " AND NOT EXISTS (SELECT 1 FROM judgments j WHERE j.judge = ? AND j.subject_kind = 'turn'"
+            " AND j.subject_id = t.id)"
+            " ORDER BY c.created_at, c.id, t.side, t.turn_index",
+            (judge,),
+        )
+        return [Turn(**dict(row)) for row in rows]
+
+    def unjudged_conversations(self, judge: str) -> list[tuple[str, list[str]]]:
+        """(conversation id, the orders still to ask) of every judged arena conversation that this judge has
+        not compared in both orders yet, oldest first."""
+        rows = self._all(
+            'SELECT c.id, (SELECT group_concat(j."order") FROM judgments j WHERE j.judge = ? AND'
+            " j.subject_kind = 'conversation' AND j.subject_id = c.id) AS done FROM conversations c"
+            " WHERE c.purpose = 'arena' AND c.verdict IS NOT NULL ORDER BY c.created_at, c.id",
+            (judge,),
+        )
+        pending = []
+        for row in rows:
+            done = set((row["done"] or "").split(","))
+            missing = [order for order in ORDERS if order not in done]
+            if missing:
+                pending.append((row["id"], missing))
+        return pending
+
+    def shown_turns(self, conversation_id: str) -> list[Turn]:
+        """Each turn's answer as shown now: its latest attempt, if that completed (a failed one is left out, as
+        the model never saw it), by side and turn index."""
+        latest: dict[tuple[str, int], Turn] = {}
+        for turn in self.turns(conversation_id):  # ordered by attempt: the last one wins
+            latest[(turn.side, turn.turn_index)] = turn
+        return [latest[key] for key in sorted(latest) if latest[key].status == "complete"]
+
     # -- reading -------------------------------------------------------------------------------------------
     def rated_sides(self, conversation_id: str) -> set[str]:
         """The sides with a turn their owner rated."""
@@ -553,11 +624,75 @@ class Store:
 
 # -- events: what each write is, and how it lands in the tables ---------------------------------------------
 EVENT_SCHEMA = 1  # the version of the event records below; a reader refuses a newer one
-EVENT_KINDS = ("conversation", "opener", "turn", "rating", "verdict", "review")
+# A kind added later (judgment) keeps the schema at 1: an older reader names it as unknown instead of misreading it.
+EVENT_KINDS = ("conversation", "opener", "turn", "rating", "verdict", "review", "judgment")
 
 
 def _event(kind: str, at: float, **fields: object) -> dict:
     return {"schema": EVENT_SCHEMA, "id": uuid.uuid4().hex, "kind": kind, "at": at, **fields}
+
+
+def _rating_events(db: sqlite3.Connection, now: float, turn_id: str, rating: str, session: str, rater: str) -> list:
+    """The checks of a rating and its event: the turn is this session's (or handed to it), it completed, and an
+    owner's judgment is not final yet."""
+    row = db.execute(
+        "SELECT t.status, t.side, t.turn_index, t.attempt, t.model, t.user_text, t.assistant_text,"
+        " c.session, c.id, c.verdict, EXISTS (SELECT 1 FROM review_grants g WHERE g.session = ? AND"
+        " g.conversation_id = c.id) AS granted FROM turns t JOIN conversations c ON c.id = t.conversation_id"
+        " WHERE t.id = ?",
+        (session, turn_id),
+    ).fetchone()
+    if row is None or (row["session"] != session and not row["granted"]):
+        raise NotAllowed("this turn does not belong to your session")
+    if row["status"] != "complete":
+        raise NotAllowed("a turn that ended in an error cannot be rated; retry it first")
+    owner = row["session"] == session
+    if owner and row["verdict"] is not None:
+        raise NotAllowed("this conversation has its verdict and the names are shown: its ratings are final")
+    return [
+        _event(
+            "rating",
+            now,
+            turn_id=turn_id,
+            session=session,
+            rater=rater,
+            rating=rating,
+            by_owner=owner,
+            second_opinion=not owner,
+            conversation_id=row["id"],
+            **{k: row[k] for k in ("side", "turn_index", "attempt", "model", "user_text", "assistant_text")},
+        )
+    ]
+
+
+def _judgment_event(
+    db: sqlite3.Connection,
+    now: float,
+    subject_kind: str,
+    subject_id: str,
+    judge: str,
+    order: str | None,
+    prompt: str,
+    raw_answer: str,
+    parsed: str | None,
+) -> dict:
+    if not judge.startswith(JUDGE_PREFIX) or len(judge) == len(JUDGE_PREFIX):
+        raise ValueError(f"a judge is named {JUDGE_PREFIX}<model>, got {judge!r}")
+    table = "turns" if subject_kind == "turn" else "conversations"
+    if db.execute(f"SELECT 1 FROM {table} WHERE id = ?", (subject_id,)).fetchone() is None:
+        raise NotAllowed(f"no {subject_kind} {subject_id!r} to judge")
+    return _event(
+        "judgment",
+        now,
+        judgment_id=uuid.uuid4().hex,
+        subject_kind=subject_kind,
+        subject_id=subject_id,
+        judge=judge,
+        order=order,
+        prompt=prompt,
+        raw_answer=raw_answer,
+        parsed=parsed,
+    )
 
 
 def _apply(db: sqlite3.Connection, event: dict) -> None:
@@ -637,6 +772,22 @@ def _apply(db: sqlite3.Connection, event: dict) -> None:
         db.execute(
             "INSERT INTO review_grants (session, conversation_id, rater, granted_at) VALUES (?, ?, ?, ?)",
             (event["session"], event["conversation_id"], event["rater"], at),
+        )
+    elif kind == "judgment":
+        db.execute(
+            'INSERT INTO judgments (id, subject_kind, subject_id, judge, "order", prompt, raw_answer, parsed, at)'
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                event["judgment_id"],
+                event["subject_kind"],
+                event["subject_id"],
+                event["judge"],
+                event["order"],
+                event["prompt"],
+                event["raw_answer"],
+                event["parsed"],
+                at,
+            ),
         )
     else:
         raise ValueError(f"unknown event kind {kind!r}")

@@ -11,6 +11,10 @@ Pure computation over a read-only SQLite connection, so it can run beside a live
 - **Decoding**: a conversation whose two sides ran different decoding (another temperature, top-p, penalty or
   token cap, a penalty over another scope, or a server that may have ignored a setting) is flagged in
   ``decoding_mismatch``: its verdict compares more than the models.
+- **Model judges** (``python -m demo.judge``, raters named ``judge:<model>``): their ratings of a person's turns
+  are second opinions that move none of the human figures, human agreement included; ``agreement.judges`` sets
+  each judge against the conversations' own raters (Cohen's kappa on the turns both rated). Conversations a judge
+  played and judged by itself (``autoplay``) are summed up apart, under ``automatic``.
 
 ``python -m demo.report --db ratings.db [--json] [--out DIR] [--a-model NAME]`` prints the summary;
 ``python -m demo.report export --db ratings.db --format jsonl|csv|hf --out PATH`` writes every rating with its turn.
@@ -31,6 +35,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from demo.ratings import JUDGE_PREFIX
 
 RATINGS = ("excellent", "pass", "fail")  # the order of Figure 7's segments, best first
 TABLES = ("conversations", "turns", "ratings", "verdict_log")
@@ -70,11 +76,20 @@ def connect(db_path: str | Path) -> sqlite3.Connection:
     return db
 
 
-def _read_all(db_path: str | Path) -> tuple[dict, list[sqlite3.Row], dict[str, str], list[sqlite3.Row], dict]:
+def _read_all(db_path: str | Path) -> tuple[dict, list[sqlite3.Row], dict[str, str], list[sqlite3.Row], dict, list]:
     """Conversations by id, every current rating joined to its turn, who gave each current verdict, every
-    turn's side and decoding, and every rating ever given by (turn, rater name), in order."""
+    turn's side and decoding, every rating ever given by (turn, rater name), in order, and every model judge's
+    judgment with the conversation it is about, in order."""
     db = connect(db_path)
     try:
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        judgments = []
+        if "judgments" in tables:  # a database from before model judges has none
+            judgments = db.execute(
+                'SELECT j.subject_kind, j.subject_id, j.judge, j."order" AS position, j.parsed,'
+                " COALESCE(t.conversation_id, j.subject_id) AS conversation_id FROM judgments j"
+                " LEFT JOIN turns t ON j.subject_kind = 'turn' AND t.id = j.subject_id ORDER BY j.at, j.rowid"
+            ).fetchall()
         decodings = db.execute("SELECT conversation_id, side, decoding FROM turns ORDER BY rowid").fetchall()
         conversations = {row["id"]: row for row in db.execute("SELECT * FROM conversations")}
         columns = {row[1] for row in db.execute("PRAGMA table_info(ratings)")}
@@ -97,7 +112,7 @@ def _read_all(db_path: str | Path) -> tuple[dict, list[sqlite3.Row], dict[str, s
         raise ReportError(f"cannot read {db_path}: {exc}") from None
     finally:
         db.close()
-    return conversations, rated, verdict_by, decodings, history
+    return conversations, rated, verdict_by, decodings, history, judgments
 
 
 # What makes two turns' decoding the same: the rater's setting, and what the server made of it.
@@ -226,6 +241,79 @@ def fleiss_kappa(items: list[Counter]) -> tuple[float | None, float | None]:
     return p_bar, kappa
 
 
+def cohen_kappa(pairs: list[tuple[str, str]]) -> tuple[float | None, float | None]:
+    """Observed agreement p_o and Cohen's kappa of two raters over the same items, one (first, second) pair each.
+
+    p_e = Σ_k (first's share of k) · (second's share of k); κ = (p_o − p_e) / (1 − p_e), undefined (None) when both
+    put every item in the same one category."""
+    if not pairs:
+        return None, None
+    n = len(pairs)
+    p_o = sum(first == second for first, second in pairs) / n
+    firsts, seconds = Counter(first for first, _ in pairs), Counter(second for _, second in pairs)
+    p_e = sum(firsts[k] * seconds[k] for k in firsts) / (n * n)
+    return p_o, None if p_e >= 1 else (p_o - p_e) / (1 - p_e)
+
+
+def swap_verdict(ab: str | None, ba: str | None) -> tuple[str | None, bool]:
+    """A judge's verdict on a conversation from its two pairwise answers (each in the conversation's own sides:
+    shown in order, then with the sides swapped) and whether it is a tie because they disagree. A judge that
+    prefers whatever it reads first gets a tie, not a winner. An unparsable answer leaves no verdict."""
+    if ab is None or ba is None:
+        return None, False
+    if ab == ba:
+        return ab, False
+    return "tie", True
+
+
+def _is_judge(who: object) -> bool:
+    return str(who).startswith(JUDGE_PREFIX)
+
+
+def _pairwise(judgments: list[sqlite3.Row]) -> dict[tuple[str, str], tuple[str | None, bool]]:
+    """(judge, conversation) -> ``swap_verdict`` of its latest answer in each order, where it gave both."""
+    orders: dict[tuple[str, str], dict[str, str | None]] = defaultdict(dict)
+    for row in judgments:  # in order: a later answer in the same order replaces an earlier one
+        if row["subject_kind"] == "conversation":
+            orders[row["judge"], row["subject_id"]][row["position"]] = row["parsed"]
+    return {key: swap_verdict(o["ab"], o["ba"]) for key, o in orders.items() if "ab" in o and "ba" in o}
+
+
+def _judge_agreement(rated, counted, judgments, conversations) -> dict[str, dict[str, Any]]:
+    """Each model judge against the conversations' own raters on a person's (arena) conversations: Cohen's
+    kappa on the turns both rated (the owner's rating as it counts above), its position-swapped verdicts
+    against the owner's, and how many of its answers could not be read."""
+    owner = {row["turn_id"]: row["rating"] for row in counted}
+    pairs: dict[str, list[tuple[str, str]]] = defaultdict(list)
+    for row in rated:
+        if _is_judge(row["who"]) and not row["by_owner"] and row["conversation_id"] in conversations:
+            mine = pairs[row["who"]]  # a judge with no turn in common with an owner still gets its line
+            if row["turn_id"] in owner:
+                mine.append((owner[row["turn_id"]], row["rating"]))
+    verdicts: dict[str, list[tuple[str | None, bool, str]]] = defaultdict(list)
+    for (judge, cid), (verdict, swapped) in _pairwise(judgments).items():
+        if cid in conversations and conversations[cid]["verdict"]:
+            verdicts[judge].append((verdict, swapped, conversations[cid]["verdict"]))
+    unparsable = Counter(
+        row["judge"] for row in judgments if row["parsed"] is None and row["conversation_id"] in conversations
+    )
+    result = {}
+    for judge in sorted({*pairs, *verdicts, *unparsable}):
+        raw, kappa = cohen_kappa(pairs[judge])
+        decided = [(v, s, human) for v, s, human in verdicts[judge] if v is not None]
+        result[judge] = {
+            "turns": len(pairs[judge]),
+            "raw": None if raw is None else round(raw, 3),
+            "kappa": None if kappa is None else round(kappa, 3),
+            "method": "cohen",
+            "verdicts": len(decided),
+            "verdicts_agree": sum(v == human for v, _, human in decided),
+            "swap_ties": sum(s for _, s, _ in decided),
+            "unparsable": unparsable[judge],
+        }
+    return result
+
+
 # -- the report ----------------------------------------------------------------------------------------------
 def _empty_verdicts(a_model: str | None = None) -> dict[str, Any]:
     return {"a_model": a_model, "b_model": None, "wins": 0, "losses": 0, "ties": 0, "conversations": 0}
@@ -309,7 +397,7 @@ def build_report(db_path: str | Path, a_model: str | None = None, resamples: int
     """Everything the summary, the figure and ``--json`` show, as one JSON-ready dict."""
     if resamples < 1:
         raise ReportError(f"resamples must be at least 1, got {resamples}")
-    conversations, rated, verdict_by, decodings, history = _read_all(db_path)
+    conversations, rated, verdict_by, decodings, history, judgments = _read_all(db_path)
 
     # Group the current ratings by turn slot: (conversation, side, turn index) -> attempt -> rater -> rating.
     slots: dict[tuple[str, str, int], dict[int, dict[str, sqlite3.Row]]] = defaultdict(lambda: defaultdict(dict))
@@ -326,7 +414,11 @@ def build_report(db_path: str | Path, a_model: str | None = None, resamples: int
         if own:
             mine = [r for r in attempts[max(own)].values() if r["by_owner"]]
             counted.append(dict(max(mine, key=lambda r: r["updated_at"])))
-        latest = attempts[max(attempts)]  # agreement: the latest attempt anyone rated, if two or more did
+        # Human agreement: the latest attempt a person rated, if two or more did. A model judge's ratings are
+        # left out before anything is chosen, so they can move neither the numbers nor which attempt counts.
+        people = {a: {w: r for w, r in by.items() if not _is_judge(w)} for a, by in attempts.items()}
+        people = {a: by for a, by in people.items() if by}
+        latest = people[max(people)] if people else {}
         if len(latest) >= 2:
             agreement_items.append(Counter(row["rating"] for row in latest.values()))
             agreement_raters.update(row["rater"] for row in latest.values())
@@ -349,6 +441,7 @@ def build_report(db_path: str | Path, a_model: str | None = None, resamples: int
     # Only blind judgments make the comparison (the paper's protocol); conversations rated with the names shown
     # (--no-blind) are summed up apart and count toward nothing else.
     # Conversations of other purposes (a judge's autoplay, epoch comparisons) are not a person's arena ratings.
+    every, counted_every = conversations, counted
     arena_ids = {cid for cid, conv in conversations.items() if _purpose(conv) == "arena"}
     conversations = {cid: conv for cid, conv in conversations.items() if cid in arena_ids}
     counted = [row for row in counted if row["conversation_id"] in arena_ids]
@@ -378,6 +471,7 @@ def build_report(db_path: str | Path, a_model: str | None = None, resamples: int
         "models": _models(counted_open, resamples, seed),
         "verdicts": _verdicts_of(open_conversations, conversations, a_model)[0],
     }
+    automatic = _automatic(every, counted_every, judgments, a_model, resamples, seed)
     return {
         "db": str(db_path),
         "counting": "each (conversation, side, turn) of a blind conversation once: its latest attempt rated by the"
@@ -391,6 +485,7 @@ def build_report(db_path: str | Path, a_model: str | None = None, resamples: int
         "verdict_pairs": verdict_pairs,
         "comparison": _comparison(counted_blind, verdicts, resamples, seed),
         "unblinded": unblinded,
+        "automatic": automatic,
         "raters": {name: raters[name] for name in sorted(raters)},
         "agreement": {
             "turns": len(agreement_items),
@@ -398,9 +493,31 @@ def build_report(db_path: str | Path, a_model: str | None = None, resamples: int
             "raw": None if raw is None else round(raw, 3),
             "kappa": None if kappa is None else round(kappa, 3),
             "method": "fleiss",
+            "judges": _judge_agreement(rated, counted, judgments, conversations),
         },
         "decoding_mismatch": _decoding_mismatch(decodings),
         "paper": PAPER,
+    }
+
+
+def _automatic(every: dict, counted: list[dict], judgments: list, a_model: str | None, resamples: int, seed: int):
+    """The autoplay conversations, played and judged by a model: the same shares and verdicts, counted apart."""
+    ids = {cid for cid, conv in every.items() if _purpose(conv) == "autoplay"}
+    played = {cid: every[cid] for cid in ids}
+    rows = [row for row in counted if row["conversation_id"] in ids]
+    swapped = [
+        cid
+        for (judge, cid), (_, swap) in _pairwise(judgments).items()
+        if swap and cid in ids and judge == every[cid]["rater"]
+    ]
+    return {
+        "conversations": len(ids),
+        "turns": len(rows),
+        "judges": sorted({conv["rater"] for conv in played.values() if conv["rater"]}),
+        "models": _models(rows, resamples, seed),
+        "verdicts": _verdicts_of(played, every, a_model)[0],
+        "swap_ties": len(swapped),
+        "unparsable": sum(row["parsed"] is None and row["conversation_id"] in ids for row in judgments),
     }
 
 
@@ -434,6 +551,10 @@ def markdown(report: dict) -> str:
         ]
     elif report["unblinded"]["turns"]:
         lines += ["No blind ratings yet (unblinded ones are summed up apart, below). The paper's bars:"]
+    elif report["automatic"]["conversations"]:
+        lines += [
+            "No ratings by people yet (a model judge's automatic ones are summed up apart, below). The paper's bars:"
+        ]
     else:
         lines += ["No ratings yet: rate some turns in the arena, then run the report again. The paper's bars:"]
     lines += [
@@ -518,6 +639,38 @@ def markdown(report: dict) -> str:
                 f"{uv['losses']}, tied in {uv['ties']}.",
             ]
 
+    auto = report["automatic"]
+    if auto["conversations"]:
+        judges = ", ".join(_cell(name) for name in auto["judges"]) or "a model judge"
+        lines += [
+            "",
+            "## Automatic: autoplay, played and judged by a model (not counted above)",
+            "",
+            f"{auto['conversations']} autoplay conversations, {auto['turns']} turns rated by {judges}: the evaluation "
+            "openers played on both sides and every turn and verdict given by a model, each verdict asked in both "
+            "orders. Automatic figures, not a person's ratings: they count toward nothing above.",
+            "",
+            "| model (automatic) | conversations | excellent | pass | fail | fails |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        for name, m in auto["models"].items():
+            lines.append(
+                f"| {_cell(name)} | {m['conversations']} | {m['excellent']:.1f} %{_ci(m['excellent_ci'])} "
+                f"| {m['pass']:.1f} % | {m['fail']:.1f} %{_ci(m['fail_ci'])} | {m['fails_per_turns']} |"
+            )
+        av = auto["verdicts"]
+        if av["conversations"]:
+            lines += [
+                "",
+                f"Automatic verdicts: {_cell(av['a_model'])} better in {av['wins']}, {_cell(av['b_model'])} better in "
+                f"{av['losses']}, tied in {av['ties']} (of {av['conversations']}; {auto['swap_ties']} of the ties are "
+                "the two orders disagreeing).",
+            ]
+        else:
+            lines += ["", "No automatic verdicts yet."]
+        if auto["unparsable"]:
+            lines += ["", f"{auto['unparsable']} judge answer(s) had no rating or verdict line: stored, not counted."]
+
     lines += ["", "## Raters", ""]
     if report["raters"]:
         lines += ["| rater | conversations | ratings | verdicts |", "|---|---:|---:|---:|"]
@@ -549,6 +702,25 @@ def markdown(report: dict) -> str:
         )
     else:
         lines.append("No turn has two raters yet: agreement needs second opinions on the same turns.")
+    if a["judges"]:
+        lines.append("")
+    for name, j in a["judges"].items():
+        if j["turns"]:
+            kappa = "undefined (one category throughout)" if j["kappa"] is None else f"{j['kappa']:.3f}"
+            line = (
+                f"- {_cell(name)} (a model judge) against the conversations' own raters, on the {j['turns']} turns "
+                f"both rated: observed agreement {j['raw']:.3f}, Cohen's κ {kappa}."
+            )
+        else:
+            line = f"- {_cell(name)} (a model judge): no turn rated by both it and the conversation's own rater yet."
+        if j["verdicts"]:
+            line += (
+                f" Its verdicts (both orders) match the rater's in {j['verdicts_agree']} of {j['verdicts']} "
+                f"conversations ({j['swap_ties']} ties from the two orders disagreeing)."
+            )
+        if j["unparsable"]:
+            line += f" {j['unparsable']} of its answers were unparsable (stored, not counted)."
+        lines.append(line)
     if report["after_reveal"]:
         lines += [
             "",

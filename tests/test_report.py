@@ -187,7 +187,8 @@ def test_raters_and_agreement(report):
         "carol": {"conversations": 2, "ratings": 4, "verdicts": 2},
         "dave": {"conversations": 1, "ratings": 1, "verdicts": 0},
     }
-    assert report["agreement"] == {"turns": 4, "raters": 4, "raw": 0.833, "kappa": 0.74, "method": "fleiss"}
+    assert report["agreement"] == {"turns": 4, "raters": 4, "raw": 0.833, "kappa": 0.74, "method": "fleiss",
+                                   "judges": {}}  # fmt: skip
 
 
 def test_fleiss_kappa_edge_cases():
@@ -246,7 +247,8 @@ def test_empty_database_gives_an_honest_empty_report(empty_db, tmp_path):
     assert (report["conversations"], report["turns"], report["models"], report["raters"]) == (0, 0, {}, {})
     assert report["verdicts"] == {"a_model": None, "b_model": None, "wins": 0, "losses": 0, "ties": 0,
                                   "conversations": 0}  # fmt: skip
-    assert report["agreement"] == {"turns": 0, "raters": 0, "raw": None, "kappa": None, "method": "fleiss"}
+    assert report["agreement"] == {"turns": 0, "raters": 0, "raw": None, "kappa": None, "method": "fleiss",
+                                   "judges": {}}  # fmt: skip
     assert report["paper"]["dialogue"]["fails_per_turns"] == "1 in 46"
     text = markdown(report)
     assert "No ratings yet" in text and "No verdicts yet" in text and "LIMA zero-shot (paper)" in text
@@ -467,5 +469,8 @@ def test_conversations_of_other_purposes_never_change_the_human_figures(tmp_path
         store.ensure_conversation("y", "s", NEW, OLD, blind=True, purpose="bench")
     store.close()
     base, more = build_report(db), build_report(tmp_path / "more.db")
-    for key in ("conversations", "turns", "models", "verdicts", "comparison", "unblinded"):
+    for key in ("conversations", "turns", "models", "verdicts", "comparison", "unblinded", "agreement"):
         assert more[key] == base[key], key
+    auto = more["automatic"]  # autoplay is summed up apart, as automatic; epoch comparisons nowhere yet
+    expected = (1, 2, 1) if purpose == "autoplay" else (0, 0, 0)
+    assert (auto["conversations"], auto["turns"], auto["verdicts"]["losses"]) == expected

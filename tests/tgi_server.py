@@ -53,6 +53,7 @@ import re
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, ClassVar
@@ -85,6 +86,8 @@ class Behaviour:
     """What the server does on the next generation request; a test may swap or mutate it between requests."""
 
     reply: str = "Hello from the test server."  # streamed back as tokens: re.findall(r"\s*\S+", reply)
+    # Chooses each request's reply from its messages instead (a scripted judge reads what it was asked).
+    reply_for: Callable[[list[dict]], str] | None = None
     token_delay_s: float = 0.0  # pause before each token of the reply
     first_token_delay_s: float = 0.0  # extra pause before the first token (time to first token)
     status: int = 200  # not 200: generation routes answer this status with TGI's error JSON (503: /health too)
@@ -218,6 +221,8 @@ class _Handler(BaseHTTPRequestHandler):
             )
             return
         tgi = self.server.tgi
+        if behaviour.reply_for is not None:  # this request's own copy of the behaviour: others are not touched
+            behaviour.reply = behaviour.reply_for(body["messages"])
         if behaviour.server == "vllm" and body.get("model") != behaviour.model_id:  # serving_engine.py _check_model
             error = {"message": f"The model `{body.get('model')}` does not exist.", "type": "NotFoundError"}
             self._send_json(404, {"error": {**error, "param": "model", "code": 404}})

@@ -1,0 +1,515 @@
+"""An automatic first-pass rater: a judge model rates stored turns on LIMA's scale and compares conversations,
+and it can play the evaluation openers on both sides by itself (autoplay).
+
+``python -m demo.judge --db ratings.db --judge URL[#model]`` asks the judge about every judged arena conversation
+it has not seen yet (so a second run goes on where the first stopped): the answer shown of each turn, with the
+conversation up to it as context, and the two sides as "A" and "B" in both orders. The judge rates as
+``judge:<model>`` in a session of its own, through a review grant: a second opinion, never the owner's rating,
+and its verdict is a judgment, never the conversation's. Every answer is kept whole (the store's ``judgments``).
+
+``python -m demo.judge autoplay --left SRC --right SRC --judge URL`` plays each opener and its planned follow-ups
+on both sides, which model sits on A drawn per conversation as the arena draws it, and stores the conversations
+as ``autoplay``, the judge their rater: it rates every turn and gives the verdict (both orders; a disagreement is
+a tie). The report then sums them up apart from a person's ratings, labelled automatic.
+
+The prompts are data (``judge_prompts.yaml``). The judge is asked greedily (temperature 0) through the arena's own
+``RemoteBackend``, so any TGI, vLLM, transformers serve or OpenAI-compatible server will do, and each prompt's
+last line is the contract: ``Rating: fail|pass|excellent`` or ``Verdict: A|B|tie``, the last such line wins, and
+an answer without one is stored as unparsable, never guessed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import re
+import sqlite3
+import string
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from demo import arena, backends, ratings, report
+
+PROMPTS_FILE = Path(__file__).with_name("judge_prompts.yaml")
+OPENERS_FILE = Path(__file__).resolve().parents[1] / "dialogues" / "eval_openers.jsonl"
+SIDES = ("a", "b")
+WARMUP_RETRIES = 6  # a server scaled to zero answers 503 while it wakes: ask again, as the arena does
+WARMUP_WAIT_S = 5.0
+# A status that refuses one request (a prompt past the judge's context, say), not the judge: that subject is
+# skipped and asked again next run, and the others go on.
+REFUSALS = (400, 413, 422)
+
+
+class JudgeError(Exception):
+    """Input or a judge this command cannot use: one line for stderr, exit 2."""
+
+
+# -- the prompts and the contract ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Prompts:
+    turn_system: str
+    turn_user: str
+    pairwise_system: str
+    pairwise_user: str
+
+
+def load_prompts(path: Path = PROMPTS_FILE) -> Prompts:
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as err:
+        raise JudgeError(f"cannot read the judge prompts {path}: {str(err).splitlines()[0]}") from None
+    fields = {}
+    for kind, needs in (("turn", ("conversation",)), ("pairwise", ("a", "b"))):
+        section = data.get(kind) if isinstance(data, dict) else None
+        if not isinstance(section, dict) or not isinstance(section.get("user"), str):
+            raise JudgeError(f"{path}: {kind}.user must be the prompt's text")
+        missing = [name for name in needs if f"${{{name}}}" not in section["user"]]
+        if missing:
+            raise JudgeError(f"{path}: {kind}.user must hold {', '.join(f'${{{n}}}' for n in missing)}")
+        fields[f"{kind}_system"] = str(section.get("system") or "")
+        fields[f"{kind}_user"] = section["user"]
+    return Prompts(**fields)
+
+
+def _last(text: str, pattern: re.Pattern) -> str | None:
+    """The value on the last line of ``text`` that matches; markdown emphasis, brackets or quotes around the
+    words and a closing full stop are read through (judges add them), anything else is not a match."""
+    found = None
+    for line in text.splitlines():
+        core = re.sub(r"[*_`\[\]\"']", "", line).strip().lstrip("#> ").rstrip(".").strip()
+        if match := pattern.fullmatch(core):
+            found = match[1].lower()
+    return found
+
+
+RATING_LINE = re.compile(r"rating\s*:\s*(fail|pass|excellent)", re.IGNORECASE)
+VERDICT_LINE = re.compile(r"verdict\s*:\s*(a|b|tie)", re.IGNORECASE)
+
+
+def parse_rating(answer: str) -> str | None:
+    """``fail``, ``pass`` or ``excellent`` from the answer's last ``Rating:`` line; None: unparsable."""
+    return _last(answer, RATING_LINE)
+
+
+def parse_verdict(answer: str) -> str | None:
+    """``a`` (the conversation shown first), ``b`` or ``tie`` from the last ``Verdict:`` line; None: unparsable."""
+    return _last(answer, VERDICT_LINE)
+
+
+def transcript(exchanges: list[tuple[str, str]], rate_last: bool = False) -> str:
+    """A conversation as the judge reads it; with ``rate_last`` its last answer is labelled as the one to rate."""
+    parts = []
+    for n, (user, assistant) in enumerate(exchanges, 1):
+        target = ": the answer to rate" if rate_last and n == len(exchanges) else ""
+        parts += [f"[user, turn {n}]\n{user}", f"[assistant, turn {n}{target}]\n{assistant}"]
+    return "\n\n".join(parts)
+
+
+def _messages(system: str, user: str) -> list[dict]:
+    # An empty system prompt is left out: some chat templates refuse a system role.
+    return ([{"role": "system", "content": system}] if system.strip() else []) + [{"role": "user", "content": user}]
+
+
+def turn_request(prompts: Prompts, exchanges: list[tuple[str, str]]) -> list[dict]:
+    """The judge's messages for the last answer of ``exchanges`` (the whole conversation up to it: context)."""
+    filled = string.Template(prompts.turn_user).substitute(conversation=transcript(exchanges, rate_last=True))
+    return _messages(prompts.turn_system, filled)
+
+
+def pairwise_request(prompts: Prompts, first: list[tuple[str, str]], second: list[tuple[str, str]]) -> list[dict]:
+    """The judge's messages comparing two conversations, ``first`` shown as A."""
+    filled = string.Template(prompts.pairwise_user).substitute(a=transcript(first), b=transcript(second))
+    return _messages(prompts.pairwise_system, filled)
+
+
+# -- the judge -----------------------------------------------------------------------------------------------
+class Judge:
+    """A judge model behind a TGI or OpenAI-compatible URL (``NAME=`` in front names it), asked greedily."""
+
+    def __init__(self, source: str, max_tokens: int = 1024, timeout: float = 300.0) -> None:
+        self.given_name, url = backends.parse_source(source)
+        if not url.startswith(("http://", "https://")):
+            raise JudgeError(f"--judge must be a TGI or OpenAI-compatible server's URL[#model], got {source!r}")
+        base, _, model = url.partition("#")
+        self.backend = backends.RemoteBackend(base, model=model.strip() or None, timeout=timeout)
+        # Greedy and unpenalised: the same answer each time it is asked (the penalty 1.0 is none on every server).
+        self.decoding = backends.Decoding(temperature=0.0, top_p=1.0, repetition_penalty=1.0, max_new_tokens=max_tokens)
+        self.name = ""
+
+    async def start(self) -> None:
+        status = await self.backend.probe()
+        if not status.ok:
+            raise JudgeError(f"judge {self.backend.source}: {status.detail}")
+        model = self.given_name or self.backend.model or self.backend.model_id or self.backend.url
+        self.name = ratings.JUDGE_PREFIX + model
+
+    async def ask(self, messages: list[dict]) -> str:
+        for attempt in range(WARMUP_RETRIES + 1):
+            try:
+                return "".join([chunk async for chunk in self.backend.stream(messages, self.decoding)])
+            except backends.BackendError as err:
+                if not err.warming_up or attempt == WARMUP_RETRIES:
+                    raise
+            await asyncio.sleep(WARMUP_WAIT_S)
+        raise AssertionError("unreachable")
+
+
+@dataclass
+class Tally:
+    turns: int = 0  # turns given a rating
+    unparsable: int = 0  # answers (about turns or conversations) with no rating or verdict line
+    verdicts: int = 0  # conversations given a verdict (both orders read)
+    swap_ties: int = 0  # of those, ties because the two orders disagreed
+    refused: int = 0  # requests the judge refused (asked again next run)
+
+    def line(self, judge: str) -> str:
+        text = (
+            f"{judge}: rated {self.turns} turns, {self.unparsable} unparsable, {self.verdicts} verdicts, "
+            f"of which {self.swap_ties} position-swap ties"
+        )
+        return text + (f"; {self.refused} requests refused by the judge (asked again next run)" if self.refused else "")
+
+
+def _exchanges(shown: list[ratings.Turn], side: str, upto: int | None = None) -> list[tuple[str, str]]:
+    """One side's (user, assistant) turns as shown, up to turn index ``upto``: what its model saw and said."""
+    return [(t.user_text, t.assistant_text) for t in shown if t.side == side and (upto is None or t.turn_index <= upto)]
+
+
+async def _asked(judge: Judge, messages: list[dict], what: str, tally: Tally) -> str | None:
+    """The judge's answer, or None when it refused this one request (said on stderr, counted)."""
+    try:
+        return await judge.ask(messages)
+    except backends.BackendError as err:
+        if err.status not in REFUSALS:
+            raise
+        print(f"warning: {judge.name} refused {what}: {err}", file=sys.stderr)
+        tally.refused += 1
+        return None
+
+
+async def rate_turn(
+    store: ratings.Store, judge: Judge, prompts: Prompts, turn: ratings.Turn, shown: list[ratings.Turn], tally: Tally
+) -> None:
+    """Ask the judge about one turn (the conversation up to it as context) and store its answer and rating."""
+    messages = turn_request(prompts, _exchanges(shown, turn.side, upto=turn.turn_index))
+    answer = await _asked(judge, messages, f"turn {turn.id}", tally)
+    if answer is None:
+        return
+    rating = parse_rating(answer)
+    await asyncio.to_thread(
+        store.judge_turn, turn.id, judge.name, json.dumps(messages, ensure_ascii=False), answer, rating
+    )
+    if rating is None:
+        tally.unparsable += 1
+    else:
+        tally.turns += 1
+
+
+async def compare(
+    store: ratings.Store, judge: Judge, prompts: Prompts, conversation_id: str, orders: list[str], tally: Tally
+) -> str | None:
+    """Ask the judge which side did better, in each order still missing; the verdict of both orders (None if
+    either answer was unparsable or refused)."""
+    shown = store.shown_turns(conversation_id)
+    sides = {side: _exchanges(shown, side) for side in SIDES}
+    for order in orders:
+        first, second = order  # "ba": side b is shown as A
+        messages = pairwise_request(prompts, sides[first], sides[second])
+        answer = await _asked(judge, messages, f"conversation {conversation_id} ({order})", tally)
+        if answer is None:
+            return None
+        letter = parse_verdict(answer)
+        verdict = {"a": first, "b": second, "tie": "tie"}.get(letter)  # back to the conversation's own sides
+        prompt = json.dumps(messages, ensure_ascii=False)
+        await asyncio.to_thread(store.record_judgment, conversation_id, judge.name, order, prompt, answer, verdict)
+        if verdict is None:
+            tally.unparsable += 1
+    latest = {j["order"]: j["parsed"] for j in store.judgments(judge.name, conversation_id)}
+    verdict, swapped = report.swap_verdict(latest.get("ab"), latest.get("ba"))
+    if verdict is not None:
+        tally.verdicts += 1
+        tally.swap_ties += swapped
+    return verdict
+
+
+async def rate_stored(store: ratings.Store, judge: Judge, prompts: Prompts, tally: Tally) -> None:
+    """Every turn and conversation of the judged arena conversations that this judge has not judged yet."""
+    granted: set[str] = set()
+    shown: dict[str, list[ratings.Turn]] = {}
+    for turn in store.unjudged_turns(judge.name):
+        cid = turn.conversation_id
+        if cid not in granted:  # the judge's ratings are second opinions, as a reviewer's are
+            await asyncio.to_thread(store.grant_review, judge.name, cid, judge.name)
+            granted.add(cid)
+            shown[cid] = store.shown_turns(cid)
+        await rate_turn(store, judge, prompts, turn, shown[cid], tally)
+    for cid, orders in store.unjudged_conversations(judge.name):
+        await compare(store, judge, prompts, cid, orders, tally)
+
+
+# -- autoplay ------------------------------------------------------------------------------------------------
+def load_openers(path: Path) -> list[dict]:
+    """The openers, each checked: one JSON object a line with an ``id``, a ``prompt`` and ``follow_ups``."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise JudgeError(f"cannot read the openers {path}: {getattr(err, 'strerror', None) or err}") from None
+    openers = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            opener = json.loads(line)
+        except ValueError as err:
+            raise JudgeError(f"{path}:{number}: not a JSON object ({str(err).splitlines()[0]})") from None
+        if not isinstance(opener, dict) or not all(isinstance(opener.get(k), str) for k in ("id", "prompt")):
+            raise JudgeError(f'{path}:{number}: an opener needs an "id" and a "prompt" (strings)')
+        follow_ups = opener.get("follow_ups", [])
+        if not isinstance(follow_ups, list) or not all(isinstance(f, str) and f.strip() for f in follow_ups):
+            raise JudgeError(f'{path}:{number}: "follow_ups" must be a list of messages (non-empty strings)')
+        for message in [opener["prompt"], *follow_ups]:
+            try:
+                arena.check_message(message)
+            except ValueError as err:
+                raise JudgeError(f"{path}:{number}: {err}") from None
+        openers.append({**opener, "follow_ups": follow_ups})
+    if not openers:
+        raise JudgeError(f"{path}: no openers")
+    return openers
+
+
+async def play_turn(
+    store: ratings.Store,
+    conversation_id: str,
+    session: str,
+    side_key: str,
+    side: arena.Side,
+    backend,
+    message: str,
+    decoding: backends.Decoding,
+) -> None:
+    """One side answers ``message`` with its own history; the turn is stored as the arena stores one."""
+    turn = arena.TurnView(user=message)
+    side.turns.append(turn)
+    answer, started, first_token_s, error = "", time.time(), None, None
+    for attempt in range(WARMUP_RETRIES + 1):
+        try:
+            async for chunk in backend.stream(side.history(), decoding):
+                if first_token_s is None:
+                    first_token_s = time.time() - started
+                answer += chunk
+            break
+        except backends.BackendError as err:
+            if err.warming_up and not answer and attempt < WARMUP_RETRIES:
+                await asyncio.sleep(WARMUP_WAIT_S)
+                continue
+            error = str(err)  # stored as that side's failed turn; the model never sees it again, as in the arena
+            break
+        except Exception as err:  # a bug or an unforeseen failure: still that side's failed turn, not a lost run
+            error = f"unexpected error: {str(err).splitlines()[0] if str(err) else type(err).__name__}"
+            break
+    stored = await asyncio.to_thread(
+        store.add_turn,
+        conversation_id,
+        session,
+        side_key,
+        len(side.turns),
+        backend.name,
+        message,
+        answer,
+        backend.decoding_record(decoding),
+        started,
+        first_token_s,
+        status="error" if error else "complete",
+        error=error,
+    )
+    turn.turn_id, turn.assistant, turn.error = stored.id, answer, error
+
+
+async def autoplay(
+    store: ratings.Store,
+    judge: Judge,
+    prompts: Prompts,
+    players: list,
+    openers: list[dict],
+    decoding: backends.Decoding,
+    rng: random.Random,
+    tally: Tally,
+) -> list[str]:
+    """Play, rate and judge one conversation per opener; the ids of the conversations stored."""
+    played = []
+    for opener in openers:
+        conv = arena.new_conversation(blind=True, rng=rng)  # which model sits on A, drawn as the arena draws it
+        seats = [players[index] for index in conv.models]
+        await asyncio.to_thread(
+            store.ensure_conversation,
+            conv.id,
+            judge.name,
+            seats[0].name,
+            seats[1].name,
+            True,
+            judge.name,
+            opener["id"],
+            "autoplay",
+        )
+        played.append(conv.id)
+        sides = {key: arena.Side() for key in SIDES}
+        for message in [opener["prompt"], *opener["follow_ups"]]:
+            await asyncio.gather(
+                *(
+                    play_turn(store, conv.id, judge.name, key, sides[key], backend, message, decoding)
+                    for key, backend in zip(SIDES, seats, strict=True)
+                )
+            )
+        shown = store.shown_turns(conv.id)
+        for turn in shown:
+            await rate_turn(store, judge, prompts, turn, shown, tally)
+        verdict = await compare(store, judge, prompts, conv.id, list(ratings.ORDERS), tally)
+        if verdict is not None:
+            try:
+                await asyncio.to_thread(store.set_verdict, conv.id, verdict, judge.name, judge.name)
+            except ratings.NotAllowed as err:  # e.g. a side whose every answer failed: nothing of it was rated
+                print(f"warning: autoplay {conv.id} ({opener['id']}) has no verdict: {err}", file=sys.stderr)
+    return played
+
+
+# -- command line --------------------------------------------------------------------------------------------
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, not usage + message
+        raise JudgeError(f"{message} (see python -m demo.judge --help)")
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, got {text!r}")
+    return value
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--judge",
+        required=True,
+        metavar="URL[#model]",
+        help="the judge: a TGI or OpenAI-compatible server (NAME=URL names it; the rater is judge:NAME or "
+        "judge:<served model>)",
+    )
+    parser.add_argument("--judge-max-tokens", type=_positive, default=1024, help="the judge's answer cap (1024)")
+    parser.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for one judge answer (300)")
+    parser.add_argument("--prompts", type=Path, default=PROMPTS_FILE, help="judge prompts (demo/judge_prompts.yaml)")
+
+
+def _rate_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="python -m demo.judge",
+        description="Rate the stored turns and conversations of judged arena conversations with a judge model, "
+        "as second opinions (resumable). `python -m demo.judge autoplay --help` plays and judges by itself.",
+    )
+    parser.add_argument("--db", type=Path, required=True, help="the arena's SQLite ratings database")
+    _common(parser)
+    return parser
+
+
+def _autoplay_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="python -m demo.judge autoplay",
+        description="Play each evaluation opener and its follow-ups on both sides, rate and judge them with a "
+        "judge model (stored as autoplay: automatic figures, apart from a person's), then print the report.",
+    )
+    parser.add_argument("--left", required=True, metavar="SRC", help="a model folder, Hub id or server URL")
+    parser.add_argument("--right", required=True, metavar="SRC", help="the other side, as --left")
+    parser.add_argument("--db", type=Path, default=Path("ratings.db"), help="the ratings database (ratings.db)")
+    parser.add_argument("--openers", type=Path, default=OPENERS_FILE, help="dialogues/eval_openers.jsonl")
+    parser.add_argument("--limit", type=_positive, help="play only the first N openers")
+    parser.add_argument("--max-new-tokens", type=_positive, default=512, help="each answer's cap (512)")
+    parser.add_argument("--seed", type=int, help="seed the draw of sides (default: unseeded, as the arena)")
+    _common(parser)
+    return parser
+
+
+def _open_store(path: Path, existing: bool) -> ratings.Store:
+    if existing:  # rating what is stored: a missing or foreign file is a mistake, not a new database
+        try:
+            report.connect(path).close()
+        except report.ReportError as err:
+            raise JudgeError(str(err)) from None
+    try:
+        # Autoplay gives its verdict even where the judge could not rate an answer (counted as unparsable).
+        return ratings.Store(path, rate_every_turn=existing)
+    except (sqlite3.Error, OSError) as err:
+        raise JudgeError(f"cannot open the ratings database {path}: {str(err).splitlines()[0]}") from None
+
+
+async def _rate_main(args: argparse.Namespace) -> int:
+    prompts = load_prompts(args.prompts)
+    judge = Judge(args.judge, args.judge_max_tokens, args.timeout)
+    store = _open_store(args.db, existing=True)
+    tally = Tally()
+    try:
+        await judge.start()
+        await rate_stored(store, judge, prompts, tally)
+    except backends.BackendError as err:
+        print(tally.line(judge.name))
+        raise JudgeError(f"{judge.name} failed: {err} (what it judged is stored; run again to go on)") from None
+    finally:
+        store.close()
+    print(tally.line(judge.name))
+    return 0
+
+
+async def _autoplay_main(args: argparse.Namespace) -> int:
+    prompts = load_prompts(args.prompts)
+    openers = load_openers(args.openers)[: args.limit]
+    judge = Judge(args.judge, args.judge_max_tokens, args.timeout)
+    players = [backends.make_backend(source) for source in (args.left, args.right)]
+    store = _open_store(args.db, existing=False)
+    tally = Tally()
+    try:
+        await judge.start()
+        for flag, player in zip(("--left", "--right"), players, strict=True):
+            # One after the other: two threads importing transformers at once can see it half-initialised.
+            status = await player.probe()
+            if not status.ok:
+                raise JudgeError(f"{flag} {player.source}: {status.detail}")
+        if players[0].name == players[1].name:
+            raise JudgeError(f"both sides are named {players[0].name!r}: name them (NAME=SOURCE) to tell them apart")
+        decoding = backends.Decoding(max_new_tokens=args.max_new_tokens)  # the paper's decoding, as the arena's
+        rng = random.Random(args.seed) if args.seed is not None else random.SystemRandom()
+        played = await autoplay(store, judge, prompts, players, openers, decoding, rng, tally)
+    except backends.BackendError as err:
+        print(tally.line(judge.name))
+        raise JudgeError(f"{judge.name} failed: {err} (what was played and judged is stored)") from None
+    finally:
+        store.close()
+    print(tally.line(judge.name))
+    names = " vs ".join(p.name for p in players)
+    print(
+        f"\nAUTOMATIC: {len(played)} autoplay conversation(s) of {names} played, every turn rated and every verdict "
+        f"given by {judge.name}, a model, not a person. Its figures are the report's 'Automatic' section below.\n"
+    )
+    print(report.markdown(report.build_report(args.db)), end="")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        if argv[:1] == ["autoplay"]:
+            return asyncio.run(_autoplay_main(_autoplay_parser().parse_args(argv[1:])))
+        return asyncio.run(_rate_main(_rate_parser().parse_args(argv)))
+    except (JudgeError, report.ReportError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
