@@ -456,7 +456,7 @@ class Store:
         nothing left to review."""
         row = self._one(
             "SELECT c.id FROM conversations c WHERE c.session != ? AND c.rater != ? AND c.rater != ''"
-            " AND c.verdict IS NOT NULL"
+            " AND c.verdict IS NOT NULL AND c.purpose = 'arena'"  # people review people's conversations
             " AND EXISTS (SELECT 1 FROM turns t JOIN ratings r ON r.turn_id = t.id WHERE t.conversation_id = c.id)"
             " AND NOT EXISTS (SELECT 1 FROM review_grants g WHERE g.conversation_id = c.id AND g.rater = ?)"
             " ORDER BY random() LIMIT 1",

@@ -389,3 +389,14 @@ def test_eight_threads_lose_and_duplicate_nothing(store):
         " GROUP BY turn_id, rater)",
     )
     assert sorted(current) == sorted(last_logged)
+
+
+def test_review_hands_out_only_peoples_judged_arena_conversations(store):
+    for cid, purpose in (("auto", "autoplay"), ("epochs", "checkpoints"), ("c1", "arena")):
+        store.ensure_conversation(cid, f"s-{cid}", "lima-1030", "lima-1000", blind=True, rater="ann", purpose=purpose)
+        for side in "ab":
+            turn = store.add_turn(cid, f"s-{cid}", side, 1, "m", "hi", "hello", {}, 1.0, 0.1)
+            store.rate(turn.id, "pass", f"s-{cid}", "ann")
+        store.set_verdict(cid, "tie", f"s-{cid}", "ann")
+    assert store.assign_review("r1", "bob") == "c1"
+    assert store.assign_review("r1", "bob") is None  # the other two are a model's and an epoch comparison
