@@ -404,7 +404,9 @@ class RemoteBackend:
         server = kind + (f" {self.version}" if self.version else "")
         return decoding_record(decoding, server, sent, _SCOPES.get(kind, "unknown"), may_ignore)
 
-    async def stream(self, messages: list[dict], decoding: Decoding) -> AsyncIterator[str]:
+    async def stream(self, messages: list[dict], decoding: Decoding, finish: dict | None = None) -> AsyncIterator[str]:
+        """The answer's text chunks. A ``finish`` dict, when given, receives the server's ``reason`` ("stop":
+        a stop token, "length": the token cap) and, where it reports usage, ``completion_tokens``."""
         import httpx2  # huggingface_hub's own HTTP transport: its errors are httpx2's
         from huggingface_hub.errors import HfHubHTTPError, InferenceTimeoutError, TextGenerationError
 
@@ -420,6 +422,11 @@ class RemoteBackend:
             async with self._client() as client:
                 chunks = await client.chat_completion(messages, stream=True, **named, extra_body=fields or None)
                 async for chunk in chunks:
+                    if finish is not None:
+                        if chunk.choices and chunk.choices[0].finish_reason:
+                            finish["reason"] = chunk.choices[0].finish_reason
+                        if getattr(chunk, "usage", None) and chunk.usage.completion_tokens is not None:
+                            finish["completion_tokens"] = chunk.usage.completion_tokens
                     if chunk.choices and chunk.choices[0].delta.content:
                         yield chunk.choices[0].delta.content
         except HfHubHTTPError as err:
