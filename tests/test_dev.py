@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from conftest import DIALOGUES, run_cli
-from tgi_server import Behaviour, TGIServer
+from tgi_server import Behaviour, TGIServer, free_port
 
 from demo.backends import Decoding
 from finetune.dev import RECORD_KEYS, dev_answers
@@ -125,7 +125,8 @@ def test_source_answers_through_a_server_into_that_epochs_file(run, prompts):
 
 
 @pytest.mark.parametrize(
-    "case", ["no epochs", "not JSON", "no prompt", "source without epoch", "unknown epoch", "bad temperature"]
+    "case",
+    ["no epochs", "not JSON", "no prompt", "source without epoch", "unknown epoch", "bad temperature", "no server"],
 )
 def test_bad_input_is_one_line_exit_2(case, trained, prompts, tmp_path):
     run, args = trained / "lima-1030", []
@@ -143,8 +144,11 @@ def test_bad_input_is_one_line_exit_2(case, trained, prompts, tmp_path):
         args, expected = ["--source", "http://127.0.0.1:9"], "error: --source needs --epoch N"
     elif case == "unknown epoch":
         args, expected = ["--epoch", "7"], f"error: {run}: has no epoch-7 model: kept epochs are epoch-2, epoch-3"
-    else:
+    elif case == "bad temperature":
         args, expected = ["--temperature", "-1"], "error: --temperature -1: must be >= 0"
+    else:
+        url = f"http://127.0.0.1:{free_port()}"
+        args, expected = ["--source", url, "--epoch", "3"], f"error: --source {url}: unreachable"
     result = run_cli("-m", "finetune", "dev", str(run), "--prompts", str(prompts), *args)
     assert result.returncode == 2, result.stderr
     assert result.stderr.count("\n") == 1 and result.stderr.startswith(expected), result.stderr
