@@ -428,8 +428,10 @@ class RemoteBackend:
         server = kind + (f" {self.version}" if self.version else "")
         return decoding_record(decoding, server, sent, _SCOPES.get(kind, "unknown"), may_ignore)
 
-    async def stream(self, messages: list[dict], decoding: Decoding) -> AsyncIterator[str]:
-        """The answer's text as it streams, after a slot under the side's cap (``Waiting`` notes until then)."""
+    async def stream(self, messages: list[dict], decoding: Decoding, finish: dict | None = None) -> AsyncIterator[str]:
+        """The answer's text as it streams, after a slot under the side's cap (``Waiting`` notes until then).
+        A ``finish`` dict, when given, receives the server's ``reason`` ("stop": a stop token, "length": the
+        token cap) and, where it reports usage, ``completion_tokens``."""
         if self.kind is None:  # not probed yet (or the server was down then): learn what it is first
             await self.probe()
         cap, waited = self.max_concurrent or self.server_cap, 0
@@ -443,13 +445,13 @@ class RemoteBackend:
             waited += 1
             await asyncio.sleep(0.05)
         try:
-            async for chunk in self._stream(messages, decoding):
+            async for chunk in self._stream(messages, decoding, finish):
                 yield chunk
         finally:
             with self._gate:
                 self.active -= 1
 
-    async def _stream(self, messages: list[dict], decoding: Decoding) -> AsyncIterator[str]:
+    async def _stream(self, messages: list[dict], decoding: Decoding, finish: dict | None) -> AsyncIterator[str]:
         import httpx2  # huggingface_hub's own HTTP transport: its errors are httpx2's
         from huggingface_hub.errors import HfHubHTTPError, InferenceTimeoutError, TextGenerationError
 
@@ -463,6 +465,11 @@ class RemoteBackend:
             async with self._client() as client:
                 chunks = await client.chat_completion(messages, stream=True, **named, extra_body=fields or None)
                 async for chunk in chunks:
+                    if finish is not None:
+                        if chunk.choices and chunk.choices[0].finish_reason:
+                            finish["reason"] = chunk.choices[0].finish_reason
+                        if getattr(chunk, "usage", None) and chunk.usage.completion_tokens is not None:
+                            finish["completion_tokens"] = chunk.usage.completion_tokens
                     if chunk.choices and chunk.choices[0].delta.content:
                         yield chunk.choices[0].delta.content
         except HfHubHTTPError as err:

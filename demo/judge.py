@@ -152,7 +152,8 @@ class Judge:
     async def ask(self, messages: list[dict]) -> str:
         for attempt in range(WARMUP_RETRIES + 1):
             try:
-                return "".join([chunk async for chunk in self.backend.stream(messages, self.decoding)])
+                stream = self.backend.stream(messages, self.decoding)
+                return "".join([chunk async for chunk in stream if not isinstance(chunk, backends.Waiting)])
             except backends.BackendError as err:
                 if not err.warming_up or attempt == WARMUP_RETRIES:
                     raise
@@ -301,6 +302,8 @@ async def play_turn(
     for attempt in range(WARMUP_RETRIES + 1):
         try:
             async for chunk in backend.stream(side.history(), decoding):
+                if isinstance(chunk, backends.Waiting):  # a note while queued, not answer text
+                    continue
                 if first_token_s is None:
                     first_token_s = time.time() - started
                 answer += chunk

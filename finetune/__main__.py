@@ -126,6 +126,38 @@ def run_select(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_dev_parser(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "dev",
+        help="answer the held-out dev prompts with every kept epoch of a run, to choose one",
+        description="Answer every dev prompt with every kept epoch of RUN_DIR (LIMA chose its epoch by reading "
+        "such answers) with the paper's decoding, into RUN_DIR/dev/epoch-N.jsonl. A rerun skips the prompts a "
+        "file already answers. With --source, a server serving epoch --epoch answers instead.",
+    )
+    parser.add_argument("run_dir", type=Path, help="a run folder, e.g. runs/quick-cpu/lima-1030")
+    parser.add_argument("--prompts", type=Path, default=None, help="dev prompts (default: dialogues/dev.jsonl)")
+    parser.add_argument("--source", metavar="URL", help="a TGI, vLLM or OpenAI-compatible server serving one epoch")
+    parser.add_argument("--epoch", type=int, help="the epoch --source serves; without --source: answer with it only")
+    parser.add_argument("--batch-size", type=int, default=8, help="prompts per generate call (or requests at once)")
+    parser.add_argument("--max-new-tokens", type=int, default=512, help="new-token cap per answer (default 512)")
+    parser.add_argument("--temperature", type=float, default=0.7, help="default 0.7; 0 is greedy")
+    parser.add_argument("--top-p", type=float, default=0.9, help="nucleus sampling (default 0.9)")
+    parser.add_argument("--repetition-penalty", type=float, default=1.2, help="over the whole context (default 1.2)")
+    parser.set_defaults(run=run_dev)
+
+
+def run_dev(args: argparse.Namespace) -> int:
+    from demo.backends import Decoding
+    from finetune.data import DEV_FILE, DIALOGUES_DIR
+    from finetune.dev import dev_answers
+
+    decoding = Decoding(args.temperature, args.top_p, args.repetition_penalty, args.max_new_tokens)
+    prompts = args.prompts or DIALOGUES_DIR / DEV_FILE
+    for line in dev_answers(args.run_dir, prompts, decoding, args.batch_size, args.source, args.epoch):
+        print(line)
+    return 0
+
+
 def add_check_served_parser(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         "check-served",
@@ -157,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     add_data_parser(commands)
     add_train_parser(commands)
     add_select_parser(commands)
+    add_dev_parser(commands)
     add_check_served_parser(commands)
     args = parser.parse_args(argv)
     # Under torchrun / accelerate launch every process runs this: the main one logs and reports, the others
