@@ -5,6 +5,7 @@ chosen epoch written to the run's `selected`."""
 from __future__ import annotations
 
 import json
+import random
 import shutil
 import sqlite3
 from pathlib import Path
@@ -123,3 +124,21 @@ def test_compare_two_epochs_blind_store_it_apart_and_serve_the_chosen_one(browse
         for server in servers:
             server.stop()
         store.close()
+
+
+def test_the_tab_reads_what_finetune_dev_writes(trained: Path, tmp_path: Path):
+    run = tmp_path / "lima-1000"
+    shutil.copytree(trained / "lima-1000", run)
+    prompts = tmp_path / "dev.jsonl"
+    prompts.write_text("".join(json.dumps({"id": pid, "prompt": text}) + "\n" for pid, text in PROMPTS.items()))
+    result = run_cli("-m", "finetune", "dev", str(run), "--prompts", str(prompts), "--max-new-tokens", "8")
+    assert result.returncode == 0, result.stderr[-2000:]
+    (loaded,) = checkpoints.find_runs(run)
+    assert loaded.epochs() == [2, 3] and loaded.shared_prompts(2, 3) == list(PROMPTS)
+    store = ratings.Store(tmp_path / "ratings.db")
+    pid, a, b = checkpoints.draw(store, loaded, "s1", random.Random(0))
+    checkpoints.record(store, loaded, "s1", "erin", pid, (a, b), ("pass", "fail"))
+    rows = {row["epoch"]: row for row in checkpoints.table(store, loaded)}
+    assert rows[a]["pass"] == 100.0 and rows[b]["fail"] == 100.0 and rows[a]["answers"] == 2
+    assert all(0 < row["mean_tokens"] <= 8 for row in rows.values())
+    store.close()
