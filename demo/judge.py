@@ -32,7 +32,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from demo import arena, backends, ratings, report
+from demo import arena, backends, checkpoints, ratings, report
 
 PROMPTS_FILE = Path(__file__).with_name("judge_prompts.yaml")
 OPENERS_FILE = Path(__file__).resolve().parents[1] / "dialogues" / "eval_openers.jsonl"
@@ -383,6 +383,65 @@ async def autoplay(
 
 
 # -- command line --------------------------------------------------------------------------------------------
+# -- ranking epochs on the dev prompts -------------------------------------------------------------------------
+async def rank_epochs(run: checkpoints.Run, judge: Judge, prompts: Prompts, tally: Tally) -> list[dict]:
+    """Rate every kept epoch's dev answers (``finetune dev``) with the turn prompt; the judge's answers go to
+    ``RUN_DIR/dev/judge-<name>.jsonl`` (a rerun asks only what is missing). Per epoch, best first: its shares."""
+    out = run.path / "dev" / f"judge-{re.sub(r'[^A-Za-z0-9._-]+', '_', judge.name)}.jsonl"
+    done: dict[tuple[int, str], str | None] = {}
+    if out.is_file():
+        for line in out.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+                done[(int(record["epoch"]), str(record["id"]))] = record["parsed"]
+            except (ValueError, KeyError, TypeError):  # a torn last line: that answer is asked again
+                continue
+    with out.open("a", encoding="utf-8") as log:
+        for epoch in run.epochs():
+            for pid, answer in run.answers[epoch].items():
+                if (epoch, pid) in done:
+                    continue
+                raw = await judge.ask(turn_request(prompts, [(answer["prompt"], answer["answer"])]))
+                parsed = parse_rating(raw)
+                tally.turns += parsed is not None
+                tally.unparsable += parsed is None
+                done[(epoch, pid)] = parsed
+                record = {"epoch": epoch, "id": pid, "judge": judge.name, "raw_answer": raw, "parsed": parsed}
+                log.write(json.dumps(record, ensure_ascii=False) + "\n")
+                log.flush()
+    table = []
+    for epoch in run.epochs():
+        parsed = [done.get((epoch, pid)) for pid in run.answers[epoch]]
+        rated = [p for p in parsed if p is not None]
+        shares = {name: round(100 * rated.count(name) / len(rated), 1) if rated else None for name in ratings.RATINGS}
+        table.append({"epoch": epoch, "rated": len(rated), "unparsable": len(parsed) - len(rated), **shares})
+    return sorted(table, key=lambda row: (-(row["excellent"] or 0), row["fail"] or 0, row["epoch"]))
+
+
+async def _epochs_main(args: argparse.Namespace) -> int:
+    try:
+        runs = checkpoints.find_runs(args.run_dir)
+    except checkpoints.CheckpointError as err:
+        raise JudgeError(str(err).removeprefix("--checkpoints ")) from None
+    prompts = load_prompts(args.prompts)
+    judge = Judge(args.judge, args.judge_max_tokens, args.timeout)
+    await judge.start()
+    for run in runs:
+        tally = Tally()
+        try:
+            table = await rank_epochs(run, judge, prompts, tally)
+        except backends.BackendError as err:
+            raise JudgeError(f"{judge.name} failed: {err} (its answers so far are kept; run again to go on)") from None
+        print(f"AUTOMATIC: {run.name}'s epochs ranked by {judge.name}, a model, not a person (read them too):")
+        for row in table:
+            shares = " ".join(f"{name} {row[name]}%" for name in ratings.RATINGS if row[name] is not None)
+            print(
+                f"  epoch-{row['epoch']}: {shares or 'nothing rated'}"
+                f" ({row['rated']} rated, {row['unparsable']} unparsable)"
+            )
+    return 0
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, not usage + message
         raise JudgeError(f"{message} (see python -m demo.judge --help)")
@@ -435,6 +494,17 @@ def _autoplay_parser() -> argparse.ArgumentParser:
     parser.add_argument("--limit", type=_positive, help="play only the first N openers")
     parser.add_argument("--max-new-tokens", type=_positive, default=512, help="each answer's cap (512)")
     parser.add_argument("--seed", type=int, help="seed the draw of sides (default: unseeded, as the arena)")
+    _common(parser)
+    return parser
+
+
+def _epochs_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="python -m demo.judge epochs",
+        description="Rank a run's kept epochs by a judge model's ratings of their dev answers (python -m finetune "
+        "dev writes them): an automatic first pass before reading them in the Checkpoints tab.",
+    )
+    parser.add_argument("run_dir", type=Path, help="a run (runs/R/lima-1030) or a recipe folder holding both")
     _common(parser)
     return parser
 
@@ -508,6 +578,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if argv[:1] == ["autoplay"]:
             return asyncio.run(_autoplay_main(_autoplay_parser().parse_args(argv[1:])))
+        if argv[:1] == ["epochs"]:
+            return asyncio.run(_epochs_main(_epochs_parser().parse_args(argv[1:])))
         return asyncio.run(_rate_main(_rate_parser().parse_args(argv)))
     except (JudgeError, report.ReportError) as err:
         print(f"error: {err}", file=sys.stderr)

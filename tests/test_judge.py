@@ -282,3 +282,29 @@ def test_autoplay_plays_rates_and_judges_by_itself_and_counts_apart(tmp_path: Pa
     assert sorted(auto["models"]) == ["test/lima-1000/epoch-3", "test/lima-1030/epoch-3"]
     assert {m["excellent"] for m in auto["models"].values()} == {100.0}
     assert (auto["verdicts"]["conversations"], auto["verdicts"]["ties"]) == (1, 1)
+
+
+def test_epochs_are_ranked_by_the_judge_on_their_dev_answers(tmp_path: Path):
+    """A judge that finds epoch 3's dev answers excellent and epoch 2's failing ranks epoch 3 first; a rerun
+    asks nothing again."""
+    run = tmp_path / "lima-1030"
+    (run / "dev").mkdir(parents=True)
+    for epoch in (2, 3):
+        lines = [json.dumps({"id": f"dev-0{i}", "prompt": f"Q{i}", "answer": f"epoch {epoch} answer"}) for i in (1, 2)]
+        (run / "dev" / f"epoch-{epoch}.jsonl").write_text("\n".join(lines) + "\n")
+
+    def reply(messages: list[dict]) -> str:
+        return "Good.\nRating: excellent" if "epoch 3 answer" in messages[-1]["content"] else "Rating: fail"
+
+    with TGIServer(Behaviour(reply_for=reply)) as server:
+        result = run_cli("-m", "demo.judge", "epochs", str(run), "--judge", f"j={server.url}")
+        assert result.returncode == 0, result.stderr
+        lines = result.stdout.splitlines()
+        assert lines[0].startswith("AUTOMATIC: lima-1030's epochs ranked by judge:j")
+        assert lines[1].strip().startswith("epoch-3: fail 0.0% pass 0.0% excellent 100.0% (2 rated")
+        assert lines[2].strip().startswith("epoch-2: fail 100.0%")
+        asked = len(server.requests)
+        assert run_cli("-m", "demo.judge", "epochs", str(run), "--judge", f"j={server.url}").returncode == 0
+        assert len(server.requests) == asked  # the kept answers are not asked again
+    kept = [json.loads(line) for line in (run / "dev" / "judge-judge_j.jsonl").read_text().splitlines()]
+    assert len(kept) == 4 and {k["parsed"] for k in kept} == {"excellent", "fail"}
