@@ -156,10 +156,10 @@ class LocalBackend:
             if not tokenizer.chat_template:
                 self.load_error = f"{self.source} has no chat template; serve a fine-tuned model directory"
                 return
-            from demo.batching import Batcher
+            from demo.batching import pad_token
 
             try:
-                self.batcher = Batcher(model, tokenizer, device, max_batch=self.max_batch)
+                pad_token(model, tokenizer)
             except ValueError as err:
                 self.load_error = f"{self.source}: {err}"
                 return
@@ -201,8 +201,11 @@ class LocalBackend:
         await asyncio.to_thread(self.load)
         if self.load_error:
             raise BackendError(self.load_error)
-        from demo.batching import DONE
+        from demo.batching import DONE, Batcher
 
+        with self._load_lock:  # made at the first answer, so a model only loaded (finetune dev) keeps no thread
+            if self.batcher is None:
+                self.batcher = Batcher(self.model, self.tokenizer, self.device, max_batch=self.max_batch)
         tokenizer, batcher = self.tokenizer, self.batcher
         encoded = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True)
         prompt = list(encoded["input_ids"])

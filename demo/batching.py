@@ -32,6 +32,17 @@ log = logging.getLogger(__name__)
 DONE = object()  # the end of a request's tokens
 
 
+def pad_token(model: Any, tokenizer: Any) -> tuple[int, set[int]]:
+    """The pad id to batch with, and the end-of-turn ids; ValueError if the pad is one of those (then the
+    padding's repetition penalty would make the model less likely to stop)."""
+    eos = model.generation_config.eos_token_id
+    ends = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else model.generation_config.pad_token_id
+    if pad is None or pad in ends:
+        raise ValueError("batched generation needs a pad token that is not an end-of-turn token")
+    return pad, ends
+
+
 @dataclass(eq=False)
 class Request:
     input_ids: list[int]
@@ -49,13 +60,7 @@ class Batcher:
     def __init__(self, model: Any, tokenizer: Any, device: str, max_batch: int = 8, gather_s: float = 0.02) -> None:
         self.model, self.tokenizer, self.device = model, tokenizer, device
         self.max_batch, self.gather_s = max(1, max_batch), gather_s
-        eos = model.generation_config.eos_token_id
-        self.eos = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
-        self.pad = (
-            tokenizer.pad_token_id if tokenizer.pad_token_id is not None else model.generation_config.pad_token_id
-        )
-        if self.pad is None or self.pad in self.eos:
-            raise ValueError("batched generation needs a pad token that is not an end-of-turn token")
+        self.pad, self.eos = pad_token(model, tokenizer)
         self.batch_sizes: list[int] = []  # every batch run, in order (what tests and benchmarks observe)
         self.running = 0  # rows in the batch being generated now
         self._pending: deque[Request] = deque()
