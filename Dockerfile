@@ -19,7 +19,7 @@ COPY --chown=user finetune finetune
 COPY --chown=user dialogues dialogues
 COPY --chown=user LICENSE README.md ./
 RUN mkdir -p data
-# The embedded pair, trained once per build when a side has no URL (about 10 minutes on 2 CPU cores; a Space
+# The embedded pair, trained once per build when a side has no URL (10 to 25 minutes on 2 CPU cores; a Space
 # whose two sides are servers skips it). The bundled Gemma 3 270M came with requirements.txt: no download.
 ARG LIMA_ARENA_LEFT=""
 ARG LIMA_ARENA_RIGHT=""
