@@ -68,13 +68,14 @@ def load_run(path: Path) -> Run:
         if not match:
             continue
         answers: dict[str, dict] = {}
-        for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), 1):
+        lines = file.read_text(encoding="utf-8").splitlines()
+        for number, line in enumerate(lines, 1):
             if not line.strip():
                 continue
             try:
                 record = json.loads(line)
             except json.JSONDecodeError:
-                if number == len(file.read_text(encoding="utf-8").splitlines()):
+                if number == len(lines):
                     continue  # a torn last line (finetune dev was stopped): it will be redone
                 raise CheckpointError(f"{file}:{number}: not JSON") from None
             for key in ("id", "prompt", "answer"):

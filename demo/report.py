@@ -539,6 +539,19 @@ def _setting(setting: dict) -> str:
     return text + (f", may ignore {', '.join(setting['may_ignore'])}" if setting["may_ignore"] else "")
 
 
+def _model_rows(models: dict, intervals: bool = True) -> list[str]:
+    """One Figure 7 table row per model: conversations, shares (with their intervals), fails."""
+
+    def ci(interval: list[float] | None) -> str:
+        return _ci(interval) if intervals else ""
+
+    return [
+        f"| {_cell(name)} | {m['conversations']} | {m['excellent']:.1f} %{ci(m['excellent_ci'])} "
+        f"| {m['pass']:.1f} % | {m['fail']:.1f} %{ci(m['fail_ci'])} | {m['fails_per_turns']} |"
+        for name, m in models.items()
+    ]
+
+
 def markdown(report: dict) -> str:
     """A readable summary: Figure 7 beside the paper's bars, verdicts, turn depth, raters, agreement."""
     paper = report["paper"]
@@ -564,11 +577,7 @@ def markdown(report: dict) -> str:
         "| model | conversations | excellent | pass | fail | fails |",
         "|---|---:|---:|---:|---:|---:|",
     ]
-    for name, m in report["models"].items():
-        lines.append(
-            f"| {_cell(name)} | {m['conversations']} | {m['excellent']:.1f} %{_ci(m['excellent_ci'])} "
-            f"| {m['pass']:.1f} % | {m['fail']:.1f} %{_ci(m['fail_ci'])} | {m['fails_per_turns']} |"
-        )
+    lines += _model_rows(report["models"])
     for key, label in PAPER_BARS.items():
         bar = paper[key]
         lines.append(
@@ -626,11 +635,7 @@ def markdown(report: dict) -> str:
             "| model | conversations | excellent | pass | fail | fails |",
             "|---|---:|---:|---:|---:|---:|",
         ]
-        for name, m in u["models"].items():
-            lines.append(
-                f"| {_cell(name)} | {m['conversations']} | {m['excellent']:.1f} % | {m['pass']:.1f} % "
-                f"| {m['fail']:.1f} % | {m['fails_per_turns']} |"
-            )
+        lines += _model_rows(u["models"], intervals=False)
         uv = u["verdicts"]
         if uv["conversations"]:
             lines += [
@@ -653,11 +658,7 @@ def markdown(report: dict) -> str:
             "| model (automatic) | conversations | excellent | pass | fail | fails |",
             "|---|---:|---:|---:|---:|---:|",
         ]
-        for name, m in auto["models"].items():
-            lines.append(
-                f"| {_cell(name)} | {m['conversations']} | {m['excellent']:.1f} %{_ci(m['excellent_ci'])} "
-                f"| {m['pass']:.1f} % | {m['fail']:.1f} %{_ci(m['fail_ci'])} | {m['fails_per_turns']} |"
-            )
+        lines += _model_rows(auto["models"])
         av = auto["verdicts"]
         if av["conversations"]:
             lines += [

@@ -18,6 +18,7 @@ import pytest
 import yaml
 from conftest import CHROMIUM, CHROMIUM_ARGS, REPO
 from gradio_client import Client
+from test_app import wait_until_up
 from tgi_server import Behaviour, TGIServer, free_port
 
 ADMIN_TOKEN = "admin-secret-4f9c"
@@ -211,15 +212,7 @@ def test_the_image_build_trains_the_embedded_pair_and_the_start_serves_it_withou
         )
     try:
         url = f"http://127.0.0.1:{port}/"
-        deadline = time.time() + 120
-        while True:
-            if process.poll() is not None or time.time() > deadline:
-                pytest.fail(f"the entry point did not come up: {log.read_text()[-2000:]}")
-            try:
-                with urllib.request.urlopen(url, timeout=2):
-                    break
-            except OSError:
-                time.sleep(0.5)
+        wait_until_up(url, process, log, timeout=120)
         client = Client(url, verbose=False)
         client.predict(api_name="/new_conversation")
         chat = client.predict("Hello there", 0.7, 0.9, 1.2, 16, "rater", api_name="/send_a")
