@@ -26,7 +26,6 @@ import asyncio
 import json
 import logging
 import os
-import queue
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -156,13 +155,15 @@ class LocalBackend:
             if not tokenizer.chat_template:
                 self.load_error = f"{self.source} has no chat template; serve a fine-tuned model directory"
                 return
-            from demo.batching import pad_token
+            from demo.batching import fast_cpu_head, pad_token
 
             try:
                 pad_token(model, tokenizer)
             except ValueError as err:
                 self.load_error = f"{self.source}: {err}"
                 return
+            if device == "cpu":
+                fast_cpu_head(model)
             self.model, self.tokenizer, self.device = model, tokenizer, device
             log.info("loaded %s on %s in %.1f s", self.source, device, time.perf_counter() - started)
 
@@ -198,7 +199,8 @@ class LocalBackend:
         return decoding_record(decoding, "in-process", self.generate_kwargs(decoding), PENALTY_SCOPE, ())
 
     async def stream(self, messages: list[dict], decoding: Decoding) -> AsyncIterator[str]:
-        await asyncio.to_thread(self.load)
+        if not self.settled:
+            await asyncio.to_thread(self.load)
         if self.load_error:
             raise BackendError(self.load_error)
         from demo.batching import DONE, Batcher
@@ -215,14 +217,20 @@ class LocalBackend:
                 f"the conversation is {len(prompt)} tokens, past the {TOTAL_TOKEN_BUDGET}-token budget; start a new one"
             )
         kwargs = self.generate_kwargs(decoding, room)
-        request = batcher.submit(prompt, kwargs, kwargs["max_new_tokens"])
+        loop, arrived = asyncio.get_running_loop(), asyncio.Queue()
+        request = batcher.submit(
+            prompt,
+            kwargs,
+            kwargs["max_new_tokens"],
+            deliver=lambda item: loop.call_soon_threadsafe(arrived.put_nowait, item),
+        )
         ids: list[int] = []
         sent = ""
         try:
             while True:
                 try:
-                    item = await asyncio.to_thread(request.tokens.get, True, 1.0)
-                except queue.Empty:  # still queued behind other raters' answers: say so
+                    item = await asyncio.wait_for(arrived.get(), 1.0)
+                except TimeoutError:  # still queued behind other raters' answers: say so
                     ahead = batcher.waiting_before(request)
                     if not ids and (ahead or batcher.running):
                         yield Waiting(

@@ -24,8 +24,11 @@ import queue
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+from demo.sampling import sampled_generate_kwargs
 
 log = logging.getLogger(__name__)
 
@@ -43,15 +46,47 @@ def pad_token(model: Any, tokenizer: Any) -> tuple[int, set[int]]:
     return pad, ends
 
 
+def fast_cpu_head(model: Any) -> bool:
+    """Compute a CPU model's output head as ``W @ hᵀ`` instead of ``h @ Wᵀ``: the same products, which MKL runs
+    2.3x faster for 8 rows of Gemma's 262k-row head on this project's 2-core CPU (134 ms, 59 ms; 1 row: 54 ms
+    either way, the weight's read). The head is most of a step's cost there, so this is what lets a batch pay.
+    Only a bias-free ``nn.Linear`` head on the CPU is changed; True when it was."""
+    import torch
+
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if not isinstance(head, torch.nn.Linear) or head.bias is not None or head.weight.device.type != "cpu":
+        return False
+
+    def forward(hidden: Any) -> Any:
+        flat = hidden.reshape(-1, hidden.shape[-1])
+        logits = torch.mm(head.weight, flat.t()).t().contiguous()
+        return logits.reshape(*hidden.shape[:-1], head.weight.shape[0])
+
+    head.forward = forward
+    return True
+
+
 @dataclass(eq=False)
 class Request:
+    """``deliver`` gets the answer's token ids one by one, then DONE (or an exception), from the worker thread;
+    by default they go to ``tokens``. An async reader hands in a ``deliver`` that wakes its event loop, so a
+    waiting answer holds no thread (many raters would otherwise fill the loop's thread pool, which the store's
+    writes also use)."""
+
     input_ids: list[int]
     group: tuple  # requests batch together only with the same decoding
     generate_kwargs: dict
     max_new_tokens: int
-    tokens: queue.Queue = field(default_factory=queue.Queue)  # token ids, then DONE (or an exception)
+    tokens: queue.Queue = field(default_factory=queue.Queue)
     cancelled: threading.Event = field(default_factory=threading.Event)
     queued_at: float = field(default_factory=time.monotonic)
+    deliver: Callable[[Any], None] | None = None
+
+    def put(self, item: Any) -> None:
+        try:
+            (self.deliver or self.tokens.put)(item)
+        except RuntimeError:  # the reader's event loop is gone: nobody reads this answer any more
+            self.cancelled.set()
 
 
 class Batcher:
@@ -68,9 +103,15 @@ class Batcher:
         self._thread = threading.Thread(target=self._work, name="batcher", daemon=True)
         self._thread.start()
 
-    def submit(self, input_ids: list[int], generate_kwargs: dict, max_new_tokens: int) -> Request:
+    def submit(
+        self,
+        input_ids: list[int],
+        generate_kwargs: dict,
+        max_new_tokens: int,
+        deliver: Callable[[Any], None] | None = None,
+    ) -> Request:
         group = tuple(sorted((k, repr(v)) for k, v in generate_kwargs.items() if k != "max_new_tokens"))
-        request = Request(list(input_ids), group, generate_kwargs, max_new_tokens)
+        request = Request(list(input_ids), group, generate_kwargs, max_new_tokens, deliver=deliver)
         with self._ready:
             self._pending.append(request)
             self._ready.notify()
@@ -91,7 +132,7 @@ class Batcher:
         time.sleep(self.gather_s)  # let requests sent together (both sides, a crowd) arrive
         with self._ready:
             while self._pending and self._pending[0].cancelled.is_set():
-                self._pending.popleft().tokens.put(DONE)
+                self._pending.popleft().put(DONE)
             if not self._pending:
                 return []
             group = self._pending[0].group
@@ -112,11 +153,11 @@ class Batcher:
             except BaseException as err:  # every request of the batch learns it failed
                 log.exception("batched generation failed")
                 for r in batch:
-                    r.tokens.put(err)
+                    r.put(err)
             finally:
                 self.running = 0
                 for r in batch:
-                    r.tokens.put(DONE)
+                    r.put(DONE)
 
     def _generate(self, batch: list[Request]) -> None:
         import torch
@@ -147,7 +188,7 @@ class Batcher:
                     if finished[row]:
                         continue
                     counts[row] += 1
-                    batch[row].tokens.put(token)  # the end token too: decoding drops it when it is special
+                    batch[row].put(token)  # the end token too: decoding drops it when it is special
                     if token in eos or counts[row] >= batch[row].max_new_tokens:
                         finished[row] = True
 
@@ -167,6 +208,7 @@ class Batcher:
                 return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
         kwargs = {**batch[0].generate_kwargs, "max_new_tokens": max(r.max_new_tokens for r in batch)}
+        kwargs = sampled_generate_kwargs(kwargs)  # the paper's sampling, without a 262k-wide sort per row
         with torch.inference_mode():
             outer.model.generate(
                 input_ids=ids.to(self.device),

@@ -496,6 +496,44 @@ def test_concurrent_requests_are_answered_in_batches_each_its_own_answer(trained
     assert sorted(together.batcher.batch_sizes[1:]) == [1, 1]
 
 
+def test_the_fast_cpu_head_gives_the_heads_own_logits(trained):
+    """The in-process head runs as W @ hᵀ (faster in batches on CPU): the same logits as nn.Linear's."""
+    from transformers import AutoModelForCausalLM
+
+    from demo.batching import fast_cpu_head
+
+    source = str(trained / "lima-1030" / "epoch-3")
+    backend = LocalBackend(source)
+    backend.load()
+    plain = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).eval()
+    ids = torch.randint(10, 200, (3, 9), generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        fast, slow = backend.model(input_ids=ids).logits, plain(input_ids=ids).logits
+    assert fast.shape == slow.shape and torch.allclose(fast, slow, atol=1e-5)
+    assert fast_cpu_head(torch.nn.Module()) is False  # no output head to change: left alone
+    plain.get_output_embeddings().bias = torch.nn.Parameter(torch.zeros(plain.config.get_text_config().vocab_size))
+    assert fast_cpu_head(plain) is False  # a head with a bias: left alone
+
+
+def test_waiting_answers_hold_no_thread_of_the_event_loops_pool(trained):
+    """Eight answers queued on one model wait on the event loop, not in its thread pool, which the store's
+    writes use: reading them starts no pool thread at all."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    backend = LocalBackend(str(trained / "lima-1030" / "epoch-3"), max_batch=1)
+    backend.load()
+    pool = ThreadPoolExecutor(max_workers=32)
+
+    async def crowd():
+        asyncio.get_running_loop().set_default_executor(pool)
+        greedy = Decoding(temperature=GREEDY, max_new_tokens=8)
+        return await asyncio.gather(*(_collect(backend, HISTORY, greedy) for _ in range(8)))
+
+    answers = asyncio.run(crowd())
+    assert all(error is None and chunks for chunks, error in answers) and backend.batcher.batch_sizes == [1] * 8
+    assert len(pool._threads) == 0
+
+
 def test_a_request_queued_behind_a_running_batch_is_told_it_waits(trained):
     backend = LocalBackend(str(trained / "lima-1030" / "epoch-3"), max_batch=1)
     long = Decoding(temperature=GREEDY, max_new_tokens=600, repetition_penalty=1.0)
