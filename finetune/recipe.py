@@ -46,7 +46,7 @@ class Recipe:
     residual_dropout: float = 0.3
     # Servable checkpoints kept for choosing (epochs 5..10 in the paper).
     keep_epochs: list[int] = field(default_factory=lambda: [5, 10])
-    precision: str = "bf16"  # bf16 | fp32
+    precision: str = "bf16"  # bf16 | fp32 | auto (bf16 where the machine computes in it natively, else fp32)
     gradient_checkpointing: bool = True
     # Length grouping keeps padding low; 'random' is TRL's default order.
     group_by_length: bool = True
@@ -140,13 +140,26 @@ def _coerce(key: str, value: Any, where: str) -> Any:
     return value
 
 
+def native_bf16() -> bool:
+    """Whether this machine trains in bf16 at full speed: a CUDA GPU with bf16, else a CPU with AVX512-BF16 or
+    AMX. Elsewhere (an AVX2-only CPU) torch's bf16 backward falls to a single-threaded reference gemm."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # torch.cpu's own probes (private)
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
 def _build(values: dict[str, Any], where: str) -> Recipe:
     recipe = Recipe(**{key: _coerce(key, value, where) for key, value in values.items()})
     problems = []
     if not 0 <= recipe.residual_dropout < 1:
         problems.append("residual_dropout must be in [0, 1)")
+    if recipe.precision == "auto":  # resolved here, so the run records (and resumes with) what it trained in
+        recipe.precision = "bf16" if native_bf16() else "fp32"
     if recipe.precision not in ("bf16", "fp32"):
-        problems.append(f"precision must be bf16 or fp32, got {recipe.precision!r}")
+        problems.append(f"precision must be bf16, fp32 or auto, got {recipe.precision!r}")
     if not (isinstance(recipe.keep_epochs, list) and len(recipe.keep_epochs) == 2):
         problems.append("keep_epochs must be [first, last]")
     elif not 1 <= recipe.keep_epochs[0] <= recipe.keep_epochs[1] <= recipe.epochs:

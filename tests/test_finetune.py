@@ -489,6 +489,22 @@ def test_every_recipe_states_the_papers_recipe():
     assert load_recipe("quick-cpu").base == "bundled:gemma-3-270m"
 
 
+def test_auto_precision_becomes_what_the_machine_computes_natively(monkeypatch):
+    """quick-cpu says auto: bf16 where the CPU (or GPU) has it natively, else fp32; the recipe, and so run.yaml,
+    holds the one it resolved to."""
+    from finetune import recipe as recipes
+
+    flags = set(Path("/proc/cpuinfo").read_text().split()) if Path("/proc/cpuinfo").is_file() else None
+    if flags is not None and not torch.cuda.is_available():  # torch's own probe agrees with the kernel's flags
+        assert recipes.native_bf16() == bool(flags & {"avx512_bf16", "amx_tile"})
+    for native, expected in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(recipes, "native_bf16", lambda native=native: native)
+        assert load_recipe("quick-cpu").precision == expected
+        assert load_recipe("test", ["precision=auto"]).precision == expected
+    with pytest.raises(UserError, match="precision must be bf16, fp32 or auto, got 'fp16'"):
+        load_recipe("test", ["precision=fp16"])
+
+
 @pytest.mark.parametrize("name", ["fsdp", "zero3", "multi-node"])
 def test_accelerate_configs_parse(name):
     from accelerate.commands.config.config_args import load_config_from_file
