@@ -17,7 +17,9 @@ row (finetune/chat_format.py initialises it from the trained rows' mean). What i
 both on the offline sample (16 single-turn examples + 8 dialogues, batch 8, one epoch kept): the chat
 template, EOT, residual dropout, the assistant-only mask, one servable save each. Each saved epoch is then
 reloaded on the GPU and checked (finetune/servable.py: template, EOT stop, dtype, generation ends at EOT).
-Last, bench/train_throughput.py on the same base: ours vs TRL's SFTTrainer defaults, tokens/s, MFU, peak memory.
+The plain leg's epoch is then served the arena's in-process way (LocalBackend: batches, the nucleus sampler),
+1 answer and 8 at once. Last, bench/train_throughput.py on the same base: ours vs TRL's SFTTrainer defaults,
+tokens/s, MFU, peak memory.
 
 Prints progress on stderr and one JSON line on stdout. The device machine has torch, transformers,
 accelerate and peft but not trl or datasets: carry them as wheels (README, "The GPU check").
@@ -138,6 +140,51 @@ def run_leg(name: str, command: list[str], run_dir: Path, log_dir: Path) -> dict
     return result
 
 
+def serve_leg(model_dir: Path, device: str, new_tokens: int = 32) -> dict:
+    """The arena's in-process path on this device (demo/backends.py LocalBackend, its batcher and nucleus
+    sampler): 1 answer, then 8 at once, at the paper's decoding; the batches it ran and the tokens per second."""
+    import asyncio
+
+    from demo.backends import Decoding, LocalBackend, Waiting
+
+    started = time.time()
+    backend = LocalBackend(str(model_dir), device=device, max_batch=8)
+    backend.load()
+    if backend.load_error:
+        return {"ok": False, "error": backend.load_error}
+    decoding = Decoding(max_new_tokens=new_tokens)  # temperature 0.7, top-p 0.9, penalty 1.2
+
+    async def crowd(n: int) -> tuple[list[str], float]:
+        async def one(k: int) -> str:
+            out = ""
+            async for chunk in backend.stream(
+                [{"role": "user", "content": f"Question {k}: what is a tide?"}], decoding
+            ):
+                if not isinstance(chunk, Waiting):
+                    out += chunk
+            return out
+
+        begun = time.perf_counter()
+        answers = await asyncio.gather(*(one(k) for k in range(n)))
+        return answers, time.perf_counter() - begun
+
+    try:
+        asyncio.run(crowd(1))  # warm-up
+        result = {"ok": True, "dtype": str(backend.model.dtype)}
+        for n in (1, 8):
+            answers, seconds = asyncio.run(crowd(n))
+            tokens = sum(len(backend.tokenizer(a, add_special_tokens=False)["input_ids"]) for a in answers)
+            result[f"tok_s_{n}"] = round(tokens / seconds, 1)
+            result["ok"] = result["ok"] and all(answers)
+        result["batch_sizes"] = backend.batcher.batch_sizes
+        result["ok"] = result["ok"] and 8 in backend.batcher.batch_sizes
+    except Exception as err:  # a report, not a crash: the training legs' figures still print
+        result = {"ok": False, "error": f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"}
+    result["seconds"] = round(time.time() - started, 1)
+    say(f"serve: {result}")
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("/tmp/gpu-check"), help="scratch folder")
@@ -190,6 +237,12 @@ def main() -> None:
     elif not on_cuda:
         results["fsdp"]["note"] = "CPU: launched as shipped, but accelerate applies FSDP on accelerators only"
 
+    served = (
+        serve_leg(legs["plain"][1] / "epoch-1", "cuda" if on_cuda else "cpu")
+        if results["plain"]["ok"]
+        else {"ok": False, "error": "the plain leg saved no servable epoch"}
+    )
+
     say("throughput: ours vs TRL SFTTrainer defaults")
     bench = [
         sys.executable,
@@ -216,6 +269,7 @@ def main() -> None:
         "plain": results["plain"],
         "fsdp": results["fsdp"],
         "fsdp_peak_memory_mb": results["fsdp"].get("peak_memory_mb"),
+        "serve": served,
         **{key: throughput.get(key) for key in throughput if key not in ("base", "device")},
         "seconds": round(time.time() - started, 1),
     }

@@ -550,3 +550,6 @@ def test_gpu_check_runs_its_training_leg_and_throughput_on_cpu_as_a_smoke_run(tm
     assert "accelerate applies FSDP on accelerators only" in line["fsdp"]["note"]
     assert line["fsdp"]["steps"] == line["plain"]["steps"]
     assert line["ours_tok_s"] > 0 and line["trl_default_tok_s"] > 0
+    # the saved epoch served in-process: one answer, then eight in one batch, at the paper's decoding
+    assert line["serve"]["ok"] is True and 8 in line["serve"]["batch_sizes"], line["serve"]
+    assert line["serve"]["tok_s_8"] > 0 and line["serve"]["dtype"] == "torch.float32"
