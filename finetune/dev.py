@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from demo.backends import TOTAL_TOKEN_BUDGET, BackendError, Decoding, LocalBackend, RemoteBackend, Waiting
+from demo.sampling import sampled_generate_kwargs
 from finetune.data import Prompt, display_path, load_prompts
 from finetune.errors import UserError
 
@@ -166,7 +167,8 @@ def generate_local(backend: LocalBackend, prompts: Sequence[Prompt], decoding: D
         raise UserError(f"error: {longest.where}: prompt: past the {TOTAL_TOKEN_BUDGET}-token budget")
     started = time.perf_counter()
     with torch.no_grad():
-        output = model.generate(**encoded, **LocalBackend.generate_kwargs(decoding, room))
+        # The arena's batcher samples the same way: transformers' distribution, without its 262k-wide sort per row.
+        output = model.generate(**encoded, **sampled_generate_kwargs(LocalBackend.generate_kwargs(decoding, room)))
     share = (time.perf_counter() - started) / len(prompts)
     answers = []
     for row in output[:, width:].tolist():
