@@ -55,8 +55,9 @@ sys.path[:0] = [str(REPO), str(REPO / "tests")]
 from gradio_client import Client  # noqa: E402
 from tgi_server import Behaviour, TGIServer, free_port  # noqa: E402
 
+from demo.protocol import RATINGS  # noqa: E402
+
 DECODING = (0.7, 0.9, 1.2, 64)
-RATINGS = ("fail", "pass", "excellent")
 
 
 class App:

@@ -43,9 +43,8 @@ def layout(store: ratings.Store, admin: Admin, token_box: gr.Textbox) -> None:
     def refresh(token: str | None) -> tuple:
         check(token)
         data = report.build_report(store.path)
-        out = Path(tempfile.mkdtemp(prefix="lima-results-"))
-        report.figure(data, out / "figure7.png")
-        return str(out / "figure7.png"), report.markdown(data), data
+        drawn = report.write_figures(data, tempfile.mkdtemp(prefix="lima-results-"))
+        return *(str(drawn[entry.name]) for entry in report.FIGURES), report.markdown(data), data
 
     def export(token: str | None, fmt: str) -> str:
         check(token)
@@ -55,11 +54,16 @@ def layout(store: ratings.Store, admin: Admin, token_box: gr.Textbox) -> None:
 
     gr.Markdown("Turn ratings per model, as in LIMA's Figure 7, beside the paper's bars; refreshed on demand.")
     refresh_btn = gr.Button("Refresh results", variant="primary", elem_id="results-refresh")
-    chart = gr.Image(label="Figure 7 for these models", type="filepath", elem_id="results-figure")
+    with gr.Column(elem_id="results-figure"):  # every registered figure, in the order the report lists them
+        charts = [
+            gr.Image(label=entry.title, type="filepath", elem_id=f"results-{entry.name}") for entry in report.FIGURES
+        ]
     summary = gr.Markdown("", elem_id="results-summary")
     with gr.Row():
         fmt = gr.Radio(["jsonl", "csv"], value="jsonl", label="Export format", scale=1)
         export_btn = gr.Button("Export ratings", scale=1, elem_id="results-export")
     exported = gr.File(label="Export", elem_id="results-file")
-    refresh_btn.click(refresh, inputs=[token_box], outputs=[chart, summary, gr.JSON(visible=False)], api_name="results")
+    refresh_btn.click(
+        refresh, inputs=[token_box], outputs=[*charts, summary, gr.JSON(visible=False)], api_name="results"
+    )
     export_btn.click(export, inputs=[token_box, fmt], outputs=exported, api_name="export")

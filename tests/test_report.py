@@ -14,7 +14,7 @@ import pytest
 from conftest import run_cli
 
 from demo.ratings import Store
-from demo.report import ReportError, build_report, export, export_rows, figure, fleiss_kappa, markdown
+from demo.report import FIGURES, ReportError, build_report, export, export_rows, figure, fleiss_kappa, markdown
 
 OLD, NEW = "lima-1000", "lima-1030"
 DECODING = {"max_new_tokens": 2048, "repetition_penalty": 1.2, "temperature": 0.7, "top_p": 0.9}
@@ -129,6 +129,29 @@ def build_scenario(path: Path) -> Path:
     s.store.set_verdict("c5", "b", "s-c5", "carol")
     s.store.close()
     return path
+
+
+def judged_pair(
+    store: Store,
+    cid: str,
+    session: str,
+    rater: str,
+    models: tuple[str, str],
+    ratings: tuple[str, str],
+    verdict: str,
+    blind: bool = True,
+    purpose: str = "arena",
+) -> dict:
+    """One turn on each side, rated by the conversation's own rater, then judged: the turns by side."""
+    store.ensure_conversation(cid, session, *models, blind=blind, rater=rater, purpose=purpose)
+    turns = {
+        side: store.add_turn(cid, session, side, 1, model, "q", "a", DECODING, 1.0, 0.1)
+        for side, model in zip("ab", models, strict=True)
+    }
+    for side, rating in zip("ab", ratings, strict=True):
+        store.rate(turns[side].id, rating, session, rater)
+    store.set_verdict(cid, verdict, session, rater)
+    return turns  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -305,6 +328,8 @@ def test_cli_json_and_out(db, tmp_path):
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("# LIMA multi-turn arena: report")
     assert (out / "figure7.png").read_bytes()[:8] == PNG_MAGIC
+    for entry in FIGURES:  # --out writes every registered figure
+        assert (out / entry.file).read_bytes()[:8] == PNG_MAGIC
     assert (out / "summary.md").read_text(encoding="utf-8") == result.stdout
     assert json.loads((out / "report.json").read_text())["verdicts"]["a_model"] == OLD
 
@@ -398,12 +423,7 @@ def test_a_conversation_whose_sides_ran_different_decoding_is_flagged(tmp_path: 
 def test_a_rating_changed_after_the_reveal_counts_as_it_stood_at_the_verdict(tmp_path: Path):
     """A database from before verdicts were final: the owner changed a rating after seeing the names."""
     store = Store(tmp_path / "late.db")
-    store.ensure_conversation("c1", "s1", OLD, NEW, blind=True, rater="alice", opener_id=None)
-    turns = {side: store.add_turn("c1", "s1", side, 1, model, "q", "a", DECODING, 1.0, 0.1)
-             for side, model in (("a", OLD), ("b", NEW))}  # fmt: skip
-    store.rate(turns["a"].id, "fail", "s1", "alice")
-    store.rate(turns["b"].id, "pass", "s1", "alice")
-    store.set_verdict("c1", "b", "s1", "alice")
+    turns = judged_pair(store, "c1", "s1", "alice", (OLD, NEW), ("fail", "pass"), "b")
     store.close()
     with sqlite3.connect(tmp_path / "late.db") as db:  # what the old store let through: a change after the reveal
         (verdict_at,) = db.execute("SELECT verdict_at FROM conversations").fetchone()
@@ -434,12 +454,7 @@ def test_the_comparison_the_paper_makes_difference_with_intervals_and_a_sign_tes
 def test_unblinded_conversations_are_reported_apart_and_count_toward_nothing(tmp_path: Path, db: Path):
     """The scenario (all blind) plus one conversation rated with the names shown, where the old model wins."""
     store = Store(build_scenario(tmp_path / "mixed.db"))
-    store.ensure_conversation("open", "s-open", OLD, NEW, blind=False, rater="dan", opener_id=None)
-    turns = {side: store.add_turn("open", "s-open", side, 1, model, "q", "a", DECODING, 1.0, 0.1)
-             for side, model in (("a", OLD), ("b", NEW))}  # fmt: skip
-    store.rate(turns["a"].id, "excellent", "s-open", "dan")
-    store.rate(turns["b"].id, "fail", "s-open", "dan")
-    store.set_verdict("open", "a", "s-open", "dan")
+    judged_pair(store, "open", "s-open", "dan", (OLD, NEW), ("excellent", "fail"), "a", blind=False)
     store.close()
     blind, mixed = build_report(db), build_report(tmp_path / "mixed.db")
     for key in ("conversations", "turns", "models", "verdicts", "comparison"):
@@ -459,12 +474,7 @@ def test_unblinded_conversations_are_reported_apart_and_count_toward_nothing(tmp
 @pytest.mark.parametrize("purpose", ["autoplay", "checkpoints"])
 def test_conversations_of_other_purposes_never_change_the_human_figures(tmp_path: Path, db: Path, purpose: str):
     store = Store(build_scenario(tmp_path / "more.db"))
-    store.ensure_conversation("x", "judge:j", NEW, OLD, blind=True, rater="judge:j", purpose=purpose)
-    turns = {side: store.add_turn("x", "judge:j", side, 1, model, "q", "a", DECODING, 1.0, 0.1)
-             for side, model in (("a", NEW), ("b", OLD))}  # fmt: skip
-    store.rate(turns["a"].id, "fail", "judge:j", "judge:j")
-    store.rate(turns["b"].id, "excellent", "judge:j", "judge:j")
-    store.set_verdict("x", "b", "judge:j", "judge:j")
+    judged_pair(store, "x", "judge:j", "judge:j", (NEW, OLD), ("fail", "excellent"), "b", purpose=purpose)
     with pytest.raises(ValueError, match="purpose must be one of arena, autoplay, checkpoints"):
         store.ensure_conversation("y", "s", NEW, OLD, blind=True, purpose="bench")
     store.close()
