@@ -34,6 +34,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO)]
 
+from common import cli  # noqa: E402
 from demo import backends  # noqa: E402
 from demo.batching import Batcher  # noqa: E402
 
@@ -56,7 +57,7 @@ def find_pair(pair: str | None, scratch: Path) -> tuple[Path, Path, str]:
         if found:
             return found[0], found[1], str(candidate.relative_to(REPO) if candidate.is_relative_to(REPO) else candidate)
         if pair:
-            raise SystemExit(f"{pair}: no selected lima-1000 / lima-1030 pair in it")
+            raise cli.UserError(f"--pair {pair}: no selected lima-1000 / lima-1030 pair in it")
     command = [sys.executable, "-m", "finetune", "train", "--recipe", "test", "--output", str(scratch)]
     subprocess.run(command, cwd=REPO, check=True, capture_output=True, env={**os.environ, "PYTHONPATH": str(REPO)})
     zero, dialogue = selected_pair(scratch / "test")
@@ -126,7 +127,7 @@ def main(argv: list[str] | None = None) -> dict:
         for side in sides:
             side.load()
             if side.load_error:
-                raise SystemExit(side.load_error)
+                raise cli.UserError(side.load_error)
         asyncio.run(crowd(sides, 1, 1, backends.Decoding(max_new_tokens=4)))  # warm-up: first calls are slow
         batched = measure(sides, counts, args.turns, decoding)
         for side in sides:  # the same models, one answer at a time each
@@ -149,4 +150,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli.run(main))

@@ -44,6 +44,7 @@ import transformers_server  # noqa: E402
 from gradio_client import Client  # noqa: E402
 from tgi_server import Behaviour, TGIServer, free_port  # noqa: E402
 
+from common import cli  # noqa: E402
 from demo import app, backends, ratings  # noqa: E402
 
 DECODING = (0.7, 0.9, 1.2, 2048)  # temperature, top-p, repetition penalty, max new tokens
@@ -259,4 +260,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli.run(main))

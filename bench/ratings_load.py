@@ -55,6 +55,7 @@ sys.path[:0] = [str(REPO), str(REPO / "tests")]
 from gradio_client import Client  # noqa: E402
 from tgi_server import Behaviour, TGIServer, free_port  # noqa: E402
 
+from common import cli  # noqa: E402
 from demo.protocol import RATINGS  # noqa: E402
 
 DECODING = (0.7, 0.9, 1.2, 64)
@@ -361,4 +362,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli.run(main))

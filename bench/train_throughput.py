@@ -38,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from transformers import TrainerCallback
 from trl import SFTConfig, SFTTrainer
 
+from common import cli
 from finetune.base_models import resolve_base
 from finetune.data import load_training_sets
 from finetune.recipe import Recipe
@@ -179,7 +180,7 @@ def run_naive(base: str, batch: int, steps: int) -> float:
     return real / (time.perf_counter() - started)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base", default="bundled:gemma-3-270m")
     parser.add_argument("--batch", type=int, default=8, help="effective batch (examples per optimiser step)")
@@ -187,7 +188,7 @@ def main() -> None:
     parser.add_argument("--per-device", type=int, default=None, help="our micro-batch (default: 1 on CPUs, 8 on a GPU)")
     parser.add_argument("--peak-tflops", type=float, default=None, help="the device's peak, for MFU")
     parser.add_argument("--no-naive", action="store_true", help="skip the naive pad-to-2048 loop")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     on_cuda = torch.cuda.is_available()
     device = torch.cuda.get_device_name(0) if on_cuda else f"cpu x{torch.get_num_threads()}"
     per_device = args.per_device or (8 if on_cuda else 1)
@@ -221,7 +222,8 @@ def main() -> None:
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
     }
     print(json.dumps(result))
+    return result
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli.run(main))

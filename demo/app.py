@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import signal
@@ -27,7 +26,8 @@ if __package__ in (None, ""):  # run as `python demo/app.py`: make the repositor
 import gradio as gr
 from starlette.middleware import Middleware
 
-from demo import arena, backends, checkpoints, limits, mirror, ratings, results, review, settings, timings
+from common import prompts
+from demo import arena, backends, checkpoints, limits, mirror, protocol, ratings, results, review, settings, timings
 
 log = logging.getLogger("demo.app")
 
@@ -40,9 +40,13 @@ FIRE_BOTH = "() => { for (const side of ['a', 'b']) document.getElementById('fir
 
 
 def load_openers(path: Path = OPENERS_FILE) -> list[dict]:
+    """The evaluation openers as ``{id, prompt, category, follow_ups}``; none when the file is missing."""
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    openers, problems = prompts.load_prompts(path, with_follow_ups=True, check=protocol.check_message)
+    for problem in problems:  # a bad line leaves its opener out of the list, not the arena down
+        log.warning("%s", problem)
+    return [opener.record() for opener in openers]
 
 
 def build(

@@ -32,7 +32,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from demo import arena, backends, checkpoints, ratings, report
+from common import jsonl, prompts
+from demo import arena, backends, checkpoints, protocol, ratings, report
 
 PROMPTS_FILE = Path(__file__).with_name("judge_prompts.yaml")
 OPENERS_FILE = Path(__file__).resolve().parents[1] / "dialogues" / "eval_openers.jsonl"
@@ -257,32 +258,10 @@ async def rate_stored(store: ratings.Store, judge: Judge, prompts: Prompts, tall
 # -- autoplay ------------------------------------------------------------------------------------------------
 def load_openers(path: Path) -> list[dict]:
     """The openers, each checked: one JSON object a line with an ``id``, a ``prompt`` and ``follow_ups``."""
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as err:
-        raise JudgeError(f"cannot read the openers {path}: {getattr(err, 'strerror', None) or err}") from None
-    openers = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            opener = json.loads(line)
-        except ValueError as err:
-            raise JudgeError(f"{path}:{number}: not a JSON object ({str(err).splitlines()[0]})") from None
-        if not isinstance(opener, dict) or not all(isinstance(opener.get(k), str) for k in ("id", "prompt")):
-            raise JudgeError(f'{path}:{number}: an opener needs an "id" and a "prompt" (strings)')
-        follow_ups = opener.get("follow_ups", [])
-        if not isinstance(follow_ups, list) or not all(isinstance(f, str) and f.strip() for f in follow_ups):
-            raise JudgeError(f'{path}:{number}: "follow_ups" must be a list of messages (non-empty strings)')
-        for message in [opener["prompt"], *follow_ups]:
-            try:
-                arena.check_message(message)
-            except ValueError as err:
-                raise JudgeError(f"{path}:{number}: {err}") from None
-        openers.append({**opener, "follow_ups": follow_ups})
-    if not openers:
-        raise JudgeError(f"{path}: no openers")
-    return openers
+    openers, problems = prompts.load_prompts(path, with_follow_ups=True, check=protocol.check_message)
+    if problems:
+        raise JudgeError(jsonl.summary(problems))
+    return [opener.record() for opener in openers]
 
 
 async def play_turn(

@@ -15,7 +15,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import yaml
+from common.cli import UserError
+from common.yamlfile import read_mapping
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +24,7 @@ ENV_PREFIX = "LIMA_ARENA_"
 REPO = Path(__file__).resolve().parents[1]
 
 
-class SettingsError(Exception):
+class SettingsError(UserError):
     """A setting that cannot work, said in one line."""
 
 
@@ -144,14 +145,7 @@ def parse(argv: list[str] | None = None, environ: dict[str, str] | None = None) 
 def _read_yaml(path: Path) -> dict:
     if not path.is_file():
         raise SettingsError(f"{path}: no such settings file")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark else str(path)
-        raise SettingsError(f"{where}: not valid YAML") from None
-    if not isinstance(data, dict):
-        raise SettingsError(f"{path}: expected a mapping of settings")
+    data = read_mapping(path, "expected a mapping of settings", SettingsError)
     known = {f.name for f in fields(Settings)}
     out = {}
     for key, value in data.items():

@@ -6,22 +6,36 @@ Input mistakes end with one line per problem on stderr and exit status 2, never 
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
-from finetune.errors import UserError
+from common import cli
+from common.cli import UserError
+
+Run = Callable[[argparse.Namespace], int]
+
+
+def command(
+    commands: argparse._SubParsersAction, run: Run, help: str, on_run_dir: bool = False
+) -> argparse.ArgumentParser:
+    """The subcommand ``run`` runs: named after it (run_check_served: check-served), described by its docstring.
+    ``on_run_dir``: its first argument is a run folder."""
+    name = run.__name__.removeprefix("run_").replace("_", "-")
+    parser = commands.add_parser(name, help=help, description=inspect.getdoc(run))
+    parser.set_defaults(run=run)
+    if on_run_dir:
+        parser.add_argument("run_dir", type=Path, help="a run folder, e.g. runs/quick-cpu/lima-1030")
+    return parser
 
 
 def add_data_parser(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser(
-        "data",
-        help="build and check the two training sets (zero-shot, dialogue) and the evaluation prompts",
-        description="Load LIMA (or the offline sample) and the dialogues, validate every file, and with --check "
-        "print a summary like the paper's Table 1. Without --check, print what the two sets hold.",
-    )
+    what = "build and check the two training sets (zero-shot, dialogue) and the evaluation prompts"
+    parser = command(commands, run_data, what)
     parser.add_argument("--check", action="store_true", help="validate everything and print the stats table")
     parser.add_argument(
         "--lima",
@@ -45,10 +59,11 @@ def add_data_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-length", type=int, default=2048, help="training length in tokens (default 2048)")
     parser.add_argument("--json", action="store_true", help="with --check, print the table as one JSON object")
     parser.add_argument("--out", type=Path, default=None, help="also write zero-shot.jsonl and dialogue.jsonl here")
-    parser.set_defaults(run=run_data)
 
 
 def run_data(args: argparse.Namespace) -> int:
+    """Load LIMA (or the offline sample) and the dialogues, validate every file, and with --check print a summary
+    like the paper's Table 1. Without --check, print what the two sets hold."""
     from finetune import data
 
     checked = data.load_data(args.lima, args.dialogues or data.DIALOGUES_DIR)
@@ -81,11 +96,8 @@ def run_data(args: argparse.Namespace) -> int:
 
 
 def add_train_parser(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser(
-        "train",
-        help="train the zero-shot (lima-1000) and dialogue (lima-1030) models with a LIMA recipe",
-        description="Train both models from one base with a recipe from finetune/recipes/ (or a YAML path). "
-        "Writes RUNS/<recipe>/lima-1000 and lima-1030, each with servable epoch-N folders and `selected`.",
+    parser = command(
+        commands, run_train, "train the zero-shot (lima-1000) and dialogue (lima-1030) models with a LIMA recipe"
     )
     parser.add_argument("--recipe", required=True, help="recipe name (quick-cpu, single-gpu, lima-7b, ...) or YAML")
     parser.add_argument("--model", choices=["zero-shot", "dialogue", "both"], default="both")
@@ -95,10 +107,11 @@ def add_train_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--output", type=Path, default=Path("runs"), help="where runs go (default: runs/)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe key")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run from its last epoch")
-    parser.set_defaults(run=run_train)
 
 
 def run_train(args: argparse.Namespace) -> int:
+    """Train both models from one base with a recipe from finetune/recipes/ (or a YAML path). Writes
+    RUNS/<recipe>/lima-1000 and lima-1030, each with servable epoch-N folders and `selected`."""
     from finetune.recipe import load_recipe
 
     overrides = [f"{key}={value}" for key in ("base", "lima", "dialogues") if (value := getattr(args, key))]
@@ -113,13 +126,12 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def add_select_parser(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser("select", help="choose which kept epoch of a run is served")
-    parser.add_argument("run_dir", type=Path, help="a run folder, e.g. runs/quick-cpu/lima-1030")
+    parser = command(commands, run_select, "choose which kept epoch of a run is served", on_run_dir=True)
     parser.add_argument("--epoch", type=int, required=True, help="a kept epoch (5..10 in the paper)")
-    parser.set_defaults(run=run_select)
 
 
 def run_select(args: argparse.Namespace) -> int:
+    """Choose which kept epoch of a run is served: RUN_DIR/selected names it, for the arena and the Space."""
     from finetune.train import select
 
     print(f"{args.run_dir}: selected {select(args.run_dir, args.epoch).name}")
@@ -127,14 +139,8 @@ def run_select(args: argparse.Namespace) -> int:
 
 
 def add_dev_parser(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser(
-        "dev",
-        help="answer the held-out dev prompts with every kept epoch of a run, to choose one",
-        description="Answer every dev prompt with every kept epoch of RUN_DIR (LIMA chose its epoch by reading "
-        "such answers) with the paper's decoding, into RUN_DIR/dev/epoch-N.jsonl. A rerun skips the prompts a "
-        "file already answers. With --source, a server serving epoch --epoch answers instead.",
-    )
-    parser.add_argument("run_dir", type=Path, help="a run folder, e.g. runs/quick-cpu/lima-1030")
+    what = "answer the held-out dev prompts with every kept epoch of a run, to choose one"
+    parser = command(commands, run_dev, what, on_run_dir=True)
     parser.add_argument("--prompts", type=Path, default=None, help="dev prompts (default: dialogues/dev.jsonl)")
     parser.add_argument("--source", metavar="URL", help="a TGI, vLLM or OpenAI-compatible server serving one epoch")
     parser.add_argument("--epoch", type=int, help="the epoch --source serves; without --source: answer with it only")
@@ -143,10 +149,12 @@ def add_dev_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--temperature", type=float, default=0.7, help="default 0.7; 0 is greedy")
     parser.add_argument("--top-p", type=float, default=0.9, help="nucleus sampling (default 0.9)")
     parser.add_argument("--repetition-penalty", type=float, default=1.2, help="over the whole context (default 1.2)")
-    parser.set_defaults(run=run_dev)
 
 
 def run_dev(args: argparse.Namespace) -> int:
+    """Answer every dev prompt with every kept epoch of RUN_DIR (LIMA chose its epoch by reading such answers)
+    with the paper's decoding, into RUN_DIR/dev/epoch-N.jsonl. A rerun skips the prompts a file already answers.
+    With --source, a server serving epoch --epoch answers instead."""
     from demo.backends import Decoding
     from finetune.data import DEV_FILE, DIALOGUES_DIR
     from finetune.dev import dev_answers
@@ -159,25 +167,22 @@ def run_dev(args: argparse.Namespace) -> int:
 
 
 def add_check_served_parser(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser(
-        "check-served",
-        help="check a model folder before serving it on TGI, vLLM or transformers serve",
-        description="Check that a saved model folder serves as trained: its chat template renders a multi-turn "
-        "conversation byte for byte the same in transformers (Jinja2) and in minijinja as TGI's router runs it, "
-        "generation_config.json stops at EOT, and config.json names the dtype its weights are stored in.",
-    )
+    what = "check a model folder before serving it on TGI, vLLM or transformers serve"
+    parser = command(commands, run_check_served, what)
     parser.add_argument("model_dir", type=Path, help="a model folder, e.g. runs/quick-cpu/lima-1030/epoch-3")
     parser.add_argument("--generate", action="store_true", help="also load the model and see it stop at EOT")
-    parser.set_defaults(run=run_check_served)
 
 
 def run_check_served(args: argparse.Namespace) -> int:
+    """Check that a saved model folder serves as trained: its chat template renders a multi-turn conversation
+    byte for byte the same in transformers (Jinja2) and in minijinja as TGI's router runs it,
+    generation_config.json stops at EOT, and config.json names the dtype its weights are stored in."""
     from finetune.servable import check_files, check_servable
 
     problems = check_servable(args.model_dir) if args.generate else check_files(args.model_dir)
     if problems:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-        raise UserError(f"error: {args.model_dir}: {problems[0]}{more}")
+        raise UserError(f"{args.model_dir}: {problems[0]}{more}")
     print(f"{args.model_dir}: servable (template identical in TGI's minijinja and Jinja2, stops at EOT)")
     return 0
 
@@ -201,13 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("finetune").setLevel(level if rank == 0 else logging.WARNING)
     if not args.verbose:  # its retry warnings would repeat, at length, what our one line says
         os.environ.setdefault("HF_HUB_VERBOSITY", "error")
-    try:
-        return args.run(args)
-    except UserError as exc:
-        if rank == 0:  # every process meets the same mistake; one of them says it
-            for line in exc.lines:
-                print(line, file=sys.stderr)
-        return 2
+    # every process meets the same mistake; one of them says it
+    return cli.run(args.run, args, quiet=rank != 0)
 
 
 if __name__ == "__main__":

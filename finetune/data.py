@@ -15,17 +15,18 @@ examples longer than the training length) are printed and the data is kept.
 
 from __future__ import annotations
 
-import codecs
 import hashlib
 import json
 import logging
 import re
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from finetune.errors import UserError
+from common.cli import UserError
+from common.jsonl import Problem, display_path, duplicate_ids, json_type, read_jsonl, text_problem
+from common.prompts import Prompt, load_prompts
 from finetune.hub import explain_hub_errors
 
 log = logging.getLogger(__name__)
@@ -45,22 +46,6 @@ ROLES = ("user", "assistant")
 TEMPLATE_TOKENS_PER_MESSAGE = 5
 # GPT-3's contamination test: an evaluation prompt that shares a 13-word span with a training turn overlaps.
 OVERLAP_NGRAM = 13
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One thing wrong with the input, printable as one line: ``path:line: field: message``."""
-
-    path: str
-    line: int | None
-    field: str | None
-    message: str
-    severity: Literal["error", "warning"] = "error"
-
-    def __str__(self) -> str:
-        where = self.path if self.line is None else f"{self.path}:{self.line}"
-        what = f"{self.field}: {self.message}" if self.field else self.message
-        return f"{self.severity}: {where}: {what}"
 
 
 class DataError(UserError):
@@ -96,147 +81,98 @@ class Example:
         return record
 
 
-@dataclass
-class Prompt:
-    """An evaluation opener or a dev prompt: no answer, optional planned follow-ups."""
-
-    id: str
-    prompt: str
-    category: str | None = None
-    follow_ups: list[str] = field(default_factory=list)
-    path: str = ""
-    line: int = 0
-
-    @property
-    def where(self) -> str:
-        return f"{self.path}:{self.line}"
-
-
-def display_path(path: Path | str) -> str:
-    """A path as the user would type it: relative to the working directory when inside it."""
-    path = Path(path)
-    try:
-        return str(path.resolve().relative_to(Path.cwd().resolve()))
-    except ValueError:
-        return str(path)
-
-
 # ---------------------------------------------------------------------------------------------- reading
-
-
-def read_jsonl(path: Path) -> tuple[list[tuple[int, dict[str, Any]]], list[Problem]]:
-    """Parse a JSONL file into (line number, object) pairs, collecting problems instead of stopping.
-
-    A UTF-8 byte-order mark and CRLF line ends are accepted (editors on Windows write both); blank lines are
-    skipped. Lines are decoded one by one so that a bad byte is reported on its own line.
-    """
-    name = display_path(path)
-    if not path.is_file():
-        return [], [Problem(name, None, None, "file not found")]
-    raw = path.read_bytes()
-    if raw.startswith(codecs.BOM_UTF8):
-        raw = raw[len(codecs.BOM_UTF8) :]
-    rows: list[tuple[int, dict[str, Any]]] = []
-    problems: list[Problem] = []
-    for number, chunk in enumerate(raw.split(b"\n"), start=1):
-        chunk = chunk.rstrip(b"\r")
-        if not chunk.strip():
-            continue
-        try:
-            text = chunk.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            problems.append(Problem(name, number, None, f"not valid UTF-8 (bad byte at column {exc.start + 1})"))
-            continue
-        try:
-            obj = json.loads(text)
-        except json.JSONDecodeError as exc:
-            problems.append(Problem(name, number, None, f"not valid JSON: {exc.msg} at column {exc.colno}"))
-            continue
-        if not isinstance(obj, dict):
-            problems.append(Problem(name, number, None, f"expected a JSON object, got {_json_type(obj)}"))
-            continue
-        rows.append((number, obj))
-    if not rows and not problems:
-        problems.append(Problem(name, None, None, "file is empty: expected one JSON object per line"))
-    return rows, problems
-
-
-def _json_type(value: Any) -> str:
-    names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}
-    return names.get(type(value), "a number")
-
-
-def _text_problem(value: Any) -> str | None:
-    if not isinstance(value, str):
-        return f"must be a string, got {_json_type(value)}"
-    return "empty turn" if not value.strip() else None
 
 
 def parse_example(obj: dict[str, Any], path: str, line: int) -> tuple[Example | None, list[Problem]]:
     """Check one row (ours or LIMA's format) and convert it to an Example. Returns every problem found."""
-    problems: list[Problem] = []
-
-    def bad(field_name: str | None, message: str) -> None:
-        problems.append(Problem(path, line, field_name, message))
-
-    messages: list[dict[str, str]] = []
     if "messages" in obj:
-        raw = obj["messages"]
-        if not isinstance(raw, list):
-            bad("messages", f"must be a list of {{role, content}} objects, got {_json_type(raw)}")
-            raw = None
-        order_reported = False
-        for i, message in enumerate(raw or []):
-            where = f"messages[{i}]"
-            if not isinstance(message, dict):
-                bad(where, f"must be an object with 'role' and 'content', got {_json_type(message)}")
-                continue
-            role, content = message.get("role"), message.get("content")
-            expected = ROLES[i % 2]
-            if "role" not in message:
-                bad(f"{where}.role", "missing field")
-            elif role not in ROLES:
-                bad(f"{where}.role", f"unknown role {role!r}: expected 'user' or 'assistant'")
-            elif role != expected and not order_reported:  # later turns are off by one too: say it once
-                bad(f"{where}.role", f"wrong role order: expected {expected!r} (turns alternate, user first)")
-                order_reported = True
-            if "content" not in message:
-                bad(f"{where}.content", "missing field")
-            elif (issue := _text_problem(content)) is not None:
-                bad(f"{where}.content", issue)
-            messages.append({"role": expected, "content": content if isinstance(content, str) else ""})
+        list_field, (messages, found) = "messages", _parse_messages(obj["messages"])
     elif "conversations" in obj:  # LIMA's format: alternating strings, the user first
-        raw = obj["conversations"]
-        if not isinstance(raw, list):
-            bad("conversations", f"must be a list of strings, got {_json_type(raw)}")
-            raw = None
-        for i, content in enumerate(raw or []):
-            if (issue := _text_problem(content)) is not None:
-                bad(f"conversations[{i}]", issue)
-            messages.append({"role": ROLES[i % 2], "content": content if isinstance(content, str) else ""})
+        list_field, (messages, found) = "conversations", _parse_conversations(obj["conversations"])
     else:
-        bad("messages", "missing field (or LIMA's 'conversations')")
-        raw = None
+        list_field, messages, found = None, None, [("messages", "missing field (or LIMA's 'conversations')")]
+    if list_field is not None and messages is not None:
+        found += _length_problems(list_field, messages)
+    found += _source_and_id_problems(obj)
+    if found:
+        return None, [Problem(path, line, field_name, message) for field_name, message in found]
+    return Example(messages=messages, source=obj["source"], id=obj.get("id"), path=path, line=line), []
 
-    if raw is not None:  # a list of the wrong length (a list of the wrong type is reported above)
-        list_field = "messages" if "messages" in obj else "conversations"
-        if len(messages) < 2:
-            bad(list_field, f"has {len(messages)} turn(s): needs at least one user and one assistant turn")
-        elif len(messages) % 2 == 1:
-            bad(list_field, "ends on the user: the last turn must be the assistant's")
 
+Found = list[tuple[str, str]]
+"""(field, message) pairs: what is wrong with one row, before it is tied to its file and line."""
+
+
+def _content(value: Any) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def _parse_messages(raw: Any) -> tuple[list[dict[str, str]] | None, Found]:
+    """Our format: a list of {role, content}; None when it is not a list at all."""
+    if not isinstance(raw, list):
+        return None, [("messages", f"must be a list of {{role, content}} objects, got {json_type(raw)}")]
+    found: Found = []
+    messages = []
+    order_reported = False
+    for i, message in enumerate(raw):
+        where = f"messages[{i}]"
+        if not isinstance(message, dict):
+            found.append((where, f"must be an object with 'role' and 'content', got {json_type(message)}"))
+            continue
+        role_problem = _role_problem(message, ROLES[i % 2], order_reported)
+        if role_problem is not None:
+            found.append((f"{where}.role", role_problem))
+            order_reported |= role_problem.startswith("wrong role order")
+        if "content" not in message:
+            found.append((f"{where}.content", "missing field"))
+        elif (issue := text_problem(message["content"], "empty turn")) is not None:
+            found.append((f"{where}.content", issue))
+        messages.append({"role": ROLES[i % 2], "content": _content(message.get("content"))})
+    return messages, found
+
+
+def _role_problem(message: dict[str, Any], expected: str, order_reported: bool) -> str | None:
+    role = message.get("role")
+    if "role" not in message:
+        return "missing field"
+    if role not in ROLES:
+        return f"unknown role {role!r}: expected 'user' or 'assistant'"
+    if role != expected and not order_reported:  # later turns are off by one too: say it once
+        return f"wrong role order: expected {expected!r} (turns alternate, user first)"
+    return None
+
+
+def _parse_conversations(raw: Any) -> tuple[list[dict[str, str]] | None, Found]:
+    """LIMA's format: a list of strings, alternating user and assistant; None when it is not a list."""
+    if not isinstance(raw, list):
+        return None, [("conversations", f"must be a list of strings, got {json_type(raw)}")]
+    found: Found = [
+        (f"conversations[{i}]", issue) for i, text in enumerate(raw) if (issue := text_problem(text, "empty turn"))
+    ]
+    return [{"role": ROLES[i % 2], "content": _content(text)} for i, text in enumerate(raw)], found
+
+
+def _length_problems(list_field: str, messages: list[dict[str, str]]) -> Found:
+    if len(messages) < 2:
+        return [(list_field, f"has {len(messages)} turn(s): needs at least one user and one assistant turn")]
+    if len(messages) % 2 == 1:
+        return [(list_field, "ends on the user: the last turn must be the assistant's")]
+    return []
+
+
+def _source_and_id_problems(obj: dict[str, Any]) -> Found:
+    found: Found = []
     source = obj.get("source")
     if "source" not in obj:
-        bad("source", "missing field")
+        found.append(("source", "missing field"))
     elif not isinstance(source, str) or not source.strip():
-        bad("source", f"must be a non-empty string, got {_json_type(source) if source != '' else 'an empty one'}")
+        got = json_type(source) if source != "" else "an empty one"
+        found.append(("source", f"must be a non-empty string, got {got}"))
     example_id = obj.get("id")
     if example_id is not None and (not isinstance(example_id, str) or not example_id.strip()):
-        bad("id", "must be a non-empty string when present")
-
-    if problems:
-        return None, problems
-    return Example(messages=messages, source=source, id=example_id, path=path, line=line), []
+        found.append(("id", "must be a non-empty string when present"))
+    return found
 
 
 def load_examples(path: Path) -> tuple[list[Example], list[Problem]]:
@@ -249,60 +185,8 @@ def load_examples(path: Path) -> tuple[list[Example], list[Problem]]:
         problems += found
         if example is not None:
             examples.append(example)
-    problems += _duplicate_ids([(e.id, e.line) for e in examples], name)
+    problems += duplicate_ids([(e.id, e.line) for e in examples], name)
     return examples, problems
-
-
-def load_prompts(path: Path, *, with_follow_ups: bool) -> tuple[list[Prompt], list[Problem]]:
-    """Read evaluation openers (``with_follow_ups``) or dev prompts: ``{"id", "prompt", "category"?}``."""
-    name = display_path(path)
-    rows, problems = read_jsonl(path)
-    prompts: list[Prompt] = []
-    for line, obj in rows:
-        found: list[Problem] = []
-
-        def bad(field_name: str, message: str, line: int = line, found: list[Problem] = found) -> None:
-            found.append(Problem(name, line, field_name, message))
-
-        for key in ("id", "prompt"):
-            if key not in obj:
-                bad(key, "missing field")
-            elif (issue := _text_problem(obj[key])) is not None:
-                bad(key, "empty" if issue == "empty turn" else issue)
-        category = obj.get("category")
-        if category is not None and not isinstance(category, str):
-            bad("category", f"must be a string, got {_json_type(category)}")
-        follow_ups = obj.get("follow_ups", [])
-        if with_follow_ups:
-            if "follow_ups" not in obj:
-                bad("follow_ups", "missing field (a list of planned follow-up messages)")
-            elif not isinstance(follow_ups, list):
-                bad("follow_ups", f"must be a list of strings, got {_json_type(follow_ups)}")
-                follow_ups = []
-            else:
-                for i, text in enumerate(follow_ups):
-                    if (issue := _text_problem(text)) is not None:
-                        bad(f"follow_ups[{i}]", "empty" if issue == "empty turn" else issue)
-        problems += found
-        if not found:
-            prompts.append(Prompt(obj["id"], obj["prompt"], category, list(follow_ups), name, line))
-    problems += _duplicate_ids([(p.id, p.line) for p in prompts], name)
-    return prompts, problems
-
-
-def _duplicate_ids(ids: Iterable[tuple[str | None, int]], path: str) -> list[Problem]:
-    first: dict[str, int] = {}
-    problems = []
-    for example_id, line in ids:
-        if example_id is None:
-            continue
-        if example_id in first:
-            problems.append(
-                Problem(path, line, "id", f"duplicate id {example_id!r} (first on line {first[example_id]})")
-            )
-        else:
-            first.setdefault(example_id, line)
-    return problems
 
 
 # ------------------------------------------------------------------------------------------------ LIMA

@@ -23,9 +23,10 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from common.jsonl import display_path
+from common.prompts import Prompt, load_prompts
 from demo.backends import TOTAL_TOKEN_BUDGET, BackendError, Decoding, LocalBackend, RemoteBackend, Waiting
 from demo.sampling import sampled_generate_kwargs
-from finetune.data import Prompt, display_path, load_prompts
 from finetune.errors import UserError
 
 log = logging.getLogger(__name__)

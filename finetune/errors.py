@@ -1,12 +1,6 @@
-"""The one exception type a user sees: a mistake in their input, explained in one line each."""
+"""Moved to ``common.cli`` (one input-error type for every command); kept only for the modules that still import
+it from here (train.py, base_models.py, hub.py, dev.py, demo/checkpoints.py): import ``common.cli`` instead."""
 
+from common.cli import UserError
 
-class UserError(Exception):
-    """An input mistake (bad file, unknown flag value, missing access). The CLI prints each line, exits 2.
-
-    Never raise this for a bug in our own code: those should keep their traceback.
-    """
-
-    def __init__(self, *lines: str):
-        self.lines = [str(line) for line in lines]
-        super().__init__("\n".join(self.lines))
+__all__ = ["UserError"]

@@ -15,7 +15,8 @@ from typing import Any
 
 import yaml
 
-from finetune.errors import UserError
+from common.cli import UserError
+from common.yamlfile import read_mapping
 
 RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
 
@@ -83,14 +84,7 @@ def load_recipe(name_or_path: str, overrides: list[str] | None = None) -> Recipe
                 f"error: --recipe {name_or_path}: no such recipe: use one of {', '.join(available())} "
                 "or a path to a YAML file"
             )
-    try:
-        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark else str(path)
-        raise UserError(f"error: {where}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
-    if not isinstance(values, dict):
-        raise UserError(f"error: {path}: a recipe is a mapping of key: value lines")
+    values = read_mapping(path, "a recipe is a mapping of key: value lines")
     values.setdefault("name", path.stem)
     for key in values:
         _check_key(key, str(path))

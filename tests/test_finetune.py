@@ -20,10 +20,10 @@ import yaml
 from conftest import REPO, run_cli
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
+from common.cli import UserError
 from finetune import chat_format
 from finetune.base_models import tiny_model_dir
 from finetune.data import Example
-from finetune.errors import UserError
 from finetune.recipe import load_recipe
 from finetune.residual_dropout import add_residual_dropout, installed_rates, residual_branches
 from finetune.servable import check_files, check_servable
