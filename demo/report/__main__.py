@@ -10,6 +10,7 @@ import sqlite3
 import sys
 from pathlib import Path
 
+from common import cli
 from demo.report.counting import build_report
 from demo.report.export import export
 from demo.report.figures import FIGURES, write_figures
@@ -98,17 +99,17 @@ def _report(argv: list[str]) -> None:
     print(json.dumps(report, ensure_ascii=False) if args.json else summary, end="\n" if args.json else "")
 
 
+def _run(argv: list[str]) -> int:
+    if argv[:1] == ["export"]:
+        _export(argv[1:])
+    else:
+        _report(argv)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    try:
-        if argv[:1] == ["export"]:
-            _export(argv[1:])
-        else:
-            _report(argv)
-        return 0
-    except (ReportError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    # ReportError is an input error (common.cli.UserError); so is a file the OS refuses (--out, a locked database).
+    return cli.run(_run, sys.argv[1:] if argv is None else argv, input_errors=(OSError,))
 
 
 if __name__ == "__main__":

@@ -8,12 +8,14 @@ from collections import defaultdict
 from pathlib import Path
 from typing import NamedTuple
 
+from common.cli import UserError
+
 TABLES = ("conversations", "turns", "ratings", "verdict_log")
 # What makes two turns' decoding the same: the rater's setting, and what the server made of it.
 DECODING_KEYS = ("temperature", "top_p", "repetition_penalty", "max_new_tokens", "penalty_scope", "may_ignore")
 
 
-class ReportError(Exception):
+class ReportError(UserError):
     """Input the report cannot use (a missing or foreign database, an unknown model or format): one line to show."""
 
 
