@@ -27,7 +27,8 @@ if __package__ in (None, ""):  # run as `python demo/app.py`: make the repositor
 import gradio as gr
 from starlette.middleware import Middleware
 
-from demo import arena, backends, checkpoints, limits, mirror, ratings, results, review, settings, timings
+from demo import arena, checkpoints, limits, mirror, ratings, results, review, settings, timings
+from serving import backends
 
 log = logging.getLogger("demo.app")
 

@@ -147,9 +147,9 @@ def add_dev_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def run_dev(args: argparse.Namespace) -> int:
-    from demo.backends import Decoding
     from finetune.data import DEV_FILE, DIALOGUES_DIR
     from finetune.dev import dev_answers
+    from serving.backends import Decoding
 
     decoding = Decoding(args.temperature, args.top_p, args.repetition_penalty, args.max_new_tokens)
     prompts = args.prompts or DIALOGUES_DIR / DEV_FILE

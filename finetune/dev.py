@@ -8,7 +8,7 @@ Each epoch's answers go to ``RUN_DIR/dev/epoch-N.jsonl``, one JSON object per pr
 killed run resumes where it stopped; a line torn by the kill is dropped and its prompt answered again.
 
 Answers come from the model folder itself, loaded as the arena's in-process side loads it
-(``demo.backends.LocalBackend``) and decoded as the arena decodes (``LocalBackend.generate_kwargs``), batched;
+(``serving.backends.LocalBackend``) and decoded as the arena decodes (``LocalBackend.generate_kwargs``), batched;
 or, with ``--source URL``, from a server serving one epoch, through the arena's ``RemoteBackend``.
 """
 
@@ -23,10 +23,10 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from demo.backends import TOTAL_TOKEN_BUDGET, BackendError, Decoding, LocalBackend, RemoteBackend, Waiting
-from demo.sampling import sampled_generate_kwargs
 from finetune.data import Prompt, display_path, load_prompts
 from finetune.errors import UserError
+from serving.backends import TOTAL_TOKEN_BUDGET, BackendError, Decoding, LocalBackend, RemoteBackend, Waiting
+from serving.sampling import sampled_generate_kwargs
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""demo/backends.py with real parts: the tiny trained model in process, and the loopback TGI server over HTTP.
+"""serving/backends.py with real parts: the tiny trained model in process, and the loopback TGI server over HTTP.
 
 The local model is tiny and random, so its text is checked against a greedy reference run of the same model:
 temperature 0 is greedy (as on TGI, vLLM and transformers serve), which pins down the prompt (the model's own chat
@@ -19,7 +19,7 @@ import pytest
 import torch
 from tgi_server import ERRORS, STREAM_ERROR_MESSAGE, Behaviour, TGIServer
 
-from demo.backends import (
+from serving.backends import (
     TOTAL_TOKEN_BUDGET,
     BackendError,
     Decoding,
@@ -500,7 +500,7 @@ def test_the_fast_cpu_head_gives_the_heads_own_logits(trained):
     """The in-process head runs as W @ hᵀ (faster in batches on CPU): the same logits as nn.Linear's."""
     from transformers import AutoModelForCausalLM
 
-    from demo.batching import fast_cpu_head
+    from serving.batching import fast_cpu_head
 
     source = str(trained / "lima-1030" / "epoch-3")
     backend = LocalBackend(source)

@@ -118,7 +118,7 @@ class Waiting(str):
 
 
 class LocalBackend:
-    """A model in this process. Concurrent requests are generated together in batches (``demo/batching.py``;
+    """A model in this process. Concurrent requests are generated together in batches (``serving/batching.py``;
     ``max_batch=1``: one at a time), each streaming its own answer."""
 
     def __init__(self, source: str, name: str | None = None, device: str | None = None, max_batch: int = 8) -> None:
@@ -155,7 +155,7 @@ class LocalBackend:
             if not tokenizer.chat_template:
                 self.load_error = f"{self.source} has no chat template; serve a fine-tuned model directory"
                 return
-            from demo.batching import fast_cpu_head, pad_token
+            from serving.batching import fast_cpu_head, pad_token
 
             try:
                 pad_token(model, tokenizer)
@@ -203,7 +203,7 @@ class LocalBackend:
             await asyncio.to_thread(self.load)
         if self.load_error:
             raise BackendError(self.load_error)
-        from demo.batching import DONE, Batcher
+        from serving.batching import DONE, Batcher
 
         with self._load_lock:  # made at the first answer, so a model only loaded (finetune dev) keeps no thread
             if self.batcher is None:
