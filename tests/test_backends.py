@@ -29,6 +29,7 @@ from serving.backends import (
     make_backend,
     parse_source,
 )
+from serving.kinds import KINDS, TRANSFORMERS, ServerKind
 
 EOT = "<|end_of_turn|>"
 HISTORY = [
@@ -348,6 +349,20 @@ def test_other_servers_get_repetition_penalty_at_the_top_level(server_kind: str,
     else:  # a server of unknown make: the pane says the penalty may not be applied, and the turn records it
         assert "may ignore repetition_penalty" in status.detail
         assert (record["penalty_scope"], record["may_ignore"]) == ("unknown", ["repetition_penalty"])
+
+
+@pytest.mark.parametrize("kind", [kind for kind in KINDS if kind is not TRANSFORMERS], ids=lambda kind: kind.name)
+def test_every_server_kind_has_a_look_alike_that_the_probe_tells_apart(kind: ServerKind):
+    """Each entry of serving.kinds.KINDS is recognised from its look-alike's own routes (transformers serve: the real
+    server, tests/test_transformers_serve.py) and sent the paper's decoding in the fields its entry maps it to."""
+    with TGIServer(Behaviour(reply=FIVE, server=kind.name, model_id="org/lima-1030")) as look_alike:
+        backend = RemoteBackend(look_alike.url)
+        status = asyncio.run(backend.probe())
+        assert status.ok and backend.kind == kind.name and status.detail.startswith(kind.shown)
+        assert collect(backend, HISTORY, Decoding(max_new_tokens=16))[1] is None
+        (body,) = look_alike.requests
+    sent = backend.decoding_record(Decoding(max_new_tokens=16))["sent"]
+    assert {key: body[key] for key in sent} == sent and kind.penalty_field in sent
 
 
 def test_remote_max_new_tokens_caps_the_answer(server: TGIServer):
