@@ -17,6 +17,7 @@ RUN pip install --no-cache-dir --user torch==2.13.0 --index-url https://download
 COPY --chown=user demo demo
 COPY --chown=user finetune finetune
 COPY --chown=user common common
+COPY --chown=user serving serving
 COPY --chown=user dialogues dialogues
 COPY --chown=user LICENSE README.md ./
 RUN mkdir -p data

@@ -1,7 +1,7 @@
 """A crowd at the in-process models: 1, 4 and 8 raters at once, each sending to both sides, batched or not.
 
 The embedded default (a public Space with no servers) answers every rater from the models in its own process.
-This runs the arena's own serving path (``demo.backends.LocalBackend.stream``, its batcher included) for both
+This runs the arena's own serving path (``serving.backends.LocalBackend.stream``, its batcher included) for both
 models of a pair: each of N raters sends a message to both sides at once and waits for both answers, for
 ``--turns`` turns; all N raters start together. Measured in the serving process, so no client's overhead is in
 the figures. The same run repeats with batching off (``max_batch=1``, one answer at a time per model, what the
@@ -35,8 +35,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO)]
 
 from common import cli  # noqa: E402
-from demo import backends  # noqa: E402
-from demo.batching import Batcher  # noqa: E402
+from serving import backends  # noqa: E402
+from serving.batching import Batcher  # noqa: E402
 
 MESSAGES = ("Tell me about the moon.", "Give me three tips for a job interview.", "How do I make a paper plane?")
 

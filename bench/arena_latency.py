@@ -45,7 +45,8 @@ from gradio_client import Client  # noqa: E402
 from tgi_server import Behaviour, TGIServer, free_port  # noqa: E402
 
 from common import cli  # noqa: E402
-from demo import app, backends, ratings  # noqa: E402
+from demo import app, ratings  # noqa: E402
+from serving import backends  # noqa: E402
 
 DECODING = (0.7, 0.9, 1.2, 2048)  # temperature, top-p, repetition penalty, max new tokens
 

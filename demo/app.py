@@ -27,7 +27,8 @@ import gradio as gr
 from starlette.middleware import Middleware
 
 from common import prompts
-from demo import arena, backends, checkpoints, limits, mirror, protocol, ratings, results, review, settings, timings
+from demo import arena, checkpoints, limits, mirror, protocol, ratings, results, review, settings, timings
+from serving import backends
 
 log = logging.getLogger("demo.app")
 

@@ -307,8 +307,8 @@ def layout(store: ratings.Store, runs: list[Run], rater: gr.Textbox) -> None:
     which.change(refresh, inputs=[which], outputs=[summary, epoch_box], api_visibility="private")
 
     def serve(name: str, epoch: str | None) -> tuple:
-        from finetune.errors import UserError
-        from finetune.train import select
+        from serving.folder import FolderError as UserError  # one line, starting 'error:'
+        from serving.folder import select
 
         if not epoch:
             raise gr.Error("Choose an epoch first.")

@@ -33,7 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common import jsonl, prompts
-from demo import arena, backends, checkpoints, protocol, ratings, report
+from demo import arena, checkpoints, protocol, ratings, report
+from serving import backends
 
 PROMPTS_FILE = Path(__file__).with_name("judge_prompts.yaml")
 OPENERS_FILE = Path(__file__).resolve().parents[1] / "dialogues" / "eval_openers.jsonl"

@@ -185,7 +185,7 @@ def check_source(flag: str, spec: str) -> None:
     from huggingface_hub.errors import HFValidationError
     from huggingface_hub.utils import validate_repo_id
 
-    from demo.backends import parse_source
+    from serving.backends import parse_source
 
     _, source = parse_source(spec)
     what_to_pass = "pass a trained model folder (runs/<recipe>/<model>/epoch-N), a Hub id, or a server URL"

@@ -155,9 +155,9 @@ def run_dev(args: argparse.Namespace) -> int:
     """Answer every dev prompt with every kept epoch of RUN_DIR (LIMA chose its epoch by reading such answers)
     with the paper's decoding, into RUN_DIR/dev/epoch-N.jsonl. A rerun skips the prompts a file already answers.
     With --source, a server serving epoch --epoch answers instead."""
-    from demo.backends import Decoding
     from finetune.data import DEV_FILE, DIALOGUES_DIR
     from finetune.dev import dev_answers
+    from serving.backends import Decoding
 
     decoding = Decoding(args.temperature, args.top_p, args.repetition_penalty, args.max_new_tokens)
     prompts = args.prompts or DIALOGUES_DIR / DEV_FILE

@@ -8,7 +8,7 @@ Each epoch's answers go to ``RUN_DIR/dev/epoch-N.jsonl``, one JSON object per pr
 killed run resumes where it stopped; a line torn by the kill is dropped and its prompt answered again.
 
 Answers come from the model folder itself, loaded as the arena's in-process side loads it
-(``demo.backends.LocalBackend``) and decoded as the arena decodes (``LocalBackend.generate_kwargs``), batched;
+(``serving.backends.LocalBackend``) and decoded as the arena decodes (``LocalBackend.generate_kwargs``), batched;
 or, with ``--source URL``, from a server serving one epoch, through the arena's ``RemoteBackend``.
 """
 
@@ -25,9 +25,10 @@ from pathlib import Path
 
 from common.jsonl import display_path
 from common.prompts import Prompt, load_prompts
-from demo.backends import TOTAL_TOKEN_BUDGET, BackendError, Decoding, LocalBackend, RemoteBackend, Waiting
-from demo.sampling import sampled_generate_kwargs
 from finetune.errors import UserError
+from serving.backends import TOTAL_TOKEN_BUDGET, BackendError, Decoding, LocalBackend, RemoteBackend, Waiting
+from serving.folder import FolderError, epoch_dir, kept_epochs
+from serving.sampling import sampled_generate_kwargs
 
 log = logging.getLogger(__name__)
 
@@ -53,16 +54,6 @@ class Answer:
     tokens: int  # generated tokens, the stop token included when there was one
     stopped_at_eot: bool
     seconds: float
-
-
-def kept_epochs(run_dir: Path) -> dict[int, Path]:
-    """The run's servable epochs, ``{N: RUN_DIR/epoch-N}``, in order."""
-    found = {}
-    for path in run_dir.glob("epoch-*"):
-        number = path.name.removeprefix("epoch-")
-        if number.isdigit() and (path / "config.json").is_file():
-            found[int(number)] = path
-    return dict(sorted(found.items()))
 
 
 def read_prompts(path: Path) -> list[Prompt]:
@@ -245,10 +236,10 @@ def dev_answers(
     if not epochs:
         raise UserError(f"error: {run_dir}: no kept epoch (no epoch-N folder with a config.json): is it a run folder?")
     if epoch is not None:
-        if epoch not in epochs:
-            kept = ", ".join(f"epoch-{n}" for n in epochs)
-            raise UserError(f"error: {run_dir}: has no epoch-{epoch} model: kept epochs are {kept}")
-        epochs = {epoch: epochs[epoch]}
+        try:
+            epochs = {epoch: epoch_dir(run_dir, epoch)}
+        except FolderError as err:
+            raise UserError(str(err)) from None
     prompts = read_prompts(prompts_path)
     remote = connect(source) if source is not None else None
     model_name = run_dir.resolve().name

@@ -38,10 +38,12 @@ def check_servable(path: Path, device: str = "cpu") -> list[str]:
 
 
 def render_like_tgi(template: str, messages: list[dict], bos_token: str | None, eos_token: str | None) -> str:
-    """Render a chat template as TGI's router does (router/src/infer/chat_template.rs): minijinja with
+    """Render a chat template as TGI 3.3's router does (router/src/infer/chat_template.rs): minijinja with
     minijinja-contrib's pycompat methods (.strip(), .upper(), ...), `raise_exception` and `strftime_now`, no
-    trim_blocks / lstrip_blocks, `add_generation_prompt` always true, bos_token / eos_token from
-    tokenizer_config.json. PyPI's minijinja wraps the same Rust engine (2.9 here, TGI 3.3 builds with 2.8)."""
+    trim_blocks / lstrip_blocks, the router's inputs (``tgi_inputs``), and a last assistant message continued.
+    PyPI's minijinja wraps the same Rust engine (2.9 here, TGI 3.3 builds with 2.8), but built with
+    `preserve_order` (minijinja-py/Cargo.toml; no option turns it off), so the inputs go in with their keys
+    sorted. A mapping written in the template itself keeps its written order here and is sorted on TGI."""
     import time
 
     import minijinja
@@ -60,9 +62,28 @@ def render_like_tgi(template: str, messages: list[dict], bos_token: str | None, 
     env = minijinja.Environment(pycompat=True, keep_trailing_newline=False)
     env.add_function("raise_exception", raise_exception)
     env.add_function("strftime_now", strftime_now)
-    return env.render_str(
-        template, messages=messages, bos_token=bos_token, eos_token=eos_token, add_generation_prompt=True
-    )
+    rendered = env.render_str(template, **tgi_inputs(messages, bos_token, eos_token))
+    last = messages[-1] if messages else {}
+    if last.get("role") == "assistant":  # continued, not closed (chat_template.rs, after render)
+        content = last.get("content") or ""
+        at = rendered.rfind(content)
+        rendered = rendered[: at + len(content)].rstrip() if at >= 0 else rendered
+    return rendered
+
+
+def tgi_inputs(messages: list[dict], bos_token: str | None, eos_token: str | None) -> dict:
+    """What the router hands the template (lib.rs ``ChatTemplateInputs``). Every message is a ``TextMessage``:
+    its role and its content, nothing else (``tool_call_id`` is never set on this route); `tools`
+    is always there, none when the request sends none, so `tools is defined` holds; and TGI's minijinja is built
+    without `preserve_order`, so a struct's fields, like any mapping's keys, iterate and serialise sorted
+    (``{{ messages[0]|tojson }}`` is ``{"content":...,"role":...}``)."""
+    return {
+        "messages": [{"content": m["content"], "role": m["role"]} for m in messages],
+        "bos_token": bos_token,
+        "eos_token": eos_token,
+        "add_generation_prompt": True,
+        "tools": None,
+    }
 
 
 def check_template(tokenizer, config: dict) -> list[str]:

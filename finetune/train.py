@@ -41,11 +41,12 @@ from finetune.errors import UserError
 from finetune.recipe import Recipe
 from finetune.residual_dropout import add_residual_dropout
 from finetune.servable import check_files
+from serving import folder
+from serving.folder import SELECTED
 
 log = logging.getLogger(__name__)
 
 MODEL_DIRS = {"zero-shot": "lima-1000", "dialogue": "lima-1030"}
-SELECTED = "selected"
 RUN_FILE = "run.yaml"
 
 
@@ -626,10 +627,8 @@ def _device_name(processes: int) -> str:
 
 
 def select(run_dir: Path, epoch: int) -> Path:
-    """Name epoch N as the run's chosen model (`selected`)."""
-    target = run_dir / f"epoch-{epoch}"
-    if not (target / "config.json").is_file():
-        kept = sorted(p.name for p in run_dir.glob("epoch-*")) if run_dir.is_dir() else []
-        raise UserError(f"error: {run_dir}: has no epoch-{epoch} model: kept epochs are {', '.join(kept) or 'none'}")
-    (run_dir / SELECTED).write_text(f"epoch-{epoch}\n")
-    return target
+    """Name epoch N as the run's chosen model (`selected`), as ``serving.folder.select`` does, for the CLI."""
+    try:
+        return folder.select(run_dir, epoch)
+    except folder.FolderError as err:
+        raise UserError(str(err)) from None

@@ -18,7 +18,8 @@ from conftest import REPO, run_cli
 from gradio_client import Client
 from tgi_server import Behaviour, TGIServer, free_port
 
-from demo import app, backends, ratings
+from demo import app, ratings
+from serving import backends
 
 DECODING = (0.7, 0.9, 1.2, 64)
 

@@ -1,4 +1,4 @@
-"""demo/backends.py with real parts: the tiny trained model in process, and the loopback TGI server over HTTP.
+"""serving/backends.py with real parts: the tiny trained model in process, and the loopback TGI server over HTTP.
 
 The local model is tiny and random, so its text is checked against a greedy reference run of the same model:
 temperature 0 is greedy (as on TGI, vLLM and transformers serve), which pins down the prompt (the model's own chat
@@ -19,7 +19,7 @@ import pytest
 import torch
 from tgi_server import ERRORS, STREAM_ERROR_MESSAGE, Behaviour, TGIServer
 
-from demo.backends import (
+from serving.backends import (
     TOTAL_TOKEN_BUDGET,
     BackendError,
     Decoding,
@@ -29,6 +29,7 @@ from demo.backends import (
     make_backend,
     parse_source,
 )
+from serving.kinds import KINDS, TRANSFORMERS, ServerKind
 
 EOT = "<|end_of_turn|>"
 HISTORY = [
@@ -350,6 +351,20 @@ def test_other_servers_get_repetition_penalty_at_the_top_level(server_kind: str,
         assert (record["penalty_scope"], record["may_ignore"]) == ("unknown", ["repetition_penalty"])
 
 
+@pytest.mark.parametrize("kind", [kind for kind in KINDS if kind is not TRANSFORMERS], ids=lambda kind: kind.name)
+def test_every_server_kind_has_a_look_alike_that_the_probe_tells_apart(kind: ServerKind):
+    """Each entry of serving.kinds.KINDS is recognised from its look-alike's own routes (transformers serve: the real
+    server, tests/test_transformers_serve.py) and sent the paper's decoding in the fields its entry maps it to."""
+    with TGIServer(Behaviour(reply=FIVE, server=kind.name, model_id="org/lima-1030")) as look_alike:
+        backend = RemoteBackend(look_alike.url)
+        status = asyncio.run(backend.probe())
+        assert status.ok and backend.kind == kind.name and status.detail.startswith(kind.shown)
+        assert collect(backend, HISTORY, Decoding(max_new_tokens=16))[1] is None
+        (body,) = look_alike.requests
+    sent = backend.decoding_record(Decoding(max_new_tokens=16))["sent"]
+    assert {key: body[key] for key in sent} == sent and kind.penalty_field in sent
+
+
 def test_remote_max_new_tokens_caps_the_answer(server: TGIServer):
     chunks, error = collect(RemoteBackend(server.url), HISTORY, Decoding(max_new_tokens=3))
     assert error is None
@@ -500,7 +515,7 @@ def test_the_fast_cpu_head_gives_the_heads_own_logits(trained):
     """The in-process head runs as W @ hᵀ (faster in batches on CPU): the same logits as nn.Linear's."""
     from transformers import AutoModelForCausalLM
 
-    from demo.batching import fast_cpu_head
+    from serving.batching import fast_cpu_head
 
     source = str(trained / "lima-1030" / "epoch-3")
     backend = LocalBackend(source)

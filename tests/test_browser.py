@@ -15,7 +15,8 @@ import pytest
 from conftest import CHROMIUM, CHROMIUM_ARGS
 from tgi_server import Behaviour, TGIServer, free_port
 
-from demo import app, backends, ratings
+from demo import app, ratings
+from serving import backends
 
 pytestmark = pytest.mark.skipif(
     CHROMIUM is None, reason="needs Debian's chromium (apt-get install chromium), as the README's test command does"

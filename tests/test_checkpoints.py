@@ -15,8 +15,9 @@ from conftest import CHROMIUM, run_cli
 from test_browser import browser  # noqa: F401  (the module's chromium, shared)
 from tgi_server import Behaviour, TGIServer, free_port
 
-from demo import app, backends, checkpoints, ratings
+from demo import app, checkpoints, ratings
 from demo.report import build_report
+from serving import backends
 
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install chromium)")
 

@@ -14,8 +14,8 @@ import pytest
 from conftest import DIALOGUES, run_cli
 from tgi_server import Behaviour, TGIServer, free_port
 
-from demo.backends import Decoding
 from finetune.dev import RECORD_KEYS, dev_answers
+from serving.backends import Decoding
 
 KEPT = [2, 3]  # the test recipe's keep_epochs
 SUMMARY = re.compile(r"^epoch-(\d+): 5 answers, stopped at EOT \d+/5, mean \d+ tokens, \d+\.\d\d s per answer$")

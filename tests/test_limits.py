@@ -10,7 +10,8 @@ import pytest
 from gradio_client import Client
 from tgi_server import Behaviour, TGIServer, free_port
 
-from demo import app, backends, limits, ratings, results, settings
+from demo import app, limits, ratings, results, settings
+from serving import backends
 
 DECODING = (0.7, 0.9, 1.2, 64)
 

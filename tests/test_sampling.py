@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
 
-from demo.sampling import NucleusSampler, nucleus, sampled_generate_kwargs
+from serving.sampling import NucleusSampler, nucleus, sampled_generate_kwargs
 
 
 def transformers_distribution(scores: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:

@@ -18,6 +18,8 @@ from huggingface_hub import AsyncInferenceClient
 from huggingface_hub.errors import GenerationError, HfHubHTTPError, UnknownError
 from tgi_server import ERRORS, Behaviour, TGIServer
 
+from finetune.servable import render_like_tgi
+
 MESSAGES = [{"role": "user", "content": "Say hello"}]
 FIVE = "one two three four five"
 
@@ -194,3 +196,41 @@ def test_health_and_info(server: TGIServer):
     assert health.status_code == 503
     assert health.json() == {"error": "unhealthy", "error_type": "healthcheck"}
     assert server.requests == []  # only generation bodies are recorded
+
+
+# -- the template engine as TGI's router sets it up (finetune.servable.render_like_tgi) -----------------------
+def test_tgi_always_passes_tools_so_a_template_sees_it_defined():
+    """lib.rs ChatTemplateInputs has `tools: Option<Vec<Tool>>`, serialised as none when a request sends none."""
+    template = "{% if tools is defined and tools is none %}no tools{% else %}undefined{% endif %}: "
+    template += "{{ messages[0].content }}"
+    assert render_like_tgi(template, MESSAGES, None, None) == "no tools: Say hello"
+
+
+def test_tgi_serialises_and_iterates_a_messages_keys_sorted():
+    """TGI's minijinja is built without `preserve_order`: a TextMessage is a sorted map, whatever order was sent."""
+    sent = [{"role": "user", "content": "Say <hello>"}]
+    as_json = render_like_tgi("{{ messages[0]|tojson }}", sent, None, None)
+    assert as_json == '{"content":"Say \\u003chello\\u003e","role":"user"}'
+    assert render_like_tgi("{% for key in messages[0] %}{{ key }} {% endfor %}", sent, None, None) == "content role "
+
+
+def test_check_served_agrees_with_tgi_on_tools_and_on_key_order(tiny_tokenizer_dir):
+    """Jinja2 (transformers) passes `tools` as none too, so a template asking for it is servable; one that walks a
+    message's keys renders them in the order sent there and sorted on TGI, so it is not."""
+    from transformers import AutoTokenizer
+
+    from finetune.chat_format import SERVING_TEMPLATE
+    from finetune.servable import check_template
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
+    tools = "{% if tools is not defined %}{{ raise_exception('no tools') }}{% endif %}" + SERVING_TEMPLATE
+    walks_keys = "{% for key in messages[0] %}{{ key }} {% endfor %}" + SERVING_TEMPLATE
+    found = {}
+    for name, template in (("tools", tools), ("walks_keys", walks_keys)):
+        tokenizer.chat_template = template
+        config = {"chat_template": template, "bos_token": tokenizer.bos_token, "eos_token": tokenizer.eos_token}
+        found[name] = check_template(tokenizer, config)
+    assert found["tools"] == []
+    (problem,) = found["walks_keys"]
+    assert problem.startswith("the chat template renders differently on TGI (minijinja) from transformers (Jinja2)")
+    assert "at character 0: 'content role " in problem and "instead of 'role content " in problem

@@ -18,7 +18,7 @@ from conftest import CHROMIUM, CHROMIUM_ARGS
 from test_backends import HISTORY, assert_one_line, collect, greedy_reference
 from transformers_server import TransformersServe, command
 
-from demo.backends import Decoding, LocalBackend, RemoteBackend, make_backend
+from serving.backends import Decoding, LocalBackend, RemoteBackend, make_backend
 
 pytestmark = pytest.mark.skipif(command() is None, reason="needs transformers[serving] (requirements-test.txt)")
 

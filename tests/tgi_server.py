@@ -97,9 +97,10 @@ class Behaviour:
     chat_stream_error_style: str = "openai"  # "openai": TGI 3.x's chat error event; "tgi": {"error", "error_type"}
     model_id: str = "test/model"
     adapters: tuple[str, ...] = ()  # LoRA adapter ids the server loaded (TGI's --lora-adapters)
-    # "tgi"; or the routes by which the arena tells other servers apart: "vllm" (GET /version, as vLLM 0.33's
-    # entrypoints/serve/instrumentator/basic.py; no /info; a chat for a model it does not serve is its 404), or
-    # "openai" (an OpenAI-compatible server of unknown make: neither). Generation is the same look-alike in all.
+    # The name of an entry of serving.kinds.KINDS, answering the routes its ``recognise`` reads: "tgi" (/info);
+    # "vllm" (GET /version, as vLLM 0.33's entrypoints/serve/instrumentator/basic.py; no /info; a chat for a
+    # model it does not serve is its 404); or "openai" (an OpenAI-compatible server of unknown make: neither).
+    # Generation is the same look-alike in all. (transformers serve is tested against the real server.)
     server: str = "tgi"
     # Cross-request order without timing: ``arrived`` is set when a generation request reaches the server;
     # ``hold`` (event, n) waits, before the n-th token, until that event is set (at most 5 s, then a stream error).

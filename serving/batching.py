@@ -13,7 +13,7 @@ request is cancelled (a per-row stopping criterion). Requests that arrive while 
 one: a full batch queues. With ``max_batch=1`` it is the one-at-a-time generation it replaces.
 
 Two costs that grow with the batch are cut where the model runs on a CPU: the paper's sampling is drawn by
-``demo.sampling`` (the same distribution, no 262k-wide sort and draw per row), and ``fast_cpu_head`` computes the
+``serving.sampling`` (the same distribution, no 262k-wide sort and draw per row), and ``fast_cpu_head`` computes the
 output head in the layout MKL runs fastest for a few rows. A waiting reader is woken through ``deliver`` rather
 than blocking a thread.
 
@@ -33,7 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from demo.sampling import sampled_generate_kwargs
+from serving.sampling import sampled_generate_kwargs
 
 log = logging.getLogger(__name__)
 

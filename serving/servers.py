@@ -1,0 +1,205 @@
+"""A side served over HTTP: TGI, vLLM, transformers serve, or another OpenAI-compatible server.
+
+``RemoteBackend`` speaks to an ``http(s)://`` URL with ``huggingface_hub.AsyncInferenceClient``'s
+``chat_completion(stream=True)``, so the server applies the model's own chat template. The probe learns which
+kind of server it is (``serving/kinds.py``, one entry per kind) and each request tells that server the paper's
+decoding in its own terms: the same rater setting means the same decoding on every side.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from collections.abc import AsyncIterator
+
+from serving.decoding import BackendError, Decoding, Status, Waiting, decoding_record, one_line
+from serving.kinds import Probe, ServerKind, kind_named, recognise
+
+_STATUS_MESSAGES = {
+    401: "the server refused the token (401): set HF_TOKEN to a token with access",
+    403: "the server refused access (403): check HF_TOKEN's permissions",
+    404: "no chat endpoint at this URL (404): is it a TGI or OpenAI-compatible server?",
+    422: "the server rejected the request (422)",
+    424: "the model failed while generating (424)",
+    429: "the server is overloaded (429): retry in a moment",
+    503: "the server is warming up or unavailable (503)",
+}
+# Fields ``chat_completion`` takes by name; any other field a kind's terms hold goes in ``extra_body``.
+_NAMED_FIELDS = ("model", "max_tokens", "temperature", "top_p", "presence_penalty", "frequency_penalty")
+
+
+class RemoteBackend:
+    """A TGI server (or vLLM, SGLang, transformers serve, an Inference Endpoint) at ``url``; the token comes
+    from ``HF_TOKEN``. ``model`` names one of the server's models (the source's ``#fragment``); it never goes
+    into the URL."""
+
+    def __init__(
+        self,
+        url: str,
+        name: str | None = None,
+        timeout: float = 120.0,
+        model: str | None = None,
+        max_concurrent: int | None = None,
+    ) -> None:
+        self.source = url.rstrip("/") + (f"#{model}" if model else "")
+        # How many answers this side asks of its server at once: the setting, else what TGI's /info says it
+        # takes (max_concurrent_requests; beyond it TGI answers 429), else no cap. A burst becomes a queue here.
+        self.max_concurrent = max_concurrent
+        self.server_cap: int | None = None
+        self.active = 0
+        self._gate = threading.Lock()
+        self.url = url.rstrip("/")
+        self.timeout = timeout
+        self.model = model or None
+        self.model_id: str | None = None
+        self.kind: str | None = None  # learnt by probe(): the name of one of serving.kinds.KINDS
+        self.version: str | None = None
+        self.name = name or self.source
+
+    @property
+    def server(self) -> ServerKind:
+        return kind_named(self.kind)
+
+    def _token(self) -> str | None:
+        return os.environ.get("HF_TOKEN") or None
+
+    def _client(self):
+        from huggingface_hub import AsyncInferenceClient
+
+        # provider="hf-inference": the provider under which health_check speaks to a URL.
+        token, timeout = self._token(), self.timeout
+        return AsyncInferenceClient(base_url=self.url, token=token, timeout=timeout, provider="hf-inference")
+
+    async def _get_json(self, client, route: str) -> object | None:
+        """``GET route`` with the client's own HTTP session; the JSON, or None for an error status or non-JSON."""
+        from huggingface_hub.utils import build_hf_headers
+
+        # The client's own httpx2 session (what chat_completion uses). huggingface_hub's public get_async_session()
+        # builds a new client each time: tried, it made two concurrent first streams ~0.15 s slower here.
+        session = await client._get_async_client()
+        response = await session.get(f"{self.url}{route}", headers=build_hf_headers(token=self._token()), timeout=10)
+        if response.status_code != 200:
+            return None
+        try:
+            return response.json()
+        except ValueError:
+            return None
+
+    async def probe(self) -> Status:
+        """``/health``, then which server this is, from what it answers (``serving.kinds.KINDS``)."""
+        import httpx2
+
+        try:
+            async with self._client() as client:
+                if not await client.health_check():
+                    return Status(False, self.name, "/health does not answer 200 yet: warming up or unhealthy")
+                routes = ("/info", "/health", "/version", "/v1/models")
+                probe = Probe(*await asyncio.gather(*(self._get_json(client, route) for route in routes)))
+        except (httpx2.HTTPError, OSError) as err:
+            return Status(False, self.name, f"unreachable: {one_line(err) or type(err).__name__}")
+        problem = self._learn(probe)
+        return Status(not problem, self.name, problem or self.describe())
+
+    def _learn(self, probe: Probe) -> str | None:
+        """Take the server's kind, version, model and cap from its answers; a reason it cannot serve this side."""
+        kind = recognise(probe)
+        self.kind, self.version = kind.name, probe.server_version()
+        if kind.model_is_adapter:  # the one served model is /info's; ``model`` is an adapter on it
+            self.model_id = probe.info.get("model_id") if isinstance(probe.info, dict) else None
+            cap = probe.info.get("max_concurrent_requests") if isinstance(probe.info, dict) else None
+            self.server_cap = cap if isinstance(cap, int) and cap > 0 else None
+            return None
+        ids = [m["id"] for m in probe.served()]
+        if self.model is None and len(ids) > 1:
+            shown = ", ".join(ids[:3]) + (", ..." if len(ids) > 3 else "")
+            return f"serves {len(ids)} models ({shown}): name one after # in the source"
+        self.model_id = self.model or (ids[0] if ids else None)
+        return None
+
+    def describe(self) -> str:
+        """The status line: what serves this side and how it takes the paper's decoding."""
+        kind = self.server
+        server = kind.shown + (f" {self.version}" if self.version else "")
+        served = self.model_id or "an unnamed model"
+        if kind.model_is_adapter and self.model:
+            served = f"{served} with adapter {self.model}"
+        if kind.may_ignore:
+            return f"{server} serving {served}; it may ignore {', '.join(kind.may_ignore)} (not in the OpenAI API)"
+        return f"{server} serving {served}; repetition penalty sent as {kind.penalty_field}, over the whole context"
+
+    def _target(self) -> str | None:
+        """The request's ``model``: on TGI an adapter id (none: the base model); elsewhere the model to use,
+        named after ``#`` or the server's only one (vLLM refuses a name it does not serve)."""
+        return self.model if self.server.model_is_adapter else (self.model or self.model_id)
+
+    def decoding_record(self, decoding: Decoding) -> dict:
+        kind = self.server
+        sent = kind.terms(decoding, self._target())
+        server = kind.name + (f" {self.version}" if self.version else "")
+        return decoding_record(decoding, server, sent, kind.penalty_scope, kind.may_ignore)
+
+    async def stream(self, messages: list[dict], decoding: Decoding, finish: dict | None = None) -> AsyncIterator[str]:
+        """The answer's text as it streams, after a slot under the side's cap (``Waiting`` notes until then).
+        A ``finish`` dict, when given, receives the server's ``reason`` ("stop": a stop token, "length": the
+        token cap) and, where it reports usage, ``completion_tokens``."""
+        if self.kind is None:  # not probed yet (or the server was down then): learn what it is first
+            await self.probe()
+        cap, waited = self.max_concurrent or self.server_cap, 0
+        while True:
+            with self._gate:  # a lock, not an asyncio primitive: the backend outlives any one event loop
+                if cap is None or self.active < cap:
+                    self.active += 1
+                    break
+            if waited % 20 == 0:  # at once, then every second
+                yield Waiting(f"waiting for the server: {cap} answers in progress")
+            waited += 1
+            await asyncio.sleep(0.05)
+        try:
+            async for chunk in self._stream(messages, decoding, finish):
+                yield chunk
+        finally:
+            with self._gate:
+                self.active -= 1
+
+    async def _stream(self, messages: list[dict], decoding: Decoding, finish: dict | None) -> AsyncIterator[str]:
+        import httpx2  # huggingface_hub's own HTTP transport: its errors are httpx2's
+        from huggingface_hub.errors import HfHubHTTPError, InferenceTimeoutError, TextGenerationError
+
+        fields = self.server.terms(decoding, self._target())
+        named = {key: fields.pop(key) for key in _NAMED_FIELDS if key in fields}
+        try:
+            async with self._client() as client:
+                chunks = await client.chat_completion(messages, stream=True, **named, extra_body=fields or None)
+                async for chunk in chunks:
+                    if finish is not None:
+                        _note_finish(chunk, finish)
+                    if chunk.choices and chunk.choices[0].delta.content:
+                        yield chunk.choices[0].delta.content
+        except HfHubHTTPError as err:
+            raise _http_error(err) from None
+        except TextGenerationError as err:  # an error event inside the stream (TGI sends one on a mid-answer failure)
+            detail = err.args[0].get("message", "") if err.args and isinstance(err.args[0], dict) else str(err)
+            raise BackendError(f"the server failed mid-answer: {detail}"[:400]) from None
+        except (TimeoutError, InferenceTimeoutError, httpx2.TimeoutException):
+            raise BackendError(f"no answer from {self.url} within {self.timeout:g} s") from None
+        except httpx2.ConnectError:
+            raise BackendError(f"cannot reach {self.url}: is the server running?") from None
+        except (httpx2.HTTPError, OSError) as err:
+            raise BackendError(f"the connection to {self.url} broke: {one_line(err) or type(err).__name__}") from None
+
+
+def _note_finish(chunk, finish: dict) -> None:
+    if chunk.choices and chunk.choices[0].finish_reason:
+        finish["reason"] = chunk.choices[0].finish_reason
+    if getattr(chunk, "usage", None) and chunk.usage.completion_tokens is not None:
+        finish["completion_tokens"] = chunk.usage.completion_tokens
+
+
+def _http_error(err: Exception) -> BackendError:
+    response = getattr(err, "response", None)
+    code = getattr(response, "status_code", None)
+    server_says = one_line(Exception(getattr(err, "server_message", None) or ""))
+    base = _STATUS_MESSAGES.get(code, f"the server answered {code}")
+    message = f"{base}: {server_says}" if server_says else base
+    return BackendError(message[:400], warming_up=code == 503, status=code)
