@@ -73,8 +73,8 @@ import torch  # noqa: E402
 
 from finetune.servable import check_servable  # noqa: E402
 
-# The environment the training legs start with: this process's own trainers (throughput) set accelerate's
-# variables in os.environ, which must not leak into a leg started later.
+# The training legs' environment: this one with the repository on PYTHONPATH, after what is already there (on
+# the GPU machine, the folder the carried wheels were installed into).
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
 ROWS = 128_256  # Llama 3.2's embedding rows, in the smoke run too: what a 1,024-token tokenizer leaves unused
 # Llama 3.2 1B (meta-llama/Llama-3.2-1B config.json), minus its long-context rope scaling.
