@@ -5,8 +5,8 @@ One command on one GPU, planned at about 3 minutes on an H200 (its budget, --bud
     python bench/gpu_check.py --out DIR
 
 DIR receives everything a borrowed machine gives back: gpu_check.json (the JSON line, rewritten after each
-leg, so a run cut short still says how far it got), gpu_check.log (progress), and one log per leg (plain.log,
-fsdp.log, serve.log, throughput.log); a failed leg's entry in the JSON carries the tail of its log. The
+leg, so a run cut short still says how far it got), gpu_check.log (progress), and one log per leg (base.log,
+plain.log, fsdp.log, serve.log, throughput.log); a failed leg's entry in the JSON carries the tail of its log. The
 models and runs go to a scratch folder (--scratch; by default a temporary one, removed at the end).
 
 No weights travel to a GPU machine, so the base is Llama 3.2 1B's architecture (1.24B parameters, 128,256
@@ -41,12 +41,14 @@ at 30 % of the H200's 989 TFLOP/s, writes at 1 GB/s.
   checks and serve          ~25 s  two 2.5 GB loads and 20-token generations; 32 tokens x 3 rounds of batches
   throughput                ~60 s  one base read; 2 x 3 steps of 64 examples (about 170k real tokens each:
                                    1.3 PFLOP, 5 s at 30 % MFU) plus the first step's warm-up
-Before this plan the check wrote a 15 GB resume checkpoint per leg and read the base 7 times in 4 processes.
+The base is read 3 times (once per training leg and once for throughput), each saved epoch once to check it
+and the plain one once to serve it, in 3 processes and accelerate's launcher; before this plan the check also
+wrote a 15 GB resume checkpoint per leg (fp32 weights + Adam), and read the base 4 times.
 
 Needs the wheels in bench/gpu_wheels.txt where the machine lacks them (TRL, datasets, minijinja, transformers
 5.24). `--smoke` rehearses all of it on CPU: the same legs and files, the same 128,256 embedding rows under a
-tiny hidden size, less data (the FSDP leg is launched as shipped, but accelerate applies FSDP on accelerators
-only, so it trains without it there).
+tiny hidden size, less and shorter data (the FSDP leg is launched as shipped, but accelerate applies FSDP on
+accelerators only, so it trains without it there); tests/test_finetune.py runs it (26 s on 2 quiet cores).
 """
 
 from __future__ import annotations
