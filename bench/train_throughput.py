@@ -22,6 +22,8 @@ about 10 minutes. bench/gpu_check.py runs it on a GPU.
 from __future__ import annotations
 
 import argparse
+import copy
+import dataclasses
 import gc
 import json
 import random
@@ -97,21 +99,22 @@ def flops_per_token(model, rows) -> float:
     return 6 * matmul + 6 * config.num_hidden_layers * config.hidden_size * squares / tokens
 
 
-def rows_for(base: str, batch: int, steps: int, seed: int = 0):
+def rows_for(base: str, batch: int, steps: int, max_length: int = 2048, seed: int = 0):
     recipe = Recipe(base=base, lima="sample", residual_dropout=0.2, precision="bf16", gradient_checkpointing=False)
+    recipe.max_length = max_length
     sets = load_training_sets("sample")
     model, tokenizer, eot = load_for_training(recipe, resolve_base(base))
-    rows = encode(sets.dialogue, tokenizer, 2048).rows
+    rows = encode(sets.dialogue, tokenizer, max_length).rows
     random.Random(seed).shuffle(rows)
     return recipe, model, tokenizer, eot, rows[: batch * steps]
 
 
-def run_ours(base: str, batch: int, steps: int, per_device: int, workdir: Path) -> dict:
-    recipe = Recipe(base=base, lima="sample", residual_dropout=0.2, precision="bf16", gradient_checkpointing=False)
-    recipe.batch_size = batch
-    recipe.per_device_batch_size = per_device
+def run_ours(loaded: tuple, batch: int, steps: int, per_device: int, workdir: Path) -> dict:
+    """Our trainer on a copy of the loaded base (`loaded`: what rows_for returns), so TRL's side starts from the
+    same weights without loading them again."""
+    recipe, model, tokenizer, eot, rows = loaded
+    recipe = dataclasses.replace(recipe, batch_size=batch, per_device_batch_size=per_device)
     reset_memory()
-    # The training order of finetune/train.py: arguments (and the distributed state) before the model.
     args = training_args(
         recipe,
         workdir / "ours",
@@ -120,7 +123,7 @@ def run_ours(base: str, batch: int, steps: int, per_device: int, workdir: Path) 
         disable_tqdm=True,
         include_num_input_tokens_seen="non_padding",
     )
-    _, model, tokenizer, eot, rows = rows_for(base, batch, steps)
+    model = copy.deepcopy(model)
     trainer = build_trainer(recipe, args, model, tokenizer, eot, rows)
     timer = StepTimer(trainer.data_collator)
     trainer.add_callback(timer)
@@ -128,11 +131,11 @@ def run_ours(base: str, batch: int, steps: int, per_device: int, workdir: Path) 
     return {**timer.result(), "flops_per_token": flops_per_token(model, rows)}
 
 
-def run_trl_default(base: str, batch: int, steps: int, workdir: Path) -> dict:
+def run_trl_default(loaded: tuple, batch: int, steps: int, workdir: Path) -> dict:
     from datasets import Dataset
 
+    recipe, model, tokenizer, _, rows = loaded
     reset_memory()
-    _, model, tokenizer, _, rows = rows_for(base, batch, steps)
     on_cuda = torch.cuda.is_available()
     args = SFTConfig(
         output_dir=str(workdir / "trl"),
@@ -140,6 +143,7 @@ def run_trl_default(base: str, batch: int, steps: int, workdir: Path) -> dict:
         per_device_train_batch_size=min(8, batch),
         gradient_accumulation_steps=max(batch // 8, 1),
         max_steps=steps,
+        max_length=recipe.max_length,  # ours, not TRL's 1,024: both sides train the same tokens
         bf16=True,
         use_cpu=not on_cuda,
         save_strategy="no",
@@ -180,37 +184,42 @@ def run_naive(base: str, batch: int, steps: int) -> float:
     return real / (time.perf_counter() - started)
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--base", default="bundled:gemma-3-270m")
-    parser.add_argument("--batch", type=int, default=8, help="effective batch (examples per optimiser step)")
-    parser.add_argument("--steps", type=int, default=2, help="optimiser steps per method")
-    parser.add_argument("--per-device", type=int, default=None, help="our micro-batch (default: 1 on CPUs, 8 on a GPU)")
-    parser.add_argument("--peak-tflops", type=float, default=None, help="the device's peak, for MFU")
-    parser.add_argument("--no-naive", action="store_true", help="skip the naive pad-to-2048 loop")
-    args = parser.parse_args(argv)
+def measure(
+    base: str,
+    batch: int,
+    steps: int,
+    per_device: int | None = None,
+    max_length: int = 2048,
+    naive: bool = True,
+    peak_tflops: float | None = None,
+) -> dict:
+    """The benchmark's figures (the JSON line's keys): ours, TRL's defaults and, with `naive`, the naive loop.
+    The base is loaded once for ours and TRL's side; bench/gpu_check.py calls this in its own process."""
     on_cuda = torch.cuda.is_available()
     device = torch.cuda.get_device_name(0) if on_cuda else f"cpu x{torch.get_num_threads()}"
-    per_device = args.per_device or (8 if on_cuda else 1)
-    peak = args.peak_tflops or next((v for k, v in PEAK_TFLOPS.items() if on_cuda and k in device), None)
+    per_device = per_device or (8 if on_cuda else 1)
+    peak = peak_tflops or next((v for k, v in PEAK_TFLOPS.items() if on_cuda and k in device), None)
     torch.manual_seed(0)
+    loaded = rows_for(base, batch, steps, max_length)
     with tempfile.TemporaryDirectory() as tmp:
-        ours = run_ours(args.base, args.batch, args.steps, per_device, Path(tmp))
-        trl = run_trl_default(args.base, args.batch, args.steps, Path(tmp))
-    naive = None if args.no_naive else run_naive(args.base, args.batch, args.steps)
+        ours = run_ours(loaded, batch, steps, per_device, Path(tmp))
+        trl = run_trl_default(loaded, batch, steps, Path(tmp))
+    del loaded
+    naive_tok_s = run_naive(base, batch, steps) if naive else None
 
     def mfu(tok_s: float) -> float | None:
         return round(tok_s * ours["flops_per_token"] / (peak * 1e12), 3) if peak else None
 
-    result = {
-        "base": args.base,
+    return {
+        "base": base,
         "device": device,
-        "effective_batch": args.batch,
+        "effective_batch": batch,
         "per_device_batch": per_device,
-        "steps": args.steps,
+        "steps": steps,
+        "max_length": max_length,
         "ours_tok_s": round(ours["tok_s"], 1),
         "trl_default_tok_s": round(trl["tok_s"], 1),
-        "naive_tok_s": round(naive, 1) if naive is not None else None,
+        "naive_tok_s": round(naive_tok_s, 1) if naive_tok_s is not None else None,
         "ours_vs_trl_default": round(ours["tok_s"] / trl["tok_s"], 2),
         "ours_real_token_fraction": round(ours["fraction"], 3),
         "trl_default_real_token_fraction": round(trl["fraction"], 3),
@@ -221,8 +230,22 @@ def main(argv: list[str] | None = None) -> dict:
         "trl_default_peak_memory_mb": trl["peak_mb"],
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
     }
-    print(json.dumps(result))
-    return result
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--base", default="bundled:gemma-3-270m")
+    parser.add_argument("--batch", type=int, default=8, help="effective batch (examples per optimiser step)")
+    parser.add_argument("--steps", type=int, default=2, help="optimiser steps per method")
+    parser.add_argument("--per-device", type=int, default=None, help="our micro-batch (default: 1 on CPUs, 8 on a GPU)")
+    parser.add_argument("--peak-tflops", type=float, default=None, help="the device's peak, for MFU")
+    parser.add_argument("--no-naive", action="store_true", help="skip the naive pad-to-2048 loop")
+    args = parser.parse_args(argv)
+    figures = measure(
+        args.base, args.batch, args.steps, args.per_device, naive=not args.no_naive, peak_tflops=args.peak_tflops
+    )
+    print(json.dumps(figures))
+    return figures
 
 
 if __name__ == "__main__":

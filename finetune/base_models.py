@@ -13,7 +13,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from finetune.errors import UserError
+from common.cli import UserError
 from finetune.hub import explain_hub_errors
 
 log = logging.getLogger(__name__)
@@ -136,9 +136,8 @@ def tiny_model_dir() -> Path:
     target = cache_root() / "tiny" / "llama"
     if (target / "config.json").is_file():
         return target
-    import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast
 
     from finetune.data import DIALOGUES_DIR
 
@@ -152,18 +151,22 @@ def tiny_model_dir() -> Path:
         corpus, trainers.BpeTrainer(vocab_size=1024, special_tokens=special, initial_alphabet=alphabet)
     )
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, pad_token="<pad>", bos_token="<bos>", eos_token="<eos>")
-    torch.manual_seed(0)
+    return _publish(target, random_llama(tokenizer), tokenizer)
+
+
+def random_llama(tokenizer, rows: int | None = None, **shape):
+    """A random Llama for `tokenizer`, the same every time (seed 0): `rows` embedding rows (default: one per
+    token), the tiny test shape (hidden 64, 2 layers, untied head) unless `shape` sets other LlamaConfig fields."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tiny = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4)
     config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=4096,
+        **{**tiny, "num_key_value_heads": 2, "max_position_embeddings": 4096, "tie_word_embeddings": False, **shape},
+        vocab_size=rows or len(tokenizer),
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
-        tie_word_embeddings=False,
     )
-    return _publish(target, LlamaForCausalLM(config), tokenizer)
+    torch.manual_seed(0)
+    return LlamaForCausalLM(config)

@@ -23,9 +23,9 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from common.cli import UserError
 from common.jsonl import display_path
 from common.prompts import Prompt, load_prompts
-from finetune.errors import UserError
 from serving.backends import TOTAL_TOKEN_BUDGET, BackendError, Decoding, LocalBackend, RemoteBackend, Waiting
 from serving.folder import FolderError, epoch_dir, kept_epochs
 from serving.sampling import sampled_generate_kwargs

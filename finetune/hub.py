@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from finetune.errors import UserError
+from common.cli import UserError
 
 TOKENS_URL = "https://huggingface.co/settings/tokens"
 

@@ -32,9 +32,28 @@ TGI_DELETES = ("{% generation %}", "{% endgeneration %}")
 
 
 def check_servable(path: Path, device: str = "cpu") -> list[str]:
-    """The problems found in the model folder `path`; an empty list when it is servable."""
+    """The problems found in the model folder `path`; an empty list when it is servable.
+
+    After the files, the model is loaded and every weight must load under its own name: a missing, left-over
+    or misshapen one (a renamed key) would be replaced by random values, and generation would still end at
+    EOT, since it is made to. Then generation must end at EOT."""
+    from transformers import AutoModelForCausalLM
+
     problems = check_files(path)
-    return problems or check_generation(path, device)
+    if problems:
+        return problems
+    model, info = AutoModelForCausalLM.from_pretrained(path, output_loading_info=True)
+    found = {
+        "missing": info["missing_keys"],
+        "unexpected": info["unexpected_keys"],
+        "of another shape": {key[0] if isinstance(key, tuple) else key for key in info["mismatched_keys"]},
+    }
+    named = [
+        f"{kind} {', '.join(sorted(keys)[:3])}{' ...' if len(keys) > 3 else ''}" for kind, keys in found.items() if keys
+    ]
+    if named:
+        return [f"the saved weights do not match the model's: {'; '.join(named)}"]
+    return check_generation(path, device, model)
 
 
 def render_like_tgi(template: str, messages: list[dict], bos_token: str | None, eos_token: str | None) -> str:
@@ -148,13 +167,13 @@ def check_files(path: Path) -> list[str]:
     return problems
 
 
-def check_generation(path: Path, device: str = "cpu") -> list[str]:
-    """Load the model and see generation end at EOT by itself."""
+def check_generation(path: Path, device: str = "cpu", model=None) -> list[str]:
+    """Load the model (unless given, loaded from `path`) and see generation end at EOT by itself."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     problems = []
     tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path).to(device).eval()
+    model = (model or AutoModelForCausalLM.from_pretrained(path)).to(device).eval()
     eot = tokenizer.convert_tokens_to_ids(chat_format.EOT)
     prompt = tokenizer.apply_chat_template(PROMPT, add_generation_prompt=True, tokenize=False)
     if not prompt.endswith("User:\nName a prime." + chat_format.EOT + "\nAssistant:\n"):

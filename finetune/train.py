@@ -34,10 +34,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainerCa
 from transformers.optimization import get_polynomial_decay_schedule_with_warmup
 from trl import SFTConfig, SFTTrainer
 
+from common.cli import UserError
 from finetune import chat_format
 from finetune.base_models import resolve_base
 from finetune.data import DIALOGUES_DIR, Example, TrainingSets, fingerprint, load_training_sets
-from finetune.errors import UserError
 from finetune.recipe import Recipe
 from finetune.residual_dropout import add_residual_dropout
 from finetune.servable import check_files
@@ -207,13 +207,19 @@ class RecordBatch(TrainerCallback):
 
 
 class KeepEpochs(TrainerCallback):
-    """At the end of each epoch in the keep window, save a servable model directory (not optimizer state)."""
+    """At the end of each epoch in the keep window, save a servable model directory (not optimizer state).
+
+    After the last epoch it also cancels the trainer's resume checkpoint: the run completes right after and
+    removes it, and it is the largest write of a run (fp32 weights and Adam's two moments, 16 bytes a
+    parameter); a run killed before completing resumes from the epoch before, as it would mid-epoch."""
 
     def __init__(self, save):
         self.save = save
 
     def on_epoch_end(self, args, state, control, **kwargs):
         self.save(round(state.epoch))
+        if state.global_step >= state.max_steps:
+            control.should_save = False
 
 
 # ------------------------------------------------------------------------------------------- the runs
@@ -301,7 +307,7 @@ def training_args(recipe: Recipe, output_dir: Path, **overrides) -> SFTConfig:
         ddp_find_unused_parameters=False,  # every weight takes part in every step; the search costs a graph walk
         train_sampling_strategy="group_by_length" if recipe.group_by_length else "random",
         save_strategy="epoch",
-        save_total_limit=1,  # the last epoch's full state, for --resume; removed when the run completes
+        save_total_limit=1,  # the last epoch's full state, for --resume (not after the last epoch: KeepEpochs)
         logging_steps=recipe.logging_steps,
         report_to="none",  # TensorBoard is added by the caller, writing beside the models
         seed=recipe.seed,

@@ -29,6 +29,7 @@ from finetune.residual_dropout import add_residual_dropout, installed_rates, res
 from finetune.servable import check_files, check_servable
 from finetune.train import encode, lima_schedule, select
 
+TRAIN_TEST = ("-m", "finetune", "train", "--recipe", "test")  # the test recipe's training, as a user types it
 DIALOGUE = [
     {"role": "user", "content": "Name a prime."},
     {"role": "assistant", "content": "Seven is prime."},
@@ -246,6 +247,41 @@ def test_saved_dir_reloads_renders_generates_and_stops_at_eot(trained):
     assert check_servable(trained / "lima-1030" / "epoch-3") == []
 
 
+def test_a_saved_epoch_whose_weight_names_do_not_match_is_not_servable(trained, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    epoch = tmp_path / "epoch-3"
+    shutil.copytree(trained / "lima-1030" / "epoch-3", epoch)
+    weights = load_file(epoch / "model.safetensors")
+    weights["model.layers.0.mlp.gate.weight"] = weights.pop("model.layers.0.mlp.gate_proj.weight")
+    save_file(weights, epoch / "model.safetensors", metadata={"format": "pt"})
+    assert check_files(epoch) == []  # the files alone look right
+    assert check_servable(epoch) == [
+        "the saved weights do not match the model's: missing model.layers.0.mlp.gate_proj.weight; "
+        "unexpected model.layers.0.mlp.gate.weight"
+    ]
+
+
+def test_no_resume_checkpoint_is_written_after_the_last_epoch(tmp_path):
+    """The run removes its resume state as it completes: writing it after the last epoch (16 bytes a
+    parameter) would be the largest write of a run, for nothing."""
+    from finetune.train import KeepEpochs, build_trainer, training_args
+
+    recipe = load_recipe("test", ["epochs=2", "keep_epochs=[1,2]", "batch_size=1", "per_device_batch_size=1"])
+    args = training_args(recipe, tmp_path / "checkpoints", disable_tqdm=True)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir())
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir())
+    eot = chat_format.add_end_of_turn(model, tokenizer)
+    trainer = build_trainer(
+        recipe, args, model, tokenizer, eot, encode([Example(DIALOGUE, "test")], tokenizer, 2048).rows
+    )
+    kept = []
+    trainer.add_callback(KeepEpochs(kept.append))
+    trainer.train()
+    assert kept == [1, 2]  # both epochs' servable saves happen
+    assert [p.name for p in (tmp_path / "checkpoints").glob("checkpoint-*")] == ["checkpoint-1"]  # epoch 1's only
+
+
 def test_a_servable_save_goes_through_the_trainers_save_path_in_the_runs_precision(tiny, tmp_path):
     """FSDP and ZeRO-3 gather sharded weights only inside Trainer.save_model (ZeRO-3 through the engine, which
     trainer.model is not): a servable save must go through it, and write bf16 while training stays fp32."""
@@ -372,18 +408,8 @@ def test_bad_input_is_one_line_exit_2(tmp_path, args, expected):
 
 
 def test_hub_base_offline_is_one_line(tmp_path):
-    result = run_cli(
-        "-m",
-        "finetune",
-        "train",
-        "--recipe",
-        "test",
-        "--base",
-        "someorg/some-model",
-        "--output",
-        str(tmp_path),
-        env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")},
-    )
+    offline = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    result = run_cli(*TRAIN_TEST, "--base", "someorg/some-model", "--output", str(tmp_path), env=offline)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert (
         result.stderr.strip().splitlines()[-1].startswith("error: base someorg/some-model (Hub): cannot reach the Hub")
@@ -393,46 +419,20 @@ def test_hub_base_offline_is_one_line(tmp_path):
 def test_output_holding_another_run_is_refused_and_untouched(trained, tmp_path):
     output = trained.parent
     before = {p: p.stat().st_mtime_ns for p in trained.rglob("*") if p.is_file()}
-    result = run_cli(
-        "-m",
-        "finetune",
-        "train",
-        "--recipe",
-        "test",
-        "--set",
-        "epochs=4",
-        "--set",
-        "keep_epochs=[3,4]",
-        "--output",
-        str(output),
-    )
+    result = run_cli(*TRAIN_TEST, "--set", "epochs=4", "--set", "keep_epochs=[3,4]", "--output", str(output))
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == (
         f"error: {trained / 'lima-1000'}: holds a different run (differs in recipe keys epochs, keep_epochs): "
         "choose another --output or remove it"
     )
-    same = run_cli("-m", "finetune", "train", "--recipe", "test", "--output", str(output))
+    same = run_cli(*TRAIN_TEST, "--output", str(output))
     assert same.returncode == 2 and "already holds this run (complete): pass --resume" in same.stderr
     assert before == {p: p.stat().st_mtime_ns for p in trained.rglob("*") if p.is_file()}
 
 
 def test_a_killed_run_resumes_from_its_last_epoch(tmp_path):
-    cmd = [
-        sys.executable,
-        "-m",
-        "finetune",
-        "train",
-        "--recipe",
-        "test",
-        "--model",
-        "dialogue",
-        "--set",
-        "epochs=6",
-        "--set",
-        "keep_epochs=[5,6]",
-        "--output",
-        str(tmp_path),
-    ]
+    args = [*TRAIN_TEST, "--model", "dialogue", "--set", "epochs=6", "--set", "keep_epochs=[5,6]", "--output"]
+    cmd = [sys.executable, *args, str(tmp_path)]
     run = tmp_path / "test" / "lima-1030"
     process = subprocess.Popen(
         cmd,
@@ -537,19 +537,53 @@ def test_throughput_benchmark_prints_its_json_line():
     assert 0 < line["trl_default_real_token_fraction"] < 1.0
 
 
-def test_gpu_check_runs_its_training_leg_and_throughput_on_cpu_as_a_smoke_run(tmp_path):
-    # The check itself needs a GPU (bench/gpu_check.py); --smoke keeps the script honest where there is none.
-    result = run_cli("bench/gpu_check.py", "--smoke", "--out", str(tmp_path), "--throughput-steps", "1")
+def test_gpu_check_smoke_run_rehearses_every_leg_at_the_real_vocabulary_and_brings_back_one_folder(tmp_path):
+    # The check itself needs a GPU (bench/gpu_check.py); --smoke rehearses it on CPU with what makes the real
+    # run differ from a tiny model: Llama 3.2's 128,256 embedding rows over a 1,024-token tokenizer.
+    out = tmp_path / "out"
+    result = run_cli("bench/gpu_check.py", "--smoke", "--out", str(out), "--throughput-steps", "1")
     assert result.returncode == 0, result.stderr[-3000:]
     line = json.loads(result.stdout.strip().splitlines()[-1])
+    assert json.loads((out / "gpu_check.json").read_text()) == line  # what a borrowed machine brings back
+    # everything that explains the run, nothing else (no models: the scratch folder is gone)
+    logs = {"gpu_check.log", "base.log", "plain.log", "fsdp.log", "serve.log", "throughput.log"}
+    assert {p.name for p in out.iterdir()} == {"gpu_check.json", *logs}
+    assert all((out / name).stat().st_size > 0 for name in logs)
+    assert "finetune.train: saved" in (out / "plain.log").read_text()
+    assert line["base_vocab_rows"] == 128256 and line["base_tokenizer_tokens"] == 1024
+    assert line["base_known_mass"] > 0.999  # the random base samples ids its tokenizer has
     assert line["plain"]["ok"] is True and line["plain"]["problems"] == []
-    assert (line["plain"]["steps"], line["plain"]["effective_batch"], line["plain"]["multi_turn_examples"]) == (3, 8, 8)
+    assert (line["plain"]["steps"], line["plain"]["effective_batch"], line["plain"]["multi_turn_examples"]) == (2, 4, 4)
     assert line["plain"]["residual_dropout_logged"] and line["plain"]["peak_memory_mb"] > 0
     # the shipped FSDP launch command runs end to end; on CPU accelerate trains it without FSDP, and says so
     assert line["fsdp"]["ok"] is True and line["fsdp"]["engine"] in ("NO", "MULTI_CPU")
     assert "accelerate applies FSDP on accelerators only" in line["fsdp"]["note"]
     assert line["fsdp"]["steps"] == line["plain"]["steps"]
-    assert line["ours_tok_s"] > 0 and line["trl_default_tok_s"] > 0
-    # the saved epoch served in-process: one answer, then eight in one batch, at the paper's decoding
-    assert line["serve"]["ok"] is True and 8 in line["serve"]["batch_sizes"], line["serve"]
-    assert line["serve"]["tok_s_8"] > 0 and line["serve"]["dtype"] == "torch.float32"
+    # the saved epoch served in-process: one answer, then eight in one batch, at the paper's decoding, and
+    # every answer says something
+    serve = line["serve"]
+    assert serve["ok"] is True and 8 in serve["batch_sizes"] and serve["empty_answers"] == 0, serve
+    assert serve["tok_s_8"] > 0 and serve["dtype"] == "torch.float32" and serve["sample"].strip()
+    assert line["throughput_ok"] and line["ours_tok_s"] > 0 and line["trl_default_tok_s"] > 0
+    assert line["max_length"] == 128  # TRL's side trains the same max_length as ours
+
+
+def test_gpu_check_legs_report_their_failures_with_the_end_of_their_logs(tmp_path):
+    import bench.gpu_check as check
+
+    fails = [sys.executable, "-c", "import sys; print('step 1'); sys.exit('error: out of memory')"]
+    failed = check.finish_leg("plain", check.start_leg("plain", fails, tmp_path), tmp_path, tmp_path, time.time() + 60)
+    assert (failed["ok"], failed["exit"], failed["log_tail"]) == (False, 1, ["step 1", "error: out of memory"])
+    assert (tmp_path / "plain.log").read_text() == "step 1\nerror: out of memory\n"
+
+    hangs = [sys.executable, "-c", "import time; print('loading', flush=True); time.sleep(60)"]
+    began = time.time()
+    stopped = check.finish_leg("fsdp", check.start_leg("fsdp", hangs, tmp_path), tmp_path, tmp_path, time.time() + 3)
+    assert time.time() - began < 30 and stopped["exit"] == -signal.SIGKILL and stopped["log_tail"] == ["loading"]
+
+    result: dict = {"ok": True}
+    with check.leg_log("serve", tmp_path, result):
+        print("loaded")
+        raise RuntimeError("CUDA error: an illegal memory access\nmore")
+    assert (result["ok"], result["error"]) == (False, "RuntimeError: CUDA error: an illegal memory access")
+    assert result["log_tail"][0] == "loaded" and "Traceback (most recent call last):" in result["log_tail"]
