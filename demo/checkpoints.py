@@ -25,10 +25,9 @@ from pathlib import Path
 
 import gradio as gr
 
-from demo import arena, ratings
+from demo import arena, protocol, ratings
 
 EPOCH_FILE = re.compile(r"^epoch-(\d+)\.jsonl$")
-SCALE = ("fail", "pass", "excellent")
 
 
 class CheckpointError(Exception):
@@ -146,7 +145,7 @@ def table(store: ratings.Store, run: Run) -> list[dict]:
             {
                 "epoch": epoch,
                 "rated": rated,
-                **{name: round(100 * counts[name] / rated, 1) if rated else None for name in SCALE},
+                **{name: round(100 * counts[name] / rated, 1) if rated else None for name in protocol.RATINGS},
                 "stopped_at_eot": round(100 * sum(stops) / len(stops), 1) if stops else None,
                 "mean_tokens": round(sum(tokens) / len(tokens), 1) if tokens else None,
                 "answers": len(answers),
@@ -190,7 +189,7 @@ def record(
         opener_id=prompt_id,
         purpose="checkpoints",
     )
-    for side, epoch, rating in zip(ratings.SIDES, epochs, rated, strict=True):
+    for side, epoch, rating in zip(protocol.SIDES, epochs, rated, strict=True):
         answer = run.answers[epoch][prompt_id]
         turn = store.add_turn(
             conversation_id,
@@ -224,10 +223,14 @@ def layout(store: ratings.Store, runs: list[Run], rater: gr.Textbox) -> None:
     with gr.Row(equal_height=False):
         with gr.Column():
             answer_a = gr.Markdown(elem_id="ckpt-answer-a")
-            rate_a = gr.Radio(list(SCALE), label="Answer A", elem_id="ckpt-rate-a", info=arena.RATING_HELP)
+            rate_a = gr.Radio(
+                list(protocol.RATINGS), label="Answer A", elem_id="ckpt-rate-a", info=protocol.RATING_HELP
+            )
         with gr.Column():
             answer_b = gr.Markdown(elem_id="ckpt-answer-b")
-            rate_b = gr.Radio(list(SCALE), label="Answer B", elem_id="ckpt-rate-b", info=arena.RATING_HELP)
+            rate_b = gr.Radio(
+                list(protocol.RATINGS), label="Answer B", elem_id="ckpt-rate-b", info=protocol.RATING_HELP
+            )
     save_btn = gr.Button("Save both ratings", elem_id="ckpt-save", interactive=False)
     note = gr.Markdown(elem_id="ckpt-note")
     summary = gr.Dataframe(
@@ -284,7 +287,7 @@ def layout(store: ratings.Store, runs: list[Run], rater: gr.Textbox) -> None:
     def save(current, first: str | None, second: str | None, rater_name: str, request: gr.Request) -> tuple:
         if current is None:
             raise gr.Error("Press Next prompt first.")
-        if first not in SCALE or second not in SCALE:
+        if first not in protocol.RATINGS or second not in protocol.RATINGS:
             raise gr.Error("Rate both answers first.")
         name, pid, a, b = current
         run = by_name[name]

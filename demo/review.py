@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from demo import arena, ratings
+from demo import arena, protocol, ratings
 
 
 def layout(store: ratings.Store, rater: gr.Textbox, enabled: bool = True) -> None:
@@ -47,7 +47,7 @@ def layout(store: ratings.Store, rater: gr.Textbox, enabled: bool = True) -> Non
 
     gr.Markdown(
         "Rate answers from conversations other raters had, as a second opinion (blind: no model names, no earlier "
-        "ratings). " + arena.RATING_HELP
+        "ratings). " + protocol.RATING_HELP
     )
     start = gr.Button("Review a conversation", elem_id="review-next", variant="primary")
     note = gr.Markdown("", elem_id="review-note")
@@ -63,7 +63,7 @@ def layout(store: ratings.Store, rater: gr.Textbox, enabled: bool = True) -> Non
                     f"**Assistant:**\n\n{arena.safe_markdown(assistant)}"
                 )
                 radio = gr.Radio(
-                    list(ratings.RATINGS),
+                    list(protocol.RATINGS),
                     label=f"Your rating: side {side.upper()}, turn {turn_index}",
                     key=f"review-{turn_id}",
                     elem_classes=["review-rating"],
