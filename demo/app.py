@@ -56,32 +56,15 @@ def main(argv: list[str] | None = None) -> int:
     models = [backends.make_backend(src, concurrency=config.concurrency) for src in sources]
     local_on_cpu = any(isinstance(m, backends.LocalBackend) for m in models)
     max_new = config.max_new_tokens or (256 if local_on_cpu and not _cuda() else backends.TOTAL_TOKEN_BUDGET // 2)
-    for model in models:  # load in-process models while the server starts
-        if isinstance(model, backends.LocalBackend):
-            threading.Thread(target=model.load, daemon=True).start()
-    sides = zip(("left", "right"), models, strict=True)
-    servers = [(where, m) for where, m in sides if isinstance(m, backends.RemoteBackend)]
-    if servers:  # say at once whether each server answers (the page shows the same, refreshed per visit)
-        statuses = asyncio.run(_probe_all([m for _, m in servers]))
-        for (where, _), status in zip(servers, statuses, strict=True):
-            (log.info if status.ok else log.warning)("%s: %s: %s", where, status.model, status.detail)
+    start_models(models)
     try:
         store = ratings.Store(config.db, rate_every_turn=config.rate_every_turn)
     except (OSError, sqlite3.Error) as err:
         print(f"error: cannot open the ratings database {config.db}: {err}", file=sys.stderr)
         return 2
-    if config.dataset_repo or config.mirror_dir:
-        # Secrets come from the environment only (HF_TOKEN); a Space's disk is ephemeral, the dataset is not.
-        folder = Path(config.mirror_dir or f"{config.db}.jsonl.d")
-        token = os.environ.get("HF_TOKEN")
-        if store.is_empty():
-            restore(store, folder, config.dataset_repo, token)
-        try:
-            mirror.JsonlMirror(folder, store, repo_id=config.dataset_repo, token=token)
-        except Exception as err:  # the Hub fails in many ways (network, token, repo); all mean the same here
-            print(f"error: cannot use dataset repo {config.dataset_repo}: {str(err).splitlines()[0]}", file=sys.stderr)
-            store.close()
-            return 2
+    if (config.dataset_repo or config.mirror_dir) and not open_mirror(config, store):
+        store.close()
+        return 2
     public = is_public(config)
     review_open = config.review if config.review is not None else not public
 
@@ -125,6 +108,36 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shut_down(store)
     return 0
+
+
+def start_models(models: list[backends.LocalBackend | backends.RemoteBackend]) -> None:
+    """In-process models load while the server starts; each server is asked at once whether it answers (the
+    page shows the same, refreshed per visit)."""
+    for model in models:
+        if isinstance(model, backends.LocalBackend):
+            threading.Thread(target=model.load, daemon=True).start()
+    sides = zip(("left", "right"), models, strict=True)
+    servers = [(where, m) for where, m in sides if isinstance(m, backends.RemoteBackend)]
+    if servers:
+        statuses = asyncio.run(_probe_all([m for _, m in servers]))
+        for (where, _), status in zip(servers, statuses, strict=True):
+            (log.info if status.ok else log.warning)("%s: %s: %s", where, status.model, status.detail)
+
+
+def open_mirror(config: settings.Settings, store: ratings.Store) -> bool:
+    """The store's copy in a folder (and a dataset repo): restored from it first if the database is new. False
+    (said on stderr) when the repo cannot be used."""
+    # Secrets come from the environment only (HF_TOKEN); a Space's disk is ephemeral, the dataset is not.
+    folder = Path(config.mirror_dir or f"{config.db}.jsonl.d")
+    token = os.environ.get("HF_TOKEN")
+    if store.is_empty():
+        restore(store, folder, config.dataset_repo, token)
+    try:
+        mirror.JsonlMirror(folder, store, repo_id=config.dataset_repo, token=token)
+    except Exception as err:  # the Hub fails in many ways (network, token, repo); all mean the same here
+        print(f"error: cannot use dataset repo {config.dataset_repo}: {str(err).splitlines()[0]}", file=sys.stderr)
+        return False
+    return True
 
 
 def restore(store: ratings.Store, folder: Path, repo_id: str | None, token: str | None) -> None:

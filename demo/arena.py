@@ -253,61 +253,59 @@ class Backend(Protocol):
 
 
 @dataclass(frozen=True)
-class Started:
-    """The turn began: ``user`` is on the side (a regenerated answer has left it), the side is busy."""
+class Event:
+    """Something that happened in one side's turn."""
 
     side: str
+
+
+@dataclass(frozen=True)
+class Started(Event):
+    """The turn began: ``user`` is on the side (a regenerated answer has left it), the side is busy."""
+
     user: str
 
 
 @dataclass(frozen=True)
-class Chunk:
-    side: str
+class Chunk(Event):
     text: str  # what just arrived
     answer: str  # the answer so far
 
 
 @dataclass(frozen=True)
-class Waiting:
-    """Queued behind other raters' answers; only before the answer's first text."""
+class Note(Event):
+    """A line to show in place of the answer while there is none yet."""
 
-    side: str
     note: str
 
 
+class Waiting(Note):
+    """Queued behind other raters' answers (only before the answer's first text)."""
+
+
+class Retrying(Note):
+    """The server is warming up: it is asked again after a wait (the note says how long, and which try)."""
+
+
 @dataclass(frozen=True)
-class Retrying:
-    """The server is warming up: it is asked again after a wait (``note`` says how long, and which try)."""
-
-    side: str
-    note: str
-
-
-@dataclass(frozen=True)
-class Stored:
-    side: str
+class Stored(Event):
     turn: ratings.Turn
 
 
 @dataclass(frozen=True)
-class Failed:
+class Failed(Event):
     """The model failed; the failure is stored as that turn (in full) and may be retried."""
 
-    side: str
     error: str  # as the rater may see it (``shown_error``)
     turn: ratings.Turn
 
 
 @dataclass(frozen=True)
-class Refused:
+class Refused(Event):
     """The turn did not happen, and nothing of it is kept; ``limit``: refused by a rate limit, not a rule."""
 
-    side: str
     reason: str
     limit: bool = False
-
-
-Event = Started | Chunk | Waiting | Retrying | Stored | Failed | Refused
 
 
 @dataclass

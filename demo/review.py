@@ -13,38 +13,43 @@ import gradio as gr
 from demo import arena, protocol, ratings
 
 
-def layout(store: ratings.Store, rater: gr.Textbox, enabled: bool = True) -> None:
-    """The tab's components and events, inside the caller's ``gr.Tab``. Disabled (a public Space, by default),
-    the hand-out endpoint refuses too: raters never see other raters' conversations."""
-    items = gr.State(())
+class Review:
+    """The tab's context (the store, whether reviews are on) and its handlers."""
 
-    def assign(rater_name: str, request: gr.Request) -> tuple:
-        if not enabled:
+    def __init__(self, store: ratings.Store, enabled: bool) -> None:
+        self.store, self.enabled = store, enabled
+
+    def assign(self, rater_name: str, request: gr.Request) -> tuple:
+        """Hand this session a conversation to review: its turns (for the page), a note, and their ids (API)."""
+        if not self.enabled:
             raise gr.Error("Reviews are off in this arena (LIMA_ARENA_REVIEW=true turns them on).")
         who = arena.rater_of(rater_name, request, default="")
         if not who:
             raise gr.Error("Type your name first: reviews are counted per rater.")
-        conversation_id = store.assign_review(arena.session_of(request), who)
+        conversation_id = self.store.assign_review(arena.session_of(request), who)
         if conversation_id is None:
             nothing = "Nothing to review right now: every conversation rated by someone else has your opinion."
             return (), nothing, []
-        turns = store.review_turns(conversation_id, arena.session_of(request))
+        turns = self.store.review_turns(conversation_id, arena.session_of(request))
         shown = tuple((t.id, t.side, t.turn_index, t.user_text, t.assistant_text) for t in turns)
         listed = [{"turn_id": t.id, "side": t.side, "turn_index": t.turn_index} for t in turns]
         return shown, f"Conversation `{conversation_id[:8]}`: rate every answer of both sides.", listed
 
-    def make_rate(turn_id: str):
-        def rate(rating: str, rater_name: str, request: gr.Request) -> None:
-            who = arena.rater_of(rater_name, request, default="")
-            if not who:
-                raise gr.Error("Type your name first.")
-            try:
-                store.rate(turn_id, rating, arena.session_of(request), who)
-            except (ratings.NotAllowed, ValueError) as err:
-                raise gr.Error(str(err)) from None
+    def rate(self, turn_id: str, rating: str, rater_name: str, request: gr.Request) -> None:
+        who = arena.rater_of(rater_name, request, default="")
+        if not who:
+            raise gr.Error("Type your name first.")
+        try:
+            self.store.rate(turn_id, rating, arena.session_of(request), who)
+        except (ratings.NotAllowed, ValueError) as err:
+            raise gr.Error(str(err)) from None
 
-        return rate
 
+def layout(store: ratings.Store, rater: gr.Textbox, enabled: bool = True) -> None:
+    """The tab's components and events, inside the caller's ``gr.Tab``. Disabled (a public Space, by default),
+    the hand-out endpoint refuses too: raters never see other raters' conversations."""
+    review = Review(store, enabled)
+    items = gr.State(())
     gr.Markdown(
         "Rate answers from conversations other raters had, as a second opinion (blind: no model names, no earlier "
         "ratings). " + protocol.RATING_HELP
@@ -68,7 +73,7 @@ def layout(store: ratings.Store, rater: gr.Textbox, enabled: bool = True) -> Non
                     key=f"review-{turn_id}",
                     elem_classes=["review-rating"],
                 )
-                radio.input(make_rate(turn_id), inputs=[radio, rater], api_visibility="private")
+                radio.input(review.rate, inputs=[gr.State(turn_id), radio, rater], api_visibility="private")
 
     # API clients get the handed turns' ids (then rate them through /rate, which checks the hand-out).
-    start.click(assign, inputs=[rater], outputs=[items, note, gr.JSON(visible=False)], api_name="review_next")
+    start.click(review.assign, inputs=[rater], outputs=[items, note, gr.JSON(visible=False)], api_name="review_next")

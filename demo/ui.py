@@ -286,7 +286,7 @@ class Arena:
                 return {chat: arena.chat_messages(side, event.answer)}
             case arena.Waiting():
                 return {chat: arena.chat_messages(side, f"_{event.note}…_")}
-            case arena.Retrying():
+            case arena.Note():  # a retry
                 return {chat: arena.chat_messages(side, f"_{event.note}_")}
         again = "↻ Retry" if isinstance(event, arena.Failed) else "↻ Regenerate"
         return {
