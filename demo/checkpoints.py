@@ -243,8 +243,9 @@ class Tab:
                     )
         self.save_btn = gr.Button("Save both ratings", elem_id="ckpt-save", interactive=False)
         self.note = gr.Markdown(elem_id="ckpt-note")
+        shares = [f"{name} %" for name in protocol.BEST_FIRST]
         self.summary = gr.Dataframe(
-            headers=["epoch", "rated", "excellent %", "pass %", "fail %", "stops at EOT %", "mean tokens", "served"],
+            headers=["epoch", "rated", *shares, "stops at EOT %", "mean tokens", "served"],
             interactive=False,
             elem_id="ckpt-table",
         )
@@ -269,7 +270,7 @@ class Tab:
             [
                 f"epoch-{row['epoch']}",
                 row["rated"],
-                *(_pct(row[key]) for key in ("excellent", "pass", "fail", "stopped_at_eot")),
+                *(_pct(row[key]) for key in (*protocol.BEST_FIRST, "stopped_at_eot")),
                 "" if row["mean_tokens"] is None else row["mean_tokens"],
                 "✓" if row["selected"] else "",
             ]

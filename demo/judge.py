@@ -84,8 +84,8 @@ def _last(text: str, pattern: re.Pattern) -> str | None:
     return found
 
 
-RATING_LINE = re.compile(r"rating\s*:\s*(fail|pass|excellent)", re.IGNORECASE)
-VERDICT_LINE = re.compile(r"verdict\s*:\s*(a|b|tie)", re.IGNORECASE)
+RATING_LINE = re.compile(rf"rating\s*:\s*({'|'.join(protocol.RATINGS)})", re.IGNORECASE)
+VERDICT_LINE = re.compile(rf"verdict\s*:\s*({'|'.join(protocol.VERDICTS)})", re.IGNORECASE)
 
 
 def parse_rating(answer: str) -> str | None:
@@ -370,7 +370,8 @@ async def rank_epochs(run: checkpoints.Run, judge: Judge, prompts: Prompts, tall
         rated = [p for p in parsed if p is not None]
         shares = {name: round(100 * rated.count(name) / len(rated), 1) if rated else None for name in protocol.RATINGS}
         table.append({"epoch": epoch, "rated": len(rated), "unparsable": len(parsed) - len(rated), **shares})
-    return sorted(table, key=lambda row: (-(row["excellent"] or 0), row["fail"] or 0, row["epoch"]))
+    best, worst = protocol.BEST_FIRST[0], protocol.RATINGS[0]
+    return sorted(table, key=lambda row: (-(row[best] or 0), row[worst] or 0, row["epoch"]))
 
 
 async def _epochs_main(args: argparse.Namespace) -> int:

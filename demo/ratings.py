@@ -38,7 +38,8 @@ from demo.protocol import JUDGE_PREFIX, ORDERS, PURPOSES, RATINGS, SIDES, VERDIC
 
 log = logging.getLogger(__name__)
 
-SCHEMA = """
+# The scale's names come from ``protocol`` (a database made before a level was added keeps its old CHECK).
+SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS conversations (
     id          TEXT PRIMARY KEY,
     session     TEXT NOT NULL,            -- the browser (or API client) session that owns it
@@ -73,7 +74,7 @@ CREATE TABLE IF NOT EXISTS ratings (          -- the current view: one row per (
     turn_id     TEXT NOT NULL REFERENCES turns(id),
     session     TEXT NOT NULL,                -- who rated: the owner's session, or a reviewer's
     rater       TEXT NOT NULL,                -- the name that session rated under (an attribute, not the key)
-    rating      TEXT NOT NULL CHECK (rating IN ('fail', 'pass', 'excellent')),
+    rating      TEXT NOT NULL CHECK (rating IN ({", ".join(f"'{name}'" for name in RATINGS)})),
     by_owner    INTEGER NOT NULL DEFAULT 0,   -- 1: given in the session that had the conversation (the first
                                               -- opinion, whatever name it typed); 0: a second opinion (Review)
     first_at    REAL NOT NULL,
@@ -597,8 +598,6 @@ class Store:
 
 # -- events: what each write is, and how it lands in the tables ---------------------------------------------
 EVENT_SCHEMA = 1  # the version of the event records below; a reader refuses a newer one
-# A kind added later (judgment) keeps the schema at 1: an older reader names it as unknown instead of misreading it.
-EVENT_KINDS = ("conversation", "opener", "turn", "rating", "verdict", "review", "judgment")
 
 
 def _event(kind: str, at: float, **fields: object) -> dict:
@@ -766,6 +765,8 @@ _APPLY = {
     "review": _apply_review,
     "judgment": _apply_judgment,
 }
+# A kind added later (judgment) keeps the schema at 1: an older reader names it as unknown instead of misreading it.
+EVENT_KINDS = tuple(_APPLY)
 
 
 def _owned_in(db: sqlite3.Connection, conversation_id: str, session: str) -> None:
