@@ -1,7 +1,7 @@
 """The arena's page: its layout, and short named handlers that map what happens (a turn's events from
 ``arena.play_turn``, a rating, a verdict) to component updates, returned as ``{component: value}``.
 
-The handlers are bound methods of ``Arena``, over an explicit context (the models, the store, the limits, the
+The handlers are bound methods of ``ArenaTab``, over an explicit context (the models, the store, the limits, the
 settings); the rules they apply are ``protocol``'s, and the turn itself is ``arena.play_turn``'s. The two sides
 are separate Gradio events, so they stream concurrently and a slow or dead side never holds up the other.
 """
@@ -30,34 +30,39 @@ def sentence(text: str) -> str:
     return text[:1].upper() + text[1:] + ("" if text.endswith((".", "?", "!")) else ".")
 
 
-class SideTurns:
-    """One side's turn handlers: each side is its own Gradio event, with its own API name."""
+class TurnButton:
+    """One side's send, or its regenerate: each is a Gradio event of its own (``/send_a``, ``/again_b``...)."""
 
-    def __init__(self, page: Arena, side: str) -> None:
-        self.page, self.side = page, side
+    def __init__(self, page: ArenaTab, side: str, regenerate: bool) -> None:
+        self.page, self.side, self.regenerate = page, side, regenerate
 
-    async def send(self, message, conv, temperature, top_p, penalty, max_tokens, rater_name, request: gr.Request):
-        decoding = (temperature, top_p, penalty, max_tokens)
-        async for update in self.page.turn(self.side, False, message, conv, decoding, rater_name, request):
-            yield update
-
-    async def again(self, message, conv, temperature, top_p, penalty, max_tokens, rater_name, request: gr.Request):
-        decoding = (temperature, top_p, penalty, max_tokens)
-        async for update in self.page.turn(self.side, True, message, conv, decoding, rater_name, request):
+    async def play(
+        self,
+        message: str,
+        conv: arena.Conversation | None,
+        temperature: float,
+        top_p: float,
+        penalty: float,
+        max_tokens: float,
+        rater_name: str,
+        request: gr.Request,
+    ) -> AsyncIterator[dict]:
+        decoding = backends.Decoding(float(temperature), float(top_p), float(penalty), int(max_tokens))
+        async for update in self.page.turn(self.side, self.regenerate, message, conv, decoding, rater_name, request):
             yield update
 
 
 class VerdictButton:
     """One verdict's handler (``/verdict_a``, ``/verdict_b``, ``/verdict_tie``)."""
 
-    def __init__(self, page: Arena, verdict: str) -> None:
+    def __init__(self, page: ArenaTab, verdict: str) -> None:
         self.page, self.verdict = page, verdict
 
     def give(self, conv: arena.Conversation | None, rater_name: str, request: gr.Request) -> dict:
         return self.page.give_verdict(self.verdict, conv, rater_name, request)
 
 
-class Arena:
+class ArenaTab:
     """The arena tab's context, components (made by the layout methods) and handlers (wired by ``wire``)."""
 
     def __init__(
@@ -75,7 +80,8 @@ class Arena:
         self.caps = caps or limits.Limits()
         self.admin = admin or results.Admin(token=None, public=False)
         self.openers = list(openers)
-        self.sides = {side: SideTurns(self, side) for side in protocol.SIDES}
+        self.send_turns = {side: TurnButton(self, side, regenerate=False) for side in protocol.SIDES}
+        self.again_turns = {side: TurnButton(self, side, regenerate=True) for side in protocol.SIDES}
         self.verdicts = {verdict: VerdictButton(self, verdict) for verdict in protocol.VERDICTS}
 
     # -- layout ----------------------------------------------------------------------------------------------
@@ -95,7 +101,7 @@ class Arena:
     def layout(self, max_new_tokens: int) -> None:
         """The arena tab's body, inside the caller's ``gr.Tab``: layout only."""
         gr.Markdown(protocol.RATING_HELP)
-        self.labels, self.chats, self.inputs, self.sends, self.again_btns = {}, {}, {}, {}, {}
+        self.labels, self.chats, self.inputs, self.send_btns, self.again_btns = {}, {}, {}, {}, {}
         with gr.Row(equal_height=False):
             for side in protocol.SIDES:
                 with gr.Column(elem_id=f"side-{side}"):
@@ -153,7 +159,7 @@ class Arena:
                 elem_id=f"input-{side}",
                 max_length=protocol.MAX_MESSAGE_CHARS,
             )
-            self.sends[side] = gr.Button(f"Send to {side.upper()}", scale=1, elem_id=f"send-{side}")
+            self.send_btns[side] = gr.Button(f"Send to {side.upper()}", scale=1, elem_id=f"send-{side}")
         self.again_btns[side] = gr.Button("↻ Regenerate", size="sm", interactive=False, elem_id=f"again-{side}")
 
         @gr.render(inputs=[self.rate_keys[side], self.judged])
@@ -245,21 +251,20 @@ class Arena:
         regenerate: bool,
         message: str,
         conv: arena.Conversation | None,
-        decoding: tuple,
+        decoding: backends.Decoding,
         rater_name: str,
         request: gr.Request,
     ) -> AsyncIterator[dict]:
         """One side's turn (``arena.play_turn``), each event shown as it comes."""
         if conv is None:
             raise gr.Error(NO_CONVERSATION)
-        temperature, top_p, penalty, max_tokens = decoding
         session = arena.session_of(request)
         events = arena.play_turn(
             conv,
             side,
             message,
             backend=self.models[conv.models[protocol.SIDES.index(side)]],
-            decoding=backends.Decoding(float(temperature), float(top_p), float(penalty), int(max_tokens)),
+            decoding=decoding,
             store=self.store,
             session=session,
             rater=arena.rater_of(rater_name, request),
@@ -399,19 +404,19 @@ class Arena:
 
     def _wire_side(self, side: str) -> list:
         """One side's turn events: one event per trigger and no concurrency cap, so each side streams on its own."""
-        handlers, message = self.sides[side], self.inputs[side]
+        send, again, message = self.send_turns[side].play, self.again_turns[side].play, self.inputs[side]
         inputs = [self.conv, *self.decoding, self.rater]
         common = {
             "outputs": [self.chats[side], self.rate_keys[side], self.again_btns[side]],
             "concurrency_limit": None,
         }
         streams = [
-            self.fire[side].click(handlers.send, inputs=[self.shared, *inputs], api_name=f"send_{side}", **common),
-            self.sends[side].click(handlers.send, inputs=[message, *inputs], api_visibility="private", **common),
-            message.submit(handlers.send, inputs=[message, *inputs], api_visibility="private", **common),
-            self.again_btns[side].click(handlers.again, inputs=[message, *inputs], api_name=f"again_{side}", **common),
+            self.fire[side].click(send, inputs=[self.shared, *inputs], api_name=f"send_{side}", **common),
+            self.send_btns[side].click(send, inputs=[message, *inputs], api_visibility="private", **common),
+            message.submit(send, inputs=[message, *inputs], api_visibility="private", **common),
+            self.again_btns[side].click(again, inputs=[message, *inputs], api_name=f"again_{side}", **common),
         ]
-        for trigger in (self.sends[side].click, message.submit):
+        for trigger in (self.send_btns[side].click, message.submit):
             trigger(lambda: "", outputs=message, api_visibility="private")
         return streams
 
@@ -445,7 +450,7 @@ def build(
     caps: limits.Limits | None = None,
 ) -> gr.Blocks:
     """The whole page: the arena, Review, Results and (given runs) Checkpoints tabs, and the admin unlock."""
-    page = Arena(models, store, blind=blind, turn_limit=turn_limit, caps=caps, admin=admin, openers=openers)
+    page = ArenaTab(models, store, blind=blind, turn_limit=turn_limit, caps=caps, admin=admin, openers=openers)
     with gr.Blocks(title="LIMA multi-turn arena") as demo:
         page.header()
         admin_token = gr.Textbox(label="Admin token", type="password", render=False, elem_id="admin-token")
