@@ -1,47 +1,32 @@
-"""Conversation state of the arena, as plain data and pure functions (no Gradio, no I/O).
+"""The arena's conversations and their turns: state as plain data, and a turn as a stream of events.
 
 A conversation pairs the two configured models on sides A and B: in blind mode (the default) which model sits
 on A is drawn at random per conversation, and names stay hidden until the verdict. Each side keeps its own
 history, since live conversations diverge (LIMA's Figure 8).
+
+``play_turn`` is one side's turn, from the rater's message to the stored answer, as events (``Started``,
+``Chunk``, ``Waiting``, ``Retrying``, ``Stored``, ``Failed``, ``Refused``): the app maps them to components,
+autoplay (``demo.judge``) reads them to the end. Whether the turn may happen at all is decided before anything
+changes, in memory or in the store (``protocol``'s rules, then the rate limit), so a refused turn leaves no trace.
 """
 
 from __future__ import annotations
 
+import asyncio
 import html
+import logging
 import random
 import re
+import time
 import uuid
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
-MAX_MESSAGE_CHARS = 4000
-DEFAULT_TURN_LIMIT = 8
+from demo import limits, protocol, ratings, retry
+from serving import backends
 
-RATING_HELP = (
-    "**Rate every answer** (LIMA's scale): **fail**: does not meet the prompt's requirements; "
-    "**pass**: meets them; **excellent**: an excellent response to the prompt."
-)
-
-
-@dataclass
-class Conversation:
-    id: str
-    models: tuple[int, int]  # index into the configured (left, right) models for side A and side B
-    blind: bool
-    verdict: str | None = None
-    opener_id: str | None = None
-    # Set when the rater starts another conversation: a stream still running for this one stops and writes
-    # nothing more (neither into the page's state nor into the store).
-    closed: bool = False
-
-    @property
-    def revealed(self) -> bool:
-        return not self.blind or self.verdict is not None
-
-
-def new_conversation(blind: bool, rng: random.Random | None = None) -> Conversation:
-    rng = rng or random.SystemRandom()
-    models = (1, 0) if blind and rng.random() < 0.5 else (0, 1)
-    return Conversation(id=uuid.uuid4().hex, models=models, blind=blind)
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -79,6 +64,50 @@ class Side:
         )
 
 
+def _fresh_sides() -> dict[str, Side]:
+    return {key: Side() for key in protocol.SIDES}
+
+
+@dataclass
+class Conversation:
+    """Both sides of one conversation, its verdict, and its generation: starting over (``restart``) moves the
+    generation on, so a stream still running for the old one writes nothing more, neither here nor in the store."""
+
+    id: str
+    models: tuple[int, int]  # index into the configured (left, right) models for side A and side B
+    blind: bool
+    names: tuple[str, str] = ("", "")  # the models on A and B, as the store names them
+    purpose: str = "arena"
+    verdict: str | None = None
+    opener_id: str | None = None
+    sides: dict[str, Side] = field(default_factory=_fresh_sides)
+    generation: int = 0
+
+    @property
+    def revealed(self) -> bool:
+        return not self.blind or self.verdict is not None
+
+    @property
+    def busy(self) -> bool:
+        return any(side.busy for side in self.sides.values())
+
+    def restart(self, rng: random.Random | None = None, configured: Sequence[str] = ("", "")) -> None:
+        """A new conversation in place of this one (same page, same state), with its own draw of sides."""
+        fresh = new_conversation(self.blind, rng, configured, self.purpose)
+        fresh.generation = self.generation + 1
+        self.__dict__.update(fresh.__dict__)
+
+
+def new_conversation(
+    blind: bool, rng: random.Random | None = None, configured: Sequence[str] = ("", ""), purpose: str = "arena"
+) -> Conversation:
+    """``configured``: the (left, right) models' names; in blind mode which one sits on A is drawn."""
+    rng = rng or random.SystemRandom()
+    models = (1, 0) if blind and rng.random() < 0.5 else (0, 1)
+    names = (configured[models[0]], configured[models[1]])
+    return Conversation(id=uuid.uuid4().hex, models=models, blind=blind, names=names, purpose=purpose)
+
+
 def first_words(text: str, words: int = 8) -> str:
     """The start of an answer, on one line, to show beside its rating."""
     parts = text.split()
@@ -93,16 +122,6 @@ def session_of(request: object) -> str:
 def rater_of(name: str | None, request: object, default: str = "anonymous") -> str:
     """The logged-in Hugging Face user on a Space with OAuth, else the typed name, else ``default``."""
     return getattr(request, "username", None) or (name or "").strip() or default
-
-
-def check_message(text: str | None) -> str:
-    """The message to send, or ValueError with what is wrong with it."""
-    text = (text or "").strip()
-    if not text:
-        raise ValueError("type a message first")
-    if len(text) > MAX_MESSAGE_CHARS:
-        raise ValueError(f"messages are limited to {MAX_MESSAGE_CHARS} characters (this one has {len(text)})")
-    return text
 
 
 _FENCE = re.compile(r"^( {0,3})(`{3,}|~{3,})(.*)$")
@@ -210,3 +229,249 @@ def label(side: str, name: str, conversation: Conversation | None) -> str:
     if conversation is not None and conversation.revealed:
         return f"### Model {side.upper()}: `{name}`"
     return f"### Model {side.upper()}"
+
+
+def secrets_of(backend: object) -> list[str]:
+    """What would name the model behind a side: its name, source, URL, served model id."""
+    return [str(getattr(backend, key, "") or "") for key in ("name", "source", "url", "model", "model_id")]
+
+
+def shown_error(text: str, backend: object, side: str, conversation: Conversation) -> str:
+    """An error as the rater may see it: in blind mode, without anything that names the side's model."""
+    return text if conversation.revealed else redact(text, secrets_of(backend), side)
+
+
+# -- a turn, as a stream of events -------------------------------------------------------------------------
+class Backend(Protocol):
+    """What a side's model must offer (``backends.LocalBackend``, ``backends.RemoteBackend``): a stream of text
+    chunks (and ``backends.Waiting`` notes), raising ``backends.BackendError`` when it fails."""
+
+    name: str
+
+    def stream(self, messages: list[dict], decoding: backends.Decoding) -> AsyncIterator[str]: ...
+
+    def decoding_record(self, decoding: backends.Decoding) -> dict: ...
+
+
+@dataclass(frozen=True)
+class Event:
+    """Something that happened in one side's turn."""
+
+    side: str
+
+
+@dataclass(frozen=True)
+class Started(Event):
+    """The turn began: ``user`` is on the side (a regenerated answer has left it), the side is busy."""
+
+    user: str
+
+
+@dataclass(frozen=True)
+class Chunk(Event):
+    text: str  # what just arrived
+    answer: str  # the answer so far
+
+
+@dataclass(frozen=True)
+class Note(Event):
+    """A line to show in place of the answer while there is none yet."""
+
+    note: str
+
+
+class Waiting(Note):
+    """Queued behind other raters' answers (only before the answer's first text)."""
+
+
+class Retrying(Note):
+    """The server is warming up: it is asked again after a wait (the note says how long, and which try)."""
+
+
+@dataclass(frozen=True)
+class Stored(Event):
+    turn: ratings.Turn
+
+
+@dataclass(frozen=True)
+class Failed(Event):
+    """The model failed; the failure is stored as that turn (in full) and may be retried."""
+
+    error: str  # as the rater may see it (``shown_error``)
+    turn: ratings.Turn
+
+
+@dataclass(frozen=True)
+class Refused(Event):
+    """The turn did not happen, and nothing of it is kept; ``limit``: refused by a rate limit, not a rule."""
+
+    reason: str
+    limit: bool = False
+
+
+@dataclass
+class _Answer:
+    """What one turn's stream produced, for the store."""
+
+    started: float = field(default_factory=time.time)
+    text: str = ""
+    chunks: int = 0  # a streamed chunk is a token, on TGI and in-process: what the token limit counts
+    first_token_s: float | None = None
+    error: str | None = None
+
+
+async def play_turn(
+    conversation: Conversation,
+    side_key: str,
+    message: str | None,
+    *,
+    backend: Backend,
+    decoding: backends.Decoding,
+    store: ratings.Store,
+    session: str,
+    rater: str,
+    regenerate: bool = False,
+    turn_limit: int | None = protocol.DEFAULT_TURN_LIMIT,
+    caps: limits.Limits | None = None,
+    keys: Sequence[str] = (),
+    warmup: retry.WarmUp = retry.WARMUP,
+) -> AsyncIterator[Event]:
+    """One side answers ``message`` (or, with ``regenerate``, its last message again) with its own history; the
+    turn is stored under ``session`` as ``rater``'s. Refusals come first and change nothing; then ``Started``,
+    the answer as ``Chunk`` events, and ``Stored`` or ``Failed``. If the conversation starts over meanwhile
+    (its generation moves on), the stream ends without another event and writes nothing."""
+    side, generation = conversation.sides[side_key], conversation.generation
+    last_rated = await _last_rated(store, side) if regenerate else False
+    if conversation.generation != generation:
+        return
+    refusal = _refusal(conversation, side, message, regenerate, last_rated, store.rate_every_turn, turn_limit)
+    if refusal is None and caps is not None:
+        try:  # the last check, as it counts the turn
+            caps.start_turn(list(keys))
+        except limits.LimitReached as err:
+            yield Refused(side_key, str(err), limit=True)
+            return
+    if refusal is not None:
+        yield Refused(side_key, refusal)
+        return
+    # Nothing above changed anything; from here on, with no await in between, the turn is the side's.
+    text = side.turns.pop().user if regenerate else protocol.check_message(message)
+    turn = TurnView(user=text)
+    side.turns.append(turn)
+    side.busy = True
+    answer, outcome = _Answer(), None
+    try:
+        yield Started(side_key, text)
+        await asyncio.to_thread(
+            store.ensure_conversation, conversation.id, session, *conversation.names, conversation.blind, rater,
+            conversation.opener_id, conversation.purpose,
+        )  # fmt: skip
+        async for event in _stream(conversation, generation, side_key, side, backend, decoding, warmup, answer):
+            yield event
+        if conversation.generation != generation:
+            return
+        outcome = await _store(conversation, side_key, side, turn, backend, decoding, store, session, answer)
+    finally:
+        side.busy = False
+        if caps is not None:
+            caps.generated(answer.chunks)
+    if conversation.generation == generation:
+        yield outcome
+
+
+async def _last_rated(store: ratings.Store, side: Side) -> bool:
+    last = side.turns[-1] if side.turns else None
+    if last is None or not last.turn_id or last.error:
+        return False
+    return last.turn_id in await asyncio.to_thread(store.ratings_of, [last.turn_id])
+
+
+def _refusal(
+    conversation: Conversation,
+    side: Side,
+    message: str | None,
+    regenerate: bool,
+    last_rated: bool,
+    rate_every_turn: bool,
+    turn_limit: int | None,
+) -> str | None:
+    judged = conversation.verdict is not None
+    if regenerate:
+        last = side.turns[-1] if side.turns else None
+        return protocol.regenerate_refusal(
+            judged=judged,
+            busy=side.busy,
+            has_turn=last is not None,
+            last_complete=last is not None and bool(last.turn_id) and not last.error,
+            last_rated=last_rated,
+            rate_every_turn=rate_every_turn,
+        )
+    refusal = protocol.turn_refusal(judged=judged, busy=side.busy, turns=len(side.turns), turn_limit=turn_limit)
+    if refusal is None:
+        try:
+            protocol.check_message(message)
+        except ValueError as err:
+            return str(err)
+    return refusal
+
+
+async def _stream(
+    conversation: Conversation,
+    generation: int,
+    side_key: str,
+    side: Side,
+    backend: Backend,
+    decoding: backends.Decoding,
+    warmup: retry.WarmUp,
+    answer: _Answer,
+) -> AsyncIterator[Event]:
+    """The answer's events, recorded into ``answer``; a failure ends it as ``answer.error``."""
+    try:
+        async for item in warmup.stream(lambda: backend.stream(side.history(), decoding)):
+            if conversation.generation != generation:  # the rater moved on: stop asking the model
+                return
+            if isinstance(item, retry.Retry):
+                yield Retrying(side_key, shown_error(str(item), backend, side_key, conversation))
+            elif isinstance(item, backends.Waiting):
+                if not answer.text:
+                    yield Waiting(side_key, str(item))
+            else:
+                if answer.first_token_s is None:
+                    answer.first_token_s = time.time() - answer.started
+                answer.text += item
+                answer.chunks += 1
+                yield Chunk(side_key, item, answer.text)
+    except backends.BackendError as err:
+        answer.error = str(err)
+    except Exception as err:  # a bug or an unforeseen failure: still that side's error, not a hang
+        log.exception("side %s (%s) failed", side_key, backend.name)
+        answer.error = f"unexpected error: {str(err).splitlines()[0] if str(err) else type(err).__name__}"
+
+
+async def _store(
+    conversation: Conversation,
+    side_key: str,
+    side: Side,
+    turn: TurnView,
+    backend: Backend,
+    decoding: backends.Decoding,
+    store: ratings.Store,
+    session: str,
+    answer: _Answer,
+) -> Event:
+    """The finished turn into the store (off the event loop: a write never stalls other streams), then into the
+    side's history; refused by the store (a verdict came meanwhile), the turn leaves the side."""
+    try:
+        stored = await asyncio.to_thread(
+            store.add_turn, conversation.id, session, side_key, len(side.turns), backend.name, turn.user,
+            answer.text, backend.decoding_record(decoding), answer.started, answer.first_token_s,
+            status="error" if answer.error else "complete", error=answer.error,
+        )  # fmt: skip
+    except ratings.NotAllowed as err:
+        side.turns.remove(turn)
+        return Refused(side_key, str(err))
+    turn.turn_id, turn.assistant = stored.id, answer.text
+    if answer.error is None:
+        return Stored(side_key, stored)
+    turn.error = shown_error(answer.error, backend, side_key, conversation)  # the store keeps the full text
+    return Failed(side_key, turn.error, stored)

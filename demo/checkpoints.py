@@ -25,10 +25,9 @@ from pathlib import Path
 
 import gradio as gr
 
-from demo import arena, ratings
+from demo import arena, protocol, ratings
 
 EPOCH_FILE = re.compile(r"^epoch-(\d+)\.jsonl$")
-SCALE = ("fail", "pass", "excellent")
 
 
 class CheckpointError(Exception):
@@ -146,7 +145,7 @@ def table(store: ratings.Store, run: Run) -> list[dict]:
             {
                 "epoch": epoch,
                 "rated": rated,
-                **{name: round(100 * counts[name] / rated, 1) if rated else None for name in SCALE},
+                **{name: round(100 * counts[name] / rated, 1) if rated else None for name in protocol.RATINGS},
                 "stopped_at_eot": round(100 * sum(stops) / len(stops), 1) if stops else None,
                 "mean_tokens": round(sum(tokens) / len(tokens), 1) if tokens else None,
                 "answers": len(answers),
@@ -190,7 +189,7 @@ def record(
         opener_id=prompt_id,
         purpose="checkpoints",
     )
-    for side, epoch, rating in zip(ratings.SIDES, epochs, rated, strict=True):
+    for side, epoch, rating in zip(protocol.SIDES, epochs, rated, strict=True):
         answer = run.answers[epoch][prompt_id]
         turn = store.add_turn(
             conversation_id,
@@ -209,114 +208,131 @@ def record(
 
 
 # -- the tab ----------------------------------------------------------------------------------------------------
-def layout(store: ratings.Store, runs: list[Run], rater: gr.Textbox) -> None:
-    """The tab's components and events, inside the caller's ``gr.Tab``."""
-    by_name = {run.name: run for run in runs}
-    shown = gr.State(None)  # (run name, prompt id, epoch A, epoch B) of the comparison on screen
-    gr.Markdown(
-        "Read one dev prompt and two epochs' answers, blind, and rate each as in the arena. The table sums up every "
-        "epoch; **Serve this epoch** writes the run's `selected`, which the arena and the servers load."
-    )
-    with gr.Row():
-        which = gr.Dropdown([run.name for run in runs], value=runs[0].name, label="Model", elem_id="ckpt-run")
-        next_btn = gr.Button("Next prompt", variant="primary", elem_id="ckpt-next")
-    prompt = gr.Markdown(elem_id="ckpt-prompt")
-    with gr.Row(equal_height=False):
-        with gr.Column():
-            answer_a = gr.Markdown(elem_id="ckpt-answer-a")
-            rate_a = gr.Radio(list(SCALE), label="Answer A", elem_id="ckpt-rate-a", info=arena.RATING_HELP)
-        with gr.Column():
-            answer_b = gr.Markdown(elem_id="ckpt-answer-b")
-            rate_b = gr.Radio(list(SCALE), label="Answer B", elem_id="ckpt-rate-b", info=arena.RATING_HELP)
-    save_btn = gr.Button("Save both ratings", elem_id="ckpt-save", interactive=False)
-    note = gr.Markdown(elem_id="ckpt-note")
-    summary = gr.Dataframe(
-        headers=["epoch", "rated", "excellent %", "pass %", "fail %", "stops at EOT %", "mean tokens", "served"],
-        interactive=False,
-        elem_id="ckpt-table",
-    )
-    with gr.Row():
-        epoch_box = gr.Dropdown(choices=[], label="Epoch", elem_id="ckpt-epoch")
-        select_btn = gr.Button("Serve this epoch", elem_id="ckpt-select")
+def _pct(value: float | None) -> str:
+    return "" if value is None else f"{value:.1f}"
 
-    def rows_of(run: Run) -> list[list]:
-        def pct(value: float | None) -> str:
-            return "" if value is None else f"{value:.1f}"
 
+class Tab:
+    """The tab's context (the store, the runs by name), its components (made by ``layout``) and its handlers."""
+
+    def __init__(self, store: ratings.Store, runs: list[Run]) -> None:
+        self.store, self.by_name = store, {run.name: run for run in runs}
+
+    def layout(self, rater: gr.Textbox) -> None:
+        """The components, inside the caller's ``gr.Tab``: layout only."""
+        self.rater, self.shown = rater, gr.State(None)  # (run name, prompt id, epoch A, epoch B) on screen
+        gr.Markdown(
+            "Read one dev prompt and two epochs' answers, blind, and rate each as in the arena. The table sums up "
+            "every epoch; **Serve this epoch** writes the run's `selected`, which the arena and the servers load."
+        )
+        with gr.Row():
+            names = list(self.by_name)
+            self.which = gr.Dropdown(names, value=names[0], label="Model", elem_id="ckpt-run")
+            self.next_btn = gr.Button("Next prompt", variant="primary", elem_id="ckpt-next")
+        self.prompt = gr.Markdown(elem_id="ckpt-prompt")
+        self.answers, self.ratings = {}, {}
+        with gr.Row(equal_height=False):
+            for side in protocol.SIDES:
+                with gr.Column():
+                    self.answers[side] = gr.Markdown(elem_id=f"ckpt-answer-{side}")
+                    self.ratings[side] = gr.Radio(
+                        list(protocol.RATINGS),
+                        label=f"Answer {side.upper()}",
+                        elem_id=f"ckpt-rate-{side}",
+                        info=protocol.RATING_HELP,
+                    )
+        self.save_btn = gr.Button("Save both ratings", elem_id="ckpt-save", interactive=False)
+        self.note = gr.Markdown(elem_id="ckpt-note")
+        shares = [f"{name} %" for name in protocol.BEST_FIRST]
+        self.summary = gr.Dataframe(
+            headers=["epoch", "rated", *shares, "stops at EOT %", "mean tokens", "served"],
+            interactive=False,
+            elem_id="ckpt-table",
+        )
+        with gr.Row():
+            self.epoch_box = gr.Dropdown(choices=[], label="Epoch", elem_id="ckpt-epoch")
+            self.select_btn = gr.Button("Serve this epoch", elem_id="ckpt-select")
+
+    def wire(self) -> None:
+        private = {"api_visibility": "private"}
+        shown = [self.shown, self.prompt, *self.answers.values(), *self.ratings.values(), self.save_btn, self.note]
+        self.next_btn.click(self.next_prompt, inputs=[self.which], outputs=shown, **private)
+        table = [self.summary, self.epoch_box]
+        saved = [self.shown, self.save_btn, self.note, *table]
+        inputs = [self.shown, *self.ratings.values(), self.rater]
+        self.save_btn.click(self.save, inputs=inputs, outputs=saved, **private)
+        self.which.change(self.refresh, inputs=[self.which], outputs=table, **private)
+        self.select_btn.click(self.serve, inputs=[self.which, self.epoch_box], outputs=[self.note, *table], **private)
+
+    # -- handlers --------------------------------------------------------------------------------------------
+    def rows(self, run: Run) -> list[list]:
         return [
             [
                 f"epoch-{row['epoch']}",
                 row["rated"],
-                pct(row["excellent"]),
-                pct(row["pass"]),
-                pct(row["fail"]),
-                pct(row["stopped_at_eot"]),
+                *(_pct(row[key]) for key in (*protocol.BEST_FIRST, "stopped_at_eot")),
                 "" if row["mean_tokens"] is None else row["mean_tokens"],
                 "✓" if row["selected"] else "",
             ]
-            for row in table(store, run)
+            for row in table(self.store, run)
         ]
 
-    def refresh(name: str) -> tuple:
-        run = by_name[name]
+    def refresh(self, name: str) -> tuple:
+        """The table and the epochs to serve (a positional pair: the page's load event uses it too)."""
+        run = self.by_name[name]
         epochs = [f"epoch-{e}" for e in run.epochs()]
-        return rows_of(run), gr.update(choices=epochs, value=run.selected() if run.selected() in epochs else None)
+        return self.rows(run), gr.update(choices=epochs, value=run.selected() if run.selected() in epochs else None)
 
-    def next_prompt(name: str, request: gr.Request) -> tuple:
-        run = by_name[name]
-        picked = draw(store, run, arena.session_of(request), random.Random())
+    def next_prompt(self, name: str, request: gr.Request) -> dict:
+        run = self.by_name[name]
+        picked = draw(self.store, run, arena.session_of(request), random.Random())
+        cleared = {radio: gr.update(value=None) for radio in self.ratings.values()}
         if picked is None:
             done = "You have compared every pair of epochs on every dev prompt of this model."
-            return None, "", "", "", gr.update(value=None), gr.update(value=None), gr.update(interactive=False), done
+            empty = {self.prompt: "", **{answer: "" for answer in self.answers.values()}}
+            return {self.shown: None, **empty, **cleared, self.save_btn: gr.update(interactive=False), self.note: done}
         pid, a, b = picked
-        text = run.answers[a][pid]["prompt"]
-        return (
-            (name, pid, a, b),
-            f"**Dev prompt `{pid}`**\n\n{arena.safe_markdown(text)}",
-            f"**Answer A**\n\n{arena.safe_markdown(run.answers[a][pid]['answer'])}",
-            f"**Answer B**\n\n{arena.safe_markdown(run.answers[b][pid]['answer'])}",
-            gr.update(value=None),
-            gr.update(value=None),
-            gr.update(interactive=True),
-            "",
-        )
+        said = {
+            self.answers[side]: f"**Answer {side.upper()}**\n\n{arena.safe_markdown(run.answers[epoch][pid]['answer'])}"
+            for side, epoch in zip(protocol.SIDES, (a, b), strict=True)
+        }
+        prompt = f"**Dev prompt `{pid}`**\n\n{arena.safe_markdown(run.answers[a][pid]['prompt'])}"
+        return {
+            self.shown: (name, pid, a, b),
+            self.prompt: prompt,
+            **said,
+            **cleared,
+            self.save_btn: gr.update(interactive=True),
+            self.note: "",
+        }
 
-    def save(current, first: str | None, second: str | None, rater_name: str, request: gr.Request) -> tuple:
+    def save(self, current, first: str | None, second: str | None, rater_name: str, request: gr.Request) -> tuple:
         if current is None:
             raise gr.Error("Press Next prompt first.")
-        if first not in SCALE or second not in SCALE:
+        if first not in protocol.RATINGS or second not in protocol.RATINGS:
             raise gr.Error("Rate both answers first.")
         name, pid, a, b = current
-        run = by_name[name]
-        record(store, run, arena.session_of(request), arena.rater_of(rater_name, request), pid, (a, b), (first, second))
+        session, rater = arena.session_of(request), arena.rater_of(rater_name, request)
+        record(self.store, self.by_name[name], session, rater, pid, (a, b), (first, second))
         told = f"Saved. A was epoch {a}, B was epoch {b}. Press Next prompt for another."
-        return None, gr.update(interactive=False), told, *refresh(name)
+        return None, gr.update(interactive=False), told, *self.refresh(name)
 
-    next_btn.click(
-        next_prompt,
-        inputs=[which],
-        outputs=[shown, prompt, answer_a, answer_b, rate_a, rate_b, save_btn, note],
-        api_visibility="private",
-    )
-    save_btn.click(
-        save,
-        inputs=[shown, rate_a, rate_b, rater],
-        outputs=[shown, save_btn, note, summary, epoch_box],
-        api_visibility="private",
-    )
-    which.change(refresh, inputs=[which], outputs=[summary, epoch_box], api_visibility="private")
-
-    def serve(name: str, epoch: str | None) -> tuple:
-        from serving.folder import FolderError as UserError  # one line, starting 'error:'
-        from serving.folder import select
+    def serve(self, name: str, epoch: str | None) -> tuple:
+        from serving.folder import FolderError, select
 
         if not epoch:
             raise gr.Error("Choose an epoch first.")
         try:
-            select(by_name[name].path, int(epoch.removeprefix("epoch-")))
-        except UserError as err:
+            select(self.by_name[name].path, int(epoch.removeprefix("epoch-")))
+        except FolderError as err:
             raise gr.Error(str(err).removeprefix("error: ")) from None
-        return f"{name} now serves {epoch} (restart the arena or the servers to load it).", *refresh(name)
+        return f"{name} now serves {epoch} (restart the arena or the servers to load it).", *self.refresh(name)
 
-    select_btn.click(serve, inputs=[which, epoch_box], outputs=[note, summary, epoch_box], api_visibility="private")
-    return refresh, which, summary, epoch_box
+
+def layout(store: ratings.Store, runs: list[Run], rater: gr.Textbox) -> tuple:
+    """The tab inside the caller's ``gr.Tab``; returns what the page's load event needs to fill the table:
+    the refresh handler, and its input and outputs."""
+    tab = Tab(store, runs)
+    tab.layout(rater)
+    tab.wire()
+    return tab.refresh, tab.which, tab.summary, tab.epoch_box

@@ -28,19 +28,15 @@ import re
 import sqlite3
 import string
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from common import jsonl, prompts
-from demo import arena, checkpoints, protocol, ratings, report
+from demo import arena, checkpoints, protocol, ratings, report, retry
 from serving import backends
 
 PROMPTS_FILE = Path(__file__).with_name("judge_prompts.yaml")
 OPENERS_FILE = Path(__file__).resolve().parents[1] / "dialogues" / "eval_openers.jsonl"
-SIDES = ("a", "b")
-WARMUP_RETRIES = 6  # a server scaled to zero answers 503 while it wakes: ask again, as the arena does
-WARMUP_WAIT_S = 5.0
 # A status that refuses one request (a prompt past the judge's context, say), not the judge: that subject is
 # skipped and asked again next run, and the others go on.
 REFUSALS = (400, 413, 422)
@@ -90,8 +86,8 @@ def _last(text: str, pattern: re.Pattern) -> str | None:
     return found
 
 
-RATING_LINE = re.compile(r"rating\s*:\s*(fail|pass|excellent)", re.IGNORECASE)
-VERDICT_LINE = re.compile(r"verdict\s*:\s*(a|b|tie)", re.IGNORECASE)
+RATING_LINE = re.compile(rf"rating\s*:\s*({'|'.join(protocol.RATINGS)})", re.IGNORECASE)
+VERDICT_LINE = re.compile(rf"verdict\s*:\s*({'|'.join(protocol.VERDICTS)})", re.IGNORECASE)
 
 
 def parse_rating(answer: str) -> str | None:
@@ -134,7 +130,9 @@ def pairwise_request(prompts: Prompts, first: list[tuple[str, str]], second: lis
 class Judge:
     """A judge model behind a TGI or OpenAI-compatible URL (``NAME=`` in front names it), asked greedily."""
 
-    def __init__(self, source: str, max_tokens: int = 1024, timeout: float = 300.0) -> None:
+    def __init__(
+        self, source: str, max_tokens: int = 1024, timeout: float = 300.0, warmup: retry.WarmUp = retry.WARMUP
+    ) -> None:
         self.given_name, url = backends.parse_source(source)
         if not url.startswith(("http://", "https://")):
             raise JudgeError(f"--judge must be a TGI or OpenAI-compatible server's URL[#model], got {source!r}")
@@ -143,24 +141,21 @@ class Judge:
         # Greedy and unpenalised: the same answer each time it is asked (the penalty 1.0 is none on every server).
         self.decoding = backends.Decoding(temperature=0.0, top_p=1.0, repetition_penalty=1.0, max_new_tokens=max_tokens)
         self.name = ""
+        self.warmup = warmup  # a judge scaled to zero wakes as the arena's models do
 
     async def start(self) -> None:
         status = await self.backend.probe()
         if not status.ok:
             raise JudgeError(f"judge {self.backend.source}: {status.detail}")
         model = self.given_name or self.backend.model or self.backend.model_id or self.backend.url
-        self.name = ratings.JUDGE_PREFIX + model
+        self.name = protocol.JUDGE_PREFIX + model
 
     async def ask(self, messages: list[dict]) -> str:
-        for attempt in range(WARMUP_RETRIES + 1):
-            try:
-                stream = self.backend.stream(messages, self.decoding)
-                return "".join([chunk async for chunk in stream if not isinstance(chunk, backends.Waiting)])
-            except backends.BackendError as err:
-                if not err.warming_up or attempt == WARMUP_RETRIES:
-                    raise
-            await asyncio.sleep(WARMUP_WAIT_S)
-        raise AssertionError("unreachable")
+        async def once() -> str:
+            stream = self.backend.stream(messages, self.decoding)
+            return "".join([chunk async for chunk in stream if not isinstance(chunk, backends.Waiting)])
+
+        return await self.warmup.call(once)
 
 
 @dataclass
@@ -220,7 +215,7 @@ async def compare(
     """Ask the judge which side did better, in each order still missing; the verdict of both orders (None if
     either answer was unparsable or refused)."""
     shown = store.shown_turns(conversation_id)
-    sides = {side: _exchanges(shown, side) for side in SIDES}
+    sides = {side: _exchanges(shown, side) for side in protocol.SIDES}
     for order in orders:
         first, second = order  # "ba": side b is shown as A
         messages = pairwise_request(prompts, sides[first], sides[second])
@@ -265,54 +260,24 @@ def load_openers(path: Path) -> list[dict]:
     return [opener.record() for opener in openers]
 
 
-async def play_turn(
+async def _answer(
     store: ratings.Store,
-    conversation_id: str,
-    session: str,
-    side_key: str,
-    side: arena.Side,
-    backend,
+    conv: arena.Conversation,
+    side: str,
+    backend: arena.Backend,
     message: str,
+    judge: Judge,
     decoding: backends.Decoding,
 ) -> None:
-    """One side answers ``message`` with its own history; the turn is stored as the arena stores one."""
-    turn = arena.TurnView(user=message)
-    side.turns.append(turn)
-    answer, started, first_token_s, error = "", time.time(), None, None
-    for attempt in range(WARMUP_RETRIES + 1):
-        try:
-            async for chunk in backend.stream(side.history(), decoding):
-                if isinstance(chunk, backends.Waiting):  # a note while queued, not answer text
-                    continue
-                if first_token_s is None:
-                    first_token_s = time.time() - started
-                answer += chunk
-            break
-        except backends.BackendError as err:
-            if err.warming_up and not answer and attempt < WARMUP_RETRIES:
-                await asyncio.sleep(WARMUP_WAIT_S)
-                continue
-            error = str(err)  # stored as that side's failed turn; the model never sees it again, as in the arena
-            break
-        except Exception as err:  # a bug or an unforeseen failure: still that side's failed turn, not a lost run
-            error = f"unexpected error: {str(err).splitlines()[0] if str(err) else type(err).__name__}"
-            break
-    stored = await asyncio.to_thread(
-        store.add_turn,
-        conversation_id,
-        session,
-        side_key,
-        len(side.turns),
-        backend.name,
-        message,
-        answer,
-        backend.decoding_record(decoding),
-        started,
-        first_token_s,
-        status="error" if error else "complete",
-        error=error,
-    )
-    turn.turn_id, turn.assistant, turn.error = stored.id, answer, error
+    """One side answers ``message`` with its own history, as a turn of the arena (``arena.play_turn``), the judge
+    its rater; a failure is stored as that side's failed turn, as in the arena."""
+    turn = arena.play_turn(
+        conv, side, message, backend=backend, decoding=decoding, store=store, session=judge.name, rater=judge.name,
+        turn_limit=None, warmup=judge.warmup,
+    )  # fmt: skip
+    async for event in turn:
+        if isinstance(event, arena.Refused):  # the openers were checked when read: a refusal is a bug to see
+            raise JudgeError(f"autoplay {conv.id}: side {side} refused a turn: {event.reason}")
 
 
 async def autoplay(
@@ -328,32 +293,22 @@ async def autoplay(
     """Play, rate and judge one conversation per opener; the ids of the conversations stored."""
     played = []
     for opener in openers:
-        conv = arena.new_conversation(blind=True, rng=rng)  # which model sits on A, drawn as the arena draws it
+        # which model sits on A, drawn as the arena draws it
+        conv = arena.new_conversation(True, rng, [p.name for p in players], purpose="autoplay")
+        conv.opener_id = opener["id"]
         seats = [players[index] for index in conv.models]
-        await asyncio.to_thread(
-            store.ensure_conversation,
-            conv.id,
-            judge.name,
-            seats[0].name,
-            seats[1].name,
-            True,
-            judge.name,
-            opener["id"],
-            "autoplay",
-        )
         played.append(conv.id)
-        sides = {key: arena.Side() for key in SIDES}
         for message in [opener["prompt"], *opener["follow_ups"]]:
             await asyncio.gather(
                 *(
-                    play_turn(store, conv.id, judge.name, key, sides[key], backend, message, decoding)
-                    for key, backend in zip(SIDES, seats, strict=True)
+                    _answer(store, conv, key, backend, message, judge, decoding)
+                    for key, backend in zip(protocol.SIDES, seats, strict=True)
                 )
             )
         shown = store.shown_turns(conv.id)
         for turn in shown:
             await rate_turn(store, judge, prompts, turn, shown, tally)
-        verdict = await compare(store, judge, prompts, conv.id, list(ratings.ORDERS), tally)
+        verdict = await compare(store, judge, prompts, conv.id, list(protocol.ORDERS), tally)
         if verdict is not None:
             try:
                 await asyncio.to_thread(store.set_verdict, conv.id, verdict, judge.name, judge.name)
@@ -393,9 +348,10 @@ async def rank_epochs(run: checkpoints.Run, judge: Judge, prompts: Prompts, tall
     for epoch in run.epochs():
         parsed = [done.get((epoch, pid)) for pid in run.answers[epoch]]
         rated = [p for p in parsed if p is not None]
-        shares = {name: round(100 * rated.count(name) / len(rated), 1) if rated else None for name in ratings.RATINGS}
+        shares = {name: round(100 * rated.count(name) / len(rated), 1) if rated else None for name in protocol.RATINGS}
         table.append({"epoch": epoch, "rated": len(rated), "unparsable": len(parsed) - len(rated), **shares})
-    return sorted(table, key=lambda row: (-(row["excellent"] or 0), row["fail"] or 0, row["epoch"]))
+    best, worst = protocol.BEST_FIRST[0], protocol.RATINGS[0]
+    return sorted(table, key=lambda row: (-(row[best] or 0), row[worst] or 0, row["epoch"]))
 
 
 async def _epochs_main(args: argparse.Namespace) -> int:
@@ -414,7 +370,7 @@ async def _epochs_main(args: argparse.Namespace) -> int:
             raise JudgeError(f"{judge.name} failed: {err} (its answers so far are kept; run again to go on)") from None
         print(f"AUTOMATIC: {run.name}'s epochs ranked by {judge.name}, a model, not a person (read them too):")
         for row in table:
-            shares = " ".join(f"{name} {row[name]}%" for name in ratings.RATINGS if row[name] is not None)
+            shares = " ".join(f"{name} {row[name]}%" for name in protocol.RATINGS if row[name] is not None)
             print(
                 f"  epoch-{row['epoch']}: {shares or 'nothing rated'}"
                 f" ({row['rated']} rated, {row['unparsable']} unparsable)"

@@ -4,7 +4,8 @@ and the rules of a turn as plain functions over plain facts.
 Everything else imports these. The store (``ratings.Store``) calls the rules inside its write transaction, with
 the facts read from the database; the UI calls the same rules for its hints, with the facts it holds in memory;
 ``arena.play_turn`` calls them before anything changes. A rule returns ``None`` when the action may go on, else
-the refusal as one sentence a rater can act on. No Gradio, no I/O.
+the refusal as one sentence a rater can act on (lower case, no full stop: the store raises it as it is, the UI
+shows it as a sentence). No Gradio, no I/O.
 
 LIMA's protocol (arXiv 2305.11206, section 4.3 and Figure 7): every assistant turn is rated fail / pass /
 excellent, then the whole conversation is judged A better / tie / B better, blind; an answer is rated before it
@@ -69,11 +70,11 @@ def check_message(text: str | None) -> str:
 def turn_refusal(*, judged: bool, busy: bool, turns: int, turn_limit: int | None) -> str | None:
     """May a side start a new turn? ``turns``: the turns that side already has."""
     if judged:  # judged and unblinded: further turns would not be blind
-        return "This conversation has its verdict; start a new one."
+        return "this conversation has its verdict: start a new one"
     if busy:
-        return "This model is still answering."
+        return "this model is still answering"
     if turn_limit is not None and turns >= turn_limit:
-        return f"This conversation reached its limit of {turn_limit} turns; start a new one."
+        return f"this conversation reached its limit of {turn_limit} turns: start a new one"
     return None
 
 
@@ -83,26 +84,34 @@ def regenerate_refusal(
     """May a side's last answer be asked again? A failed answer may always be retried; a complete one only once
     it is rated, when every answer is rated (a fail must not vanish by asking again)."""
     if judged:
-        return "This conversation has its verdict; start a new one."
+        return "this conversation has its verdict: start a new one"
     if busy:
-        return "This model is still answering."
+        return "this model is still answering"
     if not has_turn:
-        return "Nothing to regenerate yet."
+        return "nothing to regenerate yet"
     if rate_every_turn and last_complete and not last_rated:
-        return "Rate this answer before regenerating it: every answer is rated."
+        return "rate this answer before regenerating it: every answer is rated"
     return None
 
 
 def verdict_refusal(
-    *, judged: bool, unrated: list[tuple[str, int]], rated_sides: set[str], rate_every_turn: bool
+    *,
+    judged: bool,
+    unrated: list[tuple[str, int]],
+    rated_sides: set[str],
+    rate_every_turn: bool,
+    busy: bool = False,
 ) -> str | None:
     """What still blocks the verdict: ``unrated`` is (side, turn index) of every shown answer not rated by its
-    owner, ``rated_sides`` the sides with at least one owner's rating."""
+    owner, ``rated_sides`` the sides with at least one owner's rating, ``busy`` whether an answer is still
+    streaming (the store cannot know: it holds finished turns only)."""
     if judged:
-        return "This conversation already has its verdict: verdicts are final."
+        return "this conversation already has its verdict: verdicts are final"
+    if busy:  # the answer on its way is one more to rate, and a verdict now would refuse to store it
+        return "wait for the answer still streaming, then rate it"
     if rate_every_turn and unrated:
         shown = ", ".join(f"{side.upper()} {index}" for side, index in unrated[:6])
-        return f"Rate every answer before the verdict (still unrated: {shown})."
+        return f"rate every answer before the verdict (still unrated: {shown})"
     if set(rated_sides) != set(SIDES):
-        return "Rate at least one answer on each side before giving a verdict."
+        return "rate at least one answer on each side before giving a verdict"
     return None

@@ -31,18 +31,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-RATINGS = ("fail", "pass", "excellent")
-VERDICTS = ("a", "b", "tie")
-SIDES = ("a", "b")
-PURPOSES = ("arena", "autoplay", "checkpoints")
-# A model judge rates under a session (and name) of its own, judge:<model>: the report tells its ratings from a
-# person's by this prefix, which no browser session carries (Gradio's are random hashes).
-JUDGE_PREFIX = "judge:"
-ORDERS = ("ab", "ba")  # a pairwise judgment: which side was shown first, as "A"
+from demo import protocol
+
+# Read by the report (``from demo.ratings import JUDGE_PREFIX``); declared once, in ``protocol``.
+from demo.protocol import JUDGE_PREFIX, ORDERS, PURPOSES, RATINGS, SIDES, VERDICTS
 
 log = logging.getLogger(__name__)
 
-SCHEMA = """
+# The scale's names come from ``protocol`` (a database made before a level was added keeps its old CHECK).
+SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS conversations (
     id          TEXT PRIMARY KEY,
     session     TEXT NOT NULL,            -- the browser (or API client) session that owns it
@@ -77,7 +74,7 @@ CREATE TABLE IF NOT EXISTS ratings (          -- the current view: one row per (
     turn_id     TEXT NOT NULL REFERENCES turns(id),
     session     TEXT NOT NULL,                -- who rated: the owner's session, or a reviewer's
     rater       TEXT NOT NULL,                -- the name that session rated under (an attribute, not the key)
-    rating      TEXT NOT NULL CHECK (rating IN ('fail', 'pass', 'excellent')),
+    rating      TEXT NOT NULL CHECK (rating IN ({", ".join(f"'{name}'" for name in RATINGS)})),
     by_owner    INTEGER NOT NULL DEFAULT 0,   -- 1: given in the session that had the conversation (the first
                                               -- opinion, whatever name it typed); 0: a second opinion (Review)
     first_at    REAL NOT NULL,
@@ -362,53 +359,27 @@ class Store:
         if side not in SIDES:
             raise ValueError(f"side must be one of {SIDES}, got {side!r}")
 
+        texts = {"model": model, "user_text": user_text, "assistant_text": assistant_text, "error": error}
+        timing = {"decoding": decoding, "started_at": started_at, "first_token_s": first_token_s}
+
         def plan(db: sqlite3.Connection, now: float) -> list[dict]:
             _owned_in(db, conversation_id, session)
             judged = db.execute("SELECT verdict FROM conversations WHERE id = ?", (conversation_id,))
-            if judged.fetchone()[0] is not None:
-                raise NotAllowed("this conversation has its verdict: start a new one")
             row = db.execute(
                 "SELECT t.attempt, t.status, EXISTS (SELECT 1 FROM ratings r WHERE r.turn_id = t.id AND"
                 " r.by_owner = 1) FROM turns t WHERE t.conversation_id = ? AND t.side = ? AND t.turn_index = ?"
                 " ORDER BY t.attempt DESC LIMIT 1",
                 (conversation_id, side, turn_index),
             ).fetchone()
-            if row and self.rate_every_turn and row[1] == "complete" and not row[2]:
-                # Every answer is rated, a regenerated one too: a fail must not vanish by asking again.
-                raise NotAllowed("rate this answer before regenerating it")
-            return [
-                _event(
-                    "turn",
-                    now,
-                    turn_id=uuid.uuid4().hex,
-                    conversation_id=conversation_id,
-                    side=side,
-                    turn_index=turn_index,
-                    attempt=(row[0] if row else 0) + 1,
-                    model=model,
-                    user_text=user_text,
-                    assistant_text=assistant_text,
-                    status=status,
-                    error=error,
-                    decoding=decoding,
-                    started_at=started_at,
-                    first_token_s=first_token_s,
-                )
-            ]
+            refusal = _turn_refusal(judged.fetchone()[0] is not None, row, self.rate_every_turn)
+            if refusal is not None:
+                raise NotAllowed(refusal)
+            turn = {"conversation_id": conversation_id, "side": side, "turn_index": turn_index, "status": status}
+            attempt = (row[0] if row else 0) + 1
+            return [_event("turn", now, turn_id=uuid.uuid4().hex, attempt=attempt, **turn, **texts, **timing)]
 
         (event,) = self._commit(plan)
-        return Turn(
-            event["turn_id"],
-            conversation_id,
-            side,
-            turn_index,
-            event["attempt"],
-            model,
-            user_text,
-            assistant_text,
-            status,
-            error,
-        )
+        return Turn(id=event["turn_id"], **{key: event[key] for key in Turn.__dataclass_fields__ if key != "id"})
 
     # -- ratings and verdicts ------------------------------------------------------------------------------
     def rate(self, turn_id: str, rating: str, session: str, rater: str) -> None:
@@ -417,21 +388,24 @@ class Store:
             raise ValueError(f"rating must be one of {', '.join(RATINGS)}, got {rating!r}")
         self._commit(lambda db, now: _rating_events(db, now, str(turn_id), rating, session, rater))
 
-    def set_verdict(self, conversation_id: str, verdict: str, session: str, rater: str) -> None:
+    def set_verdict(self, conversation_id: str, verdict: str, session: str, rater: str, busy: bool = False) -> None:
+        """The conversation's verdict, once ``protocol.verdict_refusal`` allows it; ``busy``: an answer is still
+        streaming (the caller knows, the store does not)."""
         if verdict not in VERDICTS:
             raise ValueError(f"verdict must be one of {', '.join(VERDICTS)}, got {verdict!r}")
 
         def plan(db: sqlite3.Connection, now: float) -> list[dict]:
             _owned_in(db, conversation_id, session)
             conv = db.execute("SELECT * FROM conversations WHERE id = ?", (conversation_id,)).fetchone()
-            if conv["verdict"] is not None:  # of two racing verdicts, the second sees the first here
-                raise NotAllowed("this conversation already has its verdict: verdicts are final")
-            missing = _unrated_in(db, conversation_id)
-            if self.rate_every_turn and missing:
-                shown = ", ".join(f"{side.upper()} {index}" for side, index in missing[:6])
-                raise NotAllowed(f"rate every answer before the verdict (still unrated: {shown})")
-            if _rated_sides_in(db, conversation_id) != set(SIDES):
-                raise NotAllowed("rate at least one turn on each side before giving a verdict")
+            refusal = protocol.verdict_refusal(
+                judged=conv["verdict"] is not None,  # of two racing verdicts, the second sees the first here
+                unrated=_unrated_in(db, conversation_id),
+                rated_sides=_rated_sides_in(db, conversation_id),
+                rate_every_turn=self.rate_every_turn,
+                busy=busy,
+            )
+            if refusal is not None:
+                raise NotAllowed(refusal)
             winner = "tie" if verdict == "tie" else conv[f"model_{verdict}"]
             return [
                 _event(
@@ -624,12 +598,25 @@ class Store:
 
 # -- events: what each write is, and how it lands in the tables ---------------------------------------------
 EVENT_SCHEMA = 1  # the version of the event records below; a reader refuses a newer one
-# A kind added later (judgment) keeps the schema at 1: an older reader names it as unknown instead of misreading it.
-EVENT_KINDS = ("conversation", "opener", "turn", "rating", "verdict", "review", "judgment")
 
 
 def _event(kind: str, at: float, **fields: object) -> dict:
     return {"schema": EVENT_SCHEMA, "id": uuid.uuid4().hex, "kind": kind, "at": at, **fields}
+
+
+def _turn_refusal(judged: bool, last: sqlite3.Row | None, rate_every_turn: bool) -> str | None:
+    """``protocol``'s rule for the turn being stored, with the facts read from the store: a first answer is a
+    new turn; another is a regenerated answer, so the last one must be rated (a fail must not vanish)."""
+    if last is None:
+        return protocol.turn_refusal(judged=judged, busy=False, turns=0, turn_limit=None)
+    return protocol.regenerate_refusal(
+        judged=judged,
+        busy=False,
+        has_turn=True,
+        last_complete=last[1] == "complete",
+        last_rated=bool(last[2]),
+        rate_every_turn=rate_every_turn,
+    )
 
 
 def _rating_events(db: sqlite3.Connection, now: float, turn_id: str, rating: str, session: str, rater: str) -> list:
@@ -698,99 +685,88 @@ def _judgment_event(
 def _apply(db: sqlite3.Connection, event: dict) -> None:
     """The tables' change that one event stands for: the same code for a live write and for a rebuild, so a
     database rebuilt from the events is the one that recorded them."""
-    kind, at = event["kind"], event["at"]
-    if kind == "conversation":
-        db.execute(
-            "INSERT INTO conversations (id, session, rater, model_a, model_b, blind, opener_id, purpose, created_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                event["conversation_id"],
-                event["session"],
-                event["rater"],
-                event["model_a"],
-                event["model_b"],
-                int(event["blind"]),
-                event["opener_id"],
-                event.get("purpose", "arena"),
-                at,
-            ),
-        )
-    elif kind == "opener":
-        db.execute(
-            "UPDATE conversations SET opener_id = ? WHERE id = ?", (event["opener_id"], event["conversation_id"])
-        )
-    elif kind == "turn":
-        db.execute(
-            "INSERT INTO turns (id, conversation_id, side, turn_index, attempt, model, user_text, assistant_text,"
-            " status, error, decoding, started_at, first_token_s, finished_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                event["turn_id"],
-                event["conversation_id"],
-                event["side"],
-                event["turn_index"],
-                event["attempt"],
-                event["model"],
-                event["user_text"],
-                event["assistant_text"],
-                event["status"],
-                event["error"],
-                json.dumps(event["decoding"], sort_keys=True),
-                event["started_at"],
-                event["first_token_s"],
-                at,
-            ),
-        )
-    elif kind == "rating":
-        turn_id, session, rater, rating = event["turn_id"], event["session"], event["rater"], event["rating"]
-        db.execute(
-            "INSERT INTO rating_log (turn_id, rater, rating, at, session) VALUES (?, ?, ?, ?, ?)",
-            (turn_id, rater, rating, at, session),
-        )
-        db.execute(
-            "INSERT INTO ratings (turn_id, session, rater, rating, by_owner, first_at, updated_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (turn_id, session) DO UPDATE SET"
-            " rating = excluded.rating, rater = excluded.rater, updated_at = excluded.updated_at",
-            (turn_id, session, rater, rating, int(event["by_owner"]), at, at),
-        )
-        # the conversation's rater is the name its owner rates under (typed late, or changed)
-        db.execute(
-            "UPDATE conversations SET rater = ? WHERE id = ? AND session = ?",
-            (rater, event["conversation_id"], session),
-        )
-    elif kind == "verdict":
-        db.execute(
-            "INSERT INTO verdict_log (conversation_id, rater, verdict, at) VALUES (?, ?, ?, ?)",
-            (event["conversation_id"], event["rater"], event["verdict"], at),
-        )
-        db.execute(
-            "UPDATE conversations SET verdict = ?, verdict_at = ?, rater = CASE WHEN rater = '' THEN ? ELSE rater END"
-            " WHERE id = ?",
-            (event["verdict"], at, event["rater"], event["conversation_id"]),
-        )
-    elif kind == "review":
-        db.execute(
-            "INSERT INTO review_grants (session, conversation_id, rater, granted_at) VALUES (?, ?, ?, ?)",
-            (event["session"], event["conversation_id"], event["rater"], at),
-        )
-    elif kind == "judgment":
-        db.execute(
-            'INSERT INTO judgments (id, subject_kind, subject_id, judge, "order", prompt, raw_answer, parsed, at)'
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                event["judgment_id"],
-                event["subject_kind"],
-                event["subject_id"],
-                event["judge"],
-                event["order"],
-                event["prompt"],
-                event["raw_answer"],
-                event["parsed"],
-                at,
-            ),
-        )
-    else:
+    kind = event["kind"]
+    if kind not in _APPLY:
         raise ValueError(f"unknown event kind {kind!r}")
+    _APPLY[kind](db, event, event["at"])
+
+
+def _insert(db: sqlite3.Connection, table: str, row: dict) -> None:
+    columns = ", ".join(f'"{column}"' for column in row)
+    db.execute(f"INSERT INTO {table} ({columns}) VALUES ({', '.join('?' * len(row))})", tuple(row.values()))
+
+
+def _fields(event: dict, *keys: str) -> dict:
+    return {key: event[key] for key in keys}
+
+
+def _apply_conversation(db: sqlite3.Connection, event: dict, at: float) -> None:
+    row = _fields(event, "session", "rater", "model_a", "model_b", "opener_id")
+    row |= {"blind": int(event["blind"]), "purpose": event.get("purpose", "arena"), "created_at": at}
+    _insert(db, "conversations", {"id": event["conversation_id"], **row})
+
+
+def _apply_opener(db: sqlite3.Connection, event: dict, at: float) -> None:
+    db.execute("UPDATE conversations SET opener_id = ? WHERE id = ?", (event["opener_id"], event["conversation_id"]))
+
+
+def _apply_turn(db: sqlite3.Connection, event: dict, at: float) -> None:
+    row = _fields(event, "conversation_id", "side", "turn_index", "attempt", "model", "user_text", "assistant_text")
+    row |= _fields(event, "status", "error", "started_at", "first_token_s")
+    row |= {"decoding": json.dumps(event["decoding"], sort_keys=True), "finished_at": at}
+    _insert(db, "turns", {"id": event["turn_id"], **row})
+
+
+def _apply_rating(db: sqlite3.Connection, event: dict, at: float) -> None:
+    turn_id, session, rater, rating = event["turn_id"], event["session"], event["rater"], event["rating"]
+    db.execute(
+        "INSERT INTO rating_log (turn_id, rater, rating, at, session) VALUES (?, ?, ?, ?, ?)",
+        (turn_id, rater, rating, at, session),
+    )
+    db.execute(
+        "INSERT INTO ratings (turn_id, session, rater, rating, by_owner, first_at, updated_at)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (turn_id, session) DO UPDATE SET"
+        " rating = excluded.rating, rater = excluded.rater, updated_at = excluded.updated_at",
+        (turn_id, session, rater, rating, int(event["by_owner"]), at, at),
+    )
+    # the conversation's rater is the name its owner rates under (typed late, or changed)
+    db.execute(
+        "UPDATE conversations SET rater = ? WHERE id = ? AND session = ?", (rater, event["conversation_id"], session)
+    )
+
+
+def _apply_verdict(db: sqlite3.Connection, event: dict, at: float) -> None:
+    db.execute(
+        "INSERT INTO verdict_log (conversation_id, rater, verdict, at) VALUES (?, ?, ?, ?)",
+        (event["conversation_id"], event["rater"], event["verdict"], at),
+    )
+    db.execute(
+        "UPDATE conversations SET verdict = ?, verdict_at = ?, rater = CASE WHEN rater = '' THEN ? ELSE rater END"
+        " WHERE id = ?",
+        (event["verdict"], at, event["rater"], event["conversation_id"]),
+    )
+
+
+def _apply_review(db: sqlite3.Connection, event: dict, at: float) -> None:
+    _insert(db, "review_grants", {**_fields(event, "session", "conversation_id", "rater"), "granted_at": at})
+
+
+def _apply_judgment(db: sqlite3.Connection, event: dict, at: float) -> None:
+    row = _fields(event, "subject_kind", "subject_id", "judge", "order", "prompt", "raw_answer", "parsed")
+    _insert(db, "judgments", {"id": event["judgment_id"], **row, "at": at})
+
+
+_APPLY = {
+    "conversation": _apply_conversation,
+    "opener": _apply_opener,
+    "turn": _apply_turn,
+    "rating": _apply_rating,
+    "verdict": _apply_verdict,
+    "review": _apply_review,
+    "judgment": _apply_judgment,
+}
+# A kind added later (judgment) keeps the schema at 1: an older reader names it as unknown instead of misreading it.
+EVENT_KINDS = tuple(_APPLY)
 
 
 def _owned_in(db: sqlite3.Connection, conversation_id: str, session: str) -> None:

@@ -10,44 +10,49 @@ from __future__ import annotations
 
 import gradio as gr
 
-from demo import arena, ratings
+from demo import arena, protocol, ratings
+
+
+class Review:
+    """The tab's context (the store, whether reviews are on) and its handlers."""
+
+    def __init__(self, store: ratings.Store, enabled: bool) -> None:
+        self.store, self.enabled = store, enabled
+
+    def assign(self, rater_name: str, request: gr.Request) -> tuple:
+        """Hand this session a conversation to review: its turns (for the page), a note, and their ids (API)."""
+        if not self.enabled:
+            raise gr.Error("Reviews are off in this arena (LIMA_ARENA_REVIEW=true turns them on).")
+        who = arena.rater_of(rater_name, request, default="")
+        if not who:
+            raise gr.Error("Type your name first: reviews are counted per rater.")
+        conversation_id = self.store.assign_review(arena.session_of(request), who)
+        if conversation_id is None:
+            nothing = "Nothing to review right now: every conversation rated by someone else has your opinion."
+            return (), nothing, []
+        turns = self.store.review_turns(conversation_id, arena.session_of(request))
+        shown = tuple((t.id, t.side, t.turn_index, t.user_text, t.assistant_text) for t in turns)
+        listed = [{"turn_id": t.id, "side": t.side, "turn_index": t.turn_index} for t in turns]
+        return shown, f"Conversation `{conversation_id[:8]}`: rate every answer of both sides.", listed
+
+    def rate(self, turn_id: str, rating: str, rater_name: str, request: gr.Request) -> None:
+        who = arena.rater_of(rater_name, request, default="")
+        if not who:
+            raise gr.Error("Type your name first.")
+        try:
+            self.store.rate(turn_id, rating, arena.session_of(request), who)
+        except (ratings.NotAllowed, ValueError) as err:
+            raise gr.Error(str(err)) from None
 
 
 def layout(store: ratings.Store, rater: gr.Textbox, enabled: bool = True) -> None:
     """The tab's components and events, inside the caller's ``gr.Tab``. Disabled (a public Space, by default),
     the hand-out endpoint refuses too: raters never see other raters' conversations."""
+    review = Review(store, enabled)
     items = gr.State(())
-
-    def assign(rater_name: str, request: gr.Request) -> tuple:
-        if not enabled:
-            raise gr.Error("Reviews are off in this arena (LIMA_ARENA_REVIEW=true turns them on).")
-        who = arena.rater_of(rater_name, request, default="")
-        if not who:
-            raise gr.Error("Type your name first: reviews are counted per rater.")
-        conversation_id = store.assign_review(arena.session_of(request), who)
-        if conversation_id is None:
-            nothing = "Nothing to review right now: every conversation rated by someone else has your opinion."
-            return (), nothing, []
-        turns = store.review_turns(conversation_id, arena.session_of(request))
-        shown = tuple((t.id, t.side, t.turn_index, t.user_text, t.assistant_text) for t in turns)
-        listed = [{"turn_id": t.id, "side": t.side, "turn_index": t.turn_index} for t in turns]
-        return shown, f"Conversation `{conversation_id[:8]}`: rate every answer of both sides.", listed
-
-    def make_rate(turn_id: str):
-        def rate(rating: str, rater_name: str, request: gr.Request) -> None:
-            who = arena.rater_of(rater_name, request, default="")
-            if not who:
-                raise gr.Error("Type your name first.")
-            try:
-                store.rate(turn_id, rating, arena.session_of(request), who)
-            except (ratings.NotAllowed, ValueError) as err:
-                raise gr.Error(str(err)) from None
-
-        return rate
-
     gr.Markdown(
         "Rate answers from conversations other raters had, as a second opinion (blind: no model names, no earlier "
-        "ratings). " + arena.RATING_HELP
+        "ratings). " + protocol.RATING_HELP
     )
     start = gr.Button("Review a conversation", elem_id="review-next", variant="primary")
     note = gr.Markdown("", elem_id="review-note")
@@ -63,12 +68,12 @@ def layout(store: ratings.Store, rater: gr.Textbox, enabled: bool = True) -> Non
                     f"**Assistant:**\n\n{arena.safe_markdown(assistant)}"
                 )
                 radio = gr.Radio(
-                    list(ratings.RATINGS),
+                    list(protocol.RATINGS),
                     label=f"Your rating: side {side.upper()}, turn {turn_index}",
                     key=f"review-{turn_id}",
                     elem_classes=["review-rating"],
                 )
-                radio.input(make_rate(turn_id), inputs=[radio, rater], api_visibility="private")
+                radio.input(review.rate, inputs=[gr.State(turn_id), radio, rater], api_visibility="private")
 
     # API clients get the handed turns' ids (then rate them through /rate, which checks the hand-out).
-    start.click(assign, inputs=[rater], outputs=[items, note, gr.JSON(visible=False)], api_name="review_next")
+    start.click(review.assign, inputs=[rater], outputs=[items, note, gr.JSON(visible=False)], api_name="review_next")

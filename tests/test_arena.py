@@ -6,16 +6,15 @@ import re
 import pytest
 
 from demo.arena import (
-    MAX_MESSAGE_CHARS,
     Conversation,
     Side,
     TurnView,
     chat_messages,
-    check_message,
     label,
     new_conversation,
     safe_markdown,
 )
+from demo.protocol import MAX_MESSAGE_CHARS, check_message
 
 
 # -- pairing and reveal --------------------------------------------------------------------------------------

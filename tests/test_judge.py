@@ -6,6 +6,7 @@ with the tiny trained pair stores conversations the report counts apart, as auto
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 from collections.abc import Callable
@@ -16,7 +17,7 @@ from conftest import run_cli
 from test_report import build_scenario
 from tgi_server import Behaviour, TGIServer, free_port
 
-from demo import judge, mirror
+from demo import judge, mirror, retry
 from demo.ratings import Store
 from demo.report import build_report, cohen_kappa, markdown
 
@@ -199,6 +200,23 @@ def test_a_request_the_judge_refuses_is_skipped_and_asked_again_next_run(tmp_pat
     assert refused.stdout.strip().endswith("; 3 requests refused by the judge (asked again next run)")
     assert refused.stderr.count("warning: ") == 3  # both turns, then the first order of the verdict
     assert again.stdout.strip() == f"{JUDGE}: rated 2 turns, 0 unparsable, 1 verdicts, of which 1 position-swap ties"
+
+
+def test_a_judge_warming_up_is_asked_again_by_the_arenas_own_retry_policy():
+    """A judge scaled to zero answers 503 while it wakes: the same policy as the arena's turns (demo.retry) asks
+    again after its wait (recorded here, not slept), and the answer that follows is the judge's."""
+    with TGIServer(Behaviour(reply="Rating: pass")) as server:
+        waited: list[float] = []
+
+        async def wake(seconds: float) -> None:  # the server is awake by the time the wait is over
+            waited.append(seconds)
+            server.behaviour = Behaviour(reply="Rating: excellent")
+
+        asker = judge.Judge(server.url, warmup=retry.WarmUp(sleep=wake))
+        asyncio.run(asker.start())
+        server.behaviour = Behaviour(status=503)
+        answer = asyncio.run(asker.ask([{"role": "user", "content": "Rate this."}]))
+    assert answer == "Rating: excellent" and waited == [retry.WARMUP_WAIT_S]
 
 
 def test_the_parser_reads_the_last_contract_line_only():

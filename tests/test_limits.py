@@ -67,6 +67,28 @@ def test_the_n_plus_first_turn_is_refused_stores_nothing_and_spares_other_sessio
         bob.predict("hi", *DECODING, "bob", api_name="/send_a")
 
 
+def test_a_regenerate_refused_by_the_limit_changes_nothing(capped):
+    """The limit is checked before the answer being regenerated leaves the history: refused, the rated answer
+    stays, nothing is stored, and the conversation reads as before."""
+    url, db = capped
+    ann = Client(url, verbose=False)
+    ann.predict(api_name="/new_conversation")
+    for side, text in (("a", "one"), ("b", "one"), ("a", "two")):
+        ann.predict(text, *DECODING, "ann", api_name=f"/send_{side}")
+    before = ann.predict(api_name="/conversation")
+    last_a = [t["turn_id"] for t in before["turns"] if t["side"] == "a"][-1]
+    assert ann.predict(last_a, "fail", "ann", api_name="/rate") == "saved"
+    with pytest.raises(Exception, match=r"You reached 3 answers per hour"):
+        ann.predict("", *DECODING, "ann", api_name="/again_a")
+    after = ann.predict(api_name="/conversation")
+    assert after["turns"] == before["turns"] and after["ratings"] == {last_a: "fail"}
+    assert rows(db, "SELECT side, turn_index, attempt, user_text FROM turns ORDER BY side, turn_index") == [
+        ("a", 1, 1, "one"),
+        ("a", 2, 1, "two"),
+        ("b", 1, 1, "one"),
+    ]
+
+
 def test_windows_slide_and_say_when_they_reset():
     now = [1000.0]
     caps = limits.Limits(turns_per_hour=2, ratings_per_minute=None, tokens_per_hour=100, clock=lambda: now[0])

@@ -306,7 +306,8 @@ def test_listeners_run_after_the_commit_and_outside_the_lock(store):
 WRITER = textwrap.dedent(
     """
     import sys, time
-    from demo.ratings import RATINGS, Store
+    from demo.protocol import RATINGS
+    from demo.ratings import Store
 
     store = Store(sys.argv[1])
     store.ensure_conversation("c1", "s1", "lima-1000", "lima-1030", True)
