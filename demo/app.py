@@ -23,7 +23,8 @@ if __package__ in (None, ""):  # run as `python demo/app.py`: make the repositor
 import gradio as gr
 from starlette.middleware import Middleware
 
-from common import prompts
+from common import cli, prompts
+from common.cli import UserError
 from demo import checkpoints, limits, mirror, protocol, ratings, results, settings, timings, ui
 from serving import backends
 
@@ -52,12 +53,13 @@ def build(
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        config = settings.parse(argv)
-        sources = settings.resolve_sides(config)
-    except settings.SettingsError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    return cli.run(_run, argv)
+
+
+def _run(argv: list[str] | None) -> int:
+    """Start the arena; an input mistake (a setting, the database, the dataset repo, the port) is a UserError."""
+    config = settings.parse(argv)
+    sources = settings.resolve_sides(config)
     models = [backends.make_backend(src, concurrency=config.concurrency) for src in sources]
     local_on_cpu = any(isinstance(m, backends.LocalBackend) for m in models)
     max_new = config.max_new_tokens or (256 if local_on_cpu and not _cuda() else backends.TOTAL_TOKEN_BUDGET // 2)
@@ -65,34 +67,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         store = ratings.Store(config.db, rate_every_turn=config.rate_every_turn)
     except (OSError, sqlite3.Error) as err:
-        print(f"error: cannot open the ratings database {config.db}: {err}", file=sys.stderr)
-        return 2
-    if (config.dataset_repo or config.mirror_dir) and not open_mirror(config, store):
-        store.close()
-        return 2
-    public = is_public(config)
-    review_open = config.review if config.review is not None else not public
-
-    caps = caps_for(config, public)
-    checkpoint_runs = None
-    if config.checkpoints:
-        try:
-            checkpoint_runs = checkpoints.find_runs(config.checkpoints)
-        except checkpoints.CheckpointError as err:
-            print(f"error: {err}", file=sys.stderr)
-            shut_down(store)
-            return 2
-    demo = build(
-        models,
-        store,
-        blind=config.blind,
-        turn_limit=config.turn_limit,
-        max_new_tokens=max_new,
-        admin=results.Admin(token=os.environ.get("LIMA_ARENA_ADMIN_TOKEN"), public=public),
-        review_open=review_open,
-        checkpoint_runs=checkpoint_runs,
-        caps=caps,
-    )
+        raise UserError(f"cannot open the ratings database {config.db}: {err}") from None
+    try:
+        demo = _build_for(config, models, store, max_new)
+    except BaseException:
+        shut_down(store)
+        raise
     demo.queue(default_concurrency_limit=8)
     stop_on_signals()
     try:
@@ -106,13 +86,38 @@ def main(argv: list[str] | None = None) -> int:
         )
     except OSError as err:  # the port is taken, or the address is not this machine's
         reason = str(err).splitlines()[0].split(". ")[0]
-        print(f"error: cannot listen on {config.host}:{config.port} ({reason}): pass a free --port", file=sys.stderr)
-        return 2
+        raise UserError(f"cannot listen on {config.host}:{config.port} ({reason}): pass a free --port") from None
     except KeyboardInterrupt:  # the signal came while launch() was still starting (it checks its own server)
         demo.close()
     finally:
         shut_down(store)
     return 0
+
+
+def _build_for(config: settings.Settings, models: list, store: ratings.Store, max_new: int) -> gr.Blocks:
+    """The page for these settings: the mirror opened (and restored from) first, the limits and gates of a public
+    or private arena, the Checkpoints tab's runs."""
+    if config.dataset_repo or config.mirror_dir:
+        open_mirror(config, store)
+    public = is_public(config)
+    review_open = config.review if config.review is not None else not public
+    checkpoint_runs = None
+    if config.checkpoints:
+        try:
+            checkpoint_runs = checkpoints.find_runs(config.checkpoints)
+        except checkpoints.CheckpointError as err:
+            raise UserError(str(err)) from None
+    return build(
+        models,
+        store,
+        blind=config.blind,
+        turn_limit=config.turn_limit,
+        max_new_tokens=max_new,
+        admin=results.Admin(token=os.environ.get("LIMA_ARENA_ADMIN_TOKEN"), public=public),
+        review_open=review_open,
+        checkpoint_runs=checkpoint_runs,
+        caps=caps_for(config, public),
+    )
 
 
 def start_models(models: list[backends.LocalBackend | backends.RemoteBackend]) -> None:
@@ -129,9 +134,9 @@ def start_models(models: list[backends.LocalBackend | backends.RemoteBackend]) -
             (log.info if status.ok else log.warning)("%s: %s: %s", where, status.model, status.detail)
 
 
-def open_mirror(config: settings.Settings, store: ratings.Store) -> bool:
-    """The store's copy in a folder (and a dataset repo): restored from it first if the database is new. False
-    (said on stderr) when the repo cannot be used."""
+def open_mirror(config: settings.Settings, store: ratings.Store) -> None:
+    """The store's copy in a folder (and a dataset repo): restored from it first if the database is new. A repo
+    that cannot be used is a UserError."""
     # Secrets come from the environment only (HF_TOKEN); a Space's disk is ephemeral, the dataset is not.
     folder = Path(config.mirror_dir or f"{config.db}.jsonl.d")
     token = os.environ.get("HF_TOKEN")
@@ -140,9 +145,7 @@ def open_mirror(config: settings.Settings, store: ratings.Store) -> bool:
     try:
         mirror.JsonlMirror(folder, store, repo_id=config.dataset_repo, token=token)
     except Exception as err:  # the Hub fails in many ways (network, token, repo); all mean the same here
-        print(f"error: cannot use dataset repo {config.dataset_repo}: {str(err).splitlines()[0]}", file=sys.stderr)
-        return False
-    return True
+        raise UserError(f"cannot use dataset repo {config.dataset_repo}: {str(err).splitlines()[0]}") from None
 
 
 def restore(store: ratings.Store, folder: Path, repo_id: str | None, token: str | None) -> None:

@@ -31,7 +31,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from common import jsonl, prompts
+from common import cli, jsonl, prompts
+from common.cli import UserError
 from demo import arena, checkpoints, protocol, ratings, report, retry
 from serving import backends
 
@@ -42,7 +43,7 @@ OPENERS_FILE = Path(__file__).resolve().parents[1] / "dialogues" / "eval_openers
 REFUSALS = (400, 413, 422)
 
 
-class JudgeError(Exception):
+class JudgeError(UserError):
     """Input or a judge this command cannot use: one line for stderr, exit 2."""
 
 
@@ -510,16 +511,15 @@ async def _autoplay_main(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    try:
-        if argv[:1] == ["autoplay"]:
-            return asyncio.run(_autoplay_main(_autoplay_parser().parse_args(argv[1:])))
-        if argv[:1] == ["epochs"]:
-            return asyncio.run(_epochs_main(_epochs_parser().parse_args(argv[1:])))
-        return asyncio.run(_rate_main(_rate_parser().parse_args(argv)))
-    except (JudgeError, report.ReportError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    return cli.run(_run, sys.argv[1:] if argv is None else argv)  # JudgeError and ReportError are UserErrors
+
+
+def _run(argv: list[str]) -> int:
+    if argv[:1] == ["autoplay"]:
+        return asyncio.run(_autoplay_main(_autoplay_parser().parse_args(argv[1:])))
+    if argv[:1] == ["epochs"]:
+        return asyncio.run(_epochs_main(_epochs_parser().parse_args(argv[1:])))
+    return asyncio.run(_rate_main(_rate_parser().parse_args(argv)))
 
 
 if __name__ == "__main__":

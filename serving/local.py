@@ -17,6 +17,8 @@ from pathlib import Path
 
 from serving.decoding import PENALTY_SCOPE, TOTAL_TOKEN_BUDGET, BackendError, Decoding, Status, Waiting, decoding_record
 
+_IMPORT_LOCK = threading.Lock()
+
 log = logging.getLogger(__name__)
 
 
@@ -48,8 +50,9 @@ class LocalBackend:
         with self._load_lock:
             if self.model is not None or self.load_error is not None:
                 return
-            import torch
-            from transformers import AutoModelForCausalLM, AutoTokenizer
+            with _IMPORT_LOCK:  # transformers' lazy module is not thread-safe: two sides load at once at start
+                import torch
+                from transformers import AutoModelForCausalLM, AutoTokenizer
 
             try:
                 device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
