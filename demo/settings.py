@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 from common.cli import UserError
 from common.yamlfile import read_mapping
+from demo import protocol
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ class Settings:
     port: int = 7860
     share: bool = False
     blind: bool = True
-    turn_limit: int = 8
+    turn_limit: int = protocol.DEFAULT_TURN_LIMIT
     rate_every_turn: bool = True  # the paper's protocol: every answer rated before the verdict and regenerating
     max_new_tokens: int | None = None  # default: 2048 for servers, 256 in-process on CPU
     runs: str = "runs"
@@ -60,7 +61,7 @@ _HELP = {
     "port": "port (default 7860)",
     "share": "also open a public gradio.live link",
     "blind": "hide which model is which until the verdict (default on; --no-blind turns it off)",
-    "turn_limit": "most user turns per side in one conversation (default 8)",
+    "turn_limit": f"most user turns per side in one conversation (default {protocol.DEFAULT_TURN_LIMIT})",
     "rate_every_turn": "every answer is rated before the verdict and before it is regenerated (default on)",
     "max_new_tokens": "default cap on new tokens per answer",
     "runs": "where trained runs live (default runs/)",
