@@ -41,7 +41,8 @@ def consent_notice(dataset_repo: str | None) -> str:
         "**Before your first message.** This arena stores and publishes what you do here: your messages, both "
         "models' answers, your ratings and verdicts, and the name you type (a pseudonym is fine). They are kept in "
         f"{where} under the [{licence}]({licence_url}) licence: anyone may reuse them, crediting the arena. Do not "
-        "type anything personal. To have a conversation taken down, ask the operators (its id is in the export)."
+        "type anything personal. To have a conversation taken down later, ask the operators, saying when you had it "
+        "and how it began."
     )
 
 
