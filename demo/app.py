@@ -47,7 +47,8 @@ def build(
     models: list[backends.LocalBackend | backends.RemoteBackend], store: ratings.Store, **options: object
 ) -> gr.Blocks:
     """The arena's page (``demo.ui``) for two models (configured left and right) and a ratings store; ``options``
-    are ``ui.build``'s (blind, turn_limit, max_new_tokens, admin, review_open, checkpoint_runs, caps)."""
+    are ``ui.build``'s (blind, turn_limit, max_new_tokens, admin, review_open, checkpoint_runs, caps,
+    dataset_repo)."""
     return ui.build(models, store, openers=load_openers(), **options)
 
 
@@ -117,6 +118,7 @@ def _build_for(config: settings.Settings, models: list, store: ratings.Store, ma
         review_open=review_open,
         checkpoint_runs=checkpoint_runs,
         caps=caps_for(config, public),
+        dataset_repo=config.dataset_repo,
     )
 
 

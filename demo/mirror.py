@@ -57,8 +57,12 @@ FIELDS = {
     "verdict": ("conversation_id", "rater", "verdict"),
     "review": ("session", "conversation_id", "rater"),
     "judgment": ("judgment_id", "subject_kind", "subject_id", "judge", "order", "prompt", "raw_answer", "parsed"),
+    "redaction": ("conversation_id", "reason"),
 }
 REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+# The licence the collected data is published under (the page's consent notice and the dataset card say it).
+LICENCE = ("cc-by-4.0", "CC BY 4.0", "https://creativecommons.org/licenses/by/4.0/")
+CARD = "README.md"  # the dataset card, written into the mirror folder and uploaded to the repo's root
 
 
 class MirrorError(Exception):
@@ -97,6 +101,7 @@ class JsonlMirror:
                 token=token,
                 allow_patterns=[f"{PREFIX}*.jsonl"],
             )
+        write_card(self.folder, repo_id, self.scheduler)
         # The scheduler reads the folder under its lock while uploading; appends take the same lock.
         self.lock = self.scheduler.lock if self.scheduler else threading.Lock()
         self.failing: str | None = None  # why the last copy failed, until one succeeds
@@ -174,6 +179,102 @@ class JsonlMirror:
         if self.scheduler is not None:
             self.scheduler.trigger().result()
             self.scheduler.stop()
+
+
+# -- the dataset card -----------------------------------------------------------------------------------------
+KINDS = {
+    "conversation": "a conversation started: its owner's session, the rater's typed name, the model on each side,"
+    " blind or not, the evaluation opener used, its purpose (arena, autoplay, checkpoints)",
+    "opener": "the evaluation opener chosen for a conversation",
+    "turn": "one answer: the user's message and the model's answer in full, the attempt (2, 3... regenerated),"
+    " the decoding asked for, timings, an error if it failed",
+    "rating": "a turn rated fail, pass or excellent (with the turn's texts); by_owner: the conversation's own"
+    " rater (counted in Figure 7) rather than a second opinion",
+    "verdict": "which side was better (a, b, tie), given blind before the names are shown",
+    "review": "a judged conversation handed to another session for a second opinion",
+    "judgment": "a model judge's prompt and whole answer, and the rating or verdict read from it",
+    "redaction": "a conversation taken down: from then on its texts and typed names are published as"
+    " [redacted] and a pseudonym; the events before it are not rewritten",
+}
+
+
+def card(repo_id: str | None) -> str:
+    """The dataset card: licence and tags for the Hub, each event kind's fields, how the data was collected,
+    consent and takedown."""
+    licence_id, licence, licence_url = LICENCE
+    repo = f"`{repo_id}`" if repo_id else "this dataset"
+    kinds = "\n".join(f"- **{kind}** ({', '.join(f'`{f}`' for f in FIELDS[kind])}): {KINDS[kind]}" for kind in FIELDS)
+    return f"""---
+license: {licence_id}
+pretty_name: LIMA multi-turn arena ratings
+language:
+- en
+tags:
+- human-feedback
+- evaluation
+- multi-turn
+- lima
+- arena
+task_categories:
+- text-generation
+---
+# LIMA multi-turn arena ratings
+
+People talking to two models side by side in the LIMA multi-turn arena, rating every answer and then saying which
+model was better: the data of the LIMA paper's Figure 7 (Zhou et al. 2023, *LIMA: Less Is More for Alignment*),
+collected live. Licence: [{licence}]({licence_url}), for the messages, the answers, the ratings and the typed names.
+
+## How it was collected
+
+The arena shows two models (A left, B right), which one sits where drawn per conversation and hidden until the
+verdict (blind, LIMA's protocol). A rater talks to both, rates every answer *fail*, *pass* or *excellent* as in
+LIMA's Figure 7 (an answer is rated before it is regenerated, and every answer before the verdict), then gives one
+verdict (A, B or tie); after it the names are shown and nothing about that conversation changes. Only blind
+conversations of people (purpose `arena`) make the figures; autoplay (a model judge playing both sides) and
+checkpoint comparisons are kept apart.
+
+## Files and fields
+
+`events/events-<uuid>.jsonl`, one file per arena process, one JSON event per line, appended as they were
+committed. Every event has `schema`, `id` (unique: a rebuild keeps one of each), `kind` and `at` (Unix time), and
+the fields of its kind:
+
+{kinds}
+
+`python -m demo.report --from-mirror {repo_id or "OWNER/NAME"} --db new.db` rebuilds the arena's database from them.
+
+## Consent
+
+On a public arena, before their first message, every rater is told what is stored and published (their messages,
+the models' answers, their ratings and verdicts, the name they type), where ({repo}) and under which licence,
+and accepts it; nothing is stored from a session that has not. Raters are asked not to type personal data.
+
+## Takedown
+
+Ask the arena's operators to take a conversation down (its id is in every event). They run
+`python -m demo.report redact --db DB --conversation ID --reason TEXT`, which appends a `redaction` event: every
+rebuild, report and export withholds that conversation's texts, and its raters' names become a pseudonym; its
+ratings still count. Files published before the takedown still hold the texts (history is not rewritten in
+place); the operators remove them from this repository by replacing those files and squashing its history.
+"""
+
+
+def write_card(folder: Path, repo_id: str | None, scheduler: object | None = None) -> Path:
+    """Write (or update) the dataset card in the mirror folder and, given the mirror's ``CommitScheduler``, upload
+    it to the repo's root, where the Hub reads a card. A failed upload is logged: the events matter more."""
+    path = folder / CARD
+    text = card(repo_id)
+    if not path.is_file() or path.read_text(encoding="utf-8") != text:
+        path.write_text(text, encoding="utf-8")
+    if scheduler is not None:
+        try:  # the Hub skips a commit whose file did not change
+            scheduler.api.upload_file(
+                path_or_fileobj=path, path_in_repo=CARD, repo_id=scheduler.repo_id, repo_type="dataset",
+                commit_message="Dataset card",
+            )  # fmt: skip
+        except Exception as err:
+            log.warning("could not upload the dataset card to %s: %s", repo_id, str(err).splitlines()[0] or err)
+    return path
 
 
 # -- the way back ---------------------------------------------------------------------------------------------

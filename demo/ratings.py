@@ -21,6 +21,7 @@ judge conversations that it created (or, for a second opinion, was handed).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import sqlite3
@@ -122,6 +123,11 @@ CREATE TABLE IF NOT EXISTS events (          -- every write above, as the self-c
     kind  TEXT NOT NULL,
     at    REAL NOT NULL,
     body  TEXT NOT NULL                       -- the event as JSON (what the Hub mirror pushes)
+);
+CREATE TABLE IF NOT EXISTS redactions (     -- conversations taken down: their texts and names are withheld
+    conversation_id  TEXT PRIMARY KEY,
+    reason           TEXT NOT NULL DEFAULT '',
+    at               REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS mirror_cursor (   -- how far each mirror folder has copied the events
     folder  TEXT PRIMARY KEY,
@@ -269,9 +275,15 @@ class Store:
 
     # -- the event log, read back --------------------------------------------------------------------------
     def events_after(self, seq: int, limit: int = 500) -> list[tuple[int, str]]:
-        """(seq, JSON) of the logged events after ``seq``, oldest first."""
-        rows = self._all("SELECT seq, body FROM events WHERE seq > ? ORDER BY seq LIMIT ?", (seq, limit))
-        return [(row["seq"], row["body"]) for row in rows]
+        """(seq, JSON) of the logged events after ``seq``, oldest first, as they may be published now: an event
+        of a conversation taken down comes without its texts and names (the log itself keeps them)."""
+        with self._lock:
+            rows = self._db.execute("SELECT seq, body FROM events WHERE seq > ? ORDER BY seq LIMIT ?", (seq, limit))
+            rows = rows.fetchall()
+            hidden = _taken_down_in(self._db)
+        if not hidden:
+            return [(row["seq"], row["body"]) for row in rows]
+        return [(row["seq"], _published(row["body"], hidden)) for row in rows]
 
     def last_event(self) -> int:
         row = self._one("SELECT COALESCE(MAX(seq), 0) AS seq FROM events")
@@ -433,6 +445,7 @@ class Store:
             " AND c.verdict IS NOT NULL AND c.purpose = 'arena'"  # people review people's conversations
             " AND EXISTS (SELECT 1 FROM turns t JOIN ratings r ON r.turn_id = t.id WHERE t.conversation_id = c.id)"
             " AND NOT EXISTS (SELECT 1 FROM review_grants g WHERE g.conversation_id = c.id AND g.rater = ?)"
+            " AND NOT EXISTS (SELECT 1 FROM redactions x WHERE x.conversation_id = c.id)"  # nothing left to read
             " ORDER BY random() LIMIT 1",
             (session, rater, rater),
         )
@@ -468,6 +481,27 @@ class Store:
             if turn.status == "complete":
                 latest[(turn.side, turn.turn_index)] = turn
         return [latest[key] for key in sorted(latest)]
+
+    # -- takedown ------------------------------------------------------------------------------------------
+    def redact(self, conversation_id: str, reason: str = "") -> bool:
+        """Take a conversation down: a ``redaction`` event after which its texts (messages, answers, a judge's
+        prompt and answer) and its raters' typed names are withheld from the tables, every report and export, and
+        every event published from now on. The log keeps the original events (history is not rewritten); its
+        ratings keep counting, under a pseudonym. False when it was already taken down."""
+
+        def plan(db: sqlite3.Connection, now: float) -> list[dict]:
+            if db.execute("SELECT 1 FROM conversations WHERE id = ?", (conversation_id,)).fetchone() is None:
+                raise NotAllowed(f"no conversation {conversation_id!r} in {self.path}")
+            if db.execute("SELECT 1 FROM redactions WHERE conversation_id = ?", (conversation_id,)).fetchone():
+                return []
+            return [_event("redaction", now, conversation_id=conversation_id, reason=reason)]
+
+        return bool(self._commit(plan))
+
+    def redactions(self) -> dict[str, str]:
+        """The conversations taken down, with the reason given, oldest first."""
+        rows = self._all("SELECT conversation_id, reason FROM redactions ORDER BY at")
+        return {row["conversation_id"]: row["reason"] for row in rows}
 
     # -- a model judge -------------------------------------------------------------------------------------
     def judge_turn(self, turn_id: str, judge: str, prompt: str, raw_answer: str, parsed: str | None) -> None:
@@ -689,6 +723,11 @@ def _apply(db: sqlite3.Connection, event: dict) -> None:
     if kind not in _APPLY:
         raise ValueError(f"unknown event kind {kind!r}")
     _APPLY[kind](db, event, event["at"])
+    # A conversation taken down stays so whatever comes after (a late turn, or a rebuild whose files interleave):
+    # what the event just wrote is withheld too.
+    conversation_id = _conversation_of(db, event)
+    if conversation_id and kind != "redaction" and _is_taken_down(db, conversation_id):
+        _withhold(db, conversation_id)
 
 
 def _insert(db: sqlite3.Connection, table: str, row: dict) -> None:
@@ -756,6 +795,14 @@ def _apply_judgment(db: sqlite3.Connection, event: dict, at: float) -> None:
     _insert(db, "judgments", {"id": event["judgment_id"], **row, "at": at})
 
 
+def _apply_redaction(db: sqlite3.Connection, event: dict, at: float) -> None:
+    db.execute(
+        "INSERT OR IGNORE INTO redactions (conversation_id, reason, at) VALUES (?, ?, ?)",
+        (event["conversation_id"], event.get("reason") or "", at),
+    )
+    _withhold(db, event["conversation_id"])
+
+
 _APPLY = {
     "conversation": _apply_conversation,
     "opener": _apply_opener,
@@ -764,8 +811,10 @@ _APPLY = {
     "verdict": _apply_verdict,
     "review": _apply_review,
     "judgment": _apply_judgment,
+    "redaction": _apply_redaction,
 }
-# A kind added later (judgment) keeps the schema at 1: an older reader names it as unknown instead of misreading it.
+# A kind added later (judgment, redaction) keeps the schema at 1: an older reader names it as unknown instead of
+# misreading it.
 EVENT_KINDS = tuple(_APPLY)
 
 
@@ -793,3 +842,75 @@ def _unrated_in(db: sqlite3.Connection, conversation_id: str) -> list[tuple[str,
         (conversation_id,),
     ).fetchall()
     return [(row[0], row[1]) for row in rows if row[2] == "complete" and not row[3]]
+
+
+# -- takedown: what a redaction withholds ---------------------------------------------------------------------
+REDACTED = "[redacted]"  # in place of every text of a conversation taken down
+TEXTS = ("user_text", "assistant_text", "error", "prompt", "raw_answer")  # what an event of one may carry
+
+
+def pseudonym(session: str | None) -> str:
+    """The name a rater of a conversation taken down is counted under: stable per session, so one rater's
+    ratings still count as one rater's (agreement, the raters table), and not the name they typed."""
+    return "redacted-" + hashlib.sha256((session or "").encode()).hexdigest()[:8]
+
+
+def _withhold(db: sqlite3.Connection, conversation_id: str) -> None:
+    """The tables' view of a conversation taken down: its texts replaced, its raters' names pseudonymous (a
+    model judge keeps its name: it is not a person). Idempotent."""
+    db.create_function("lima_pseudonym", 1, pseudonym, deterministic=True)
+    name = f"CASE WHEN rater LIKE '{JUDGE_PREFIX}%' THEN rater ELSE lima_pseudonym(session) END"
+    turns = "SELECT id FROM turns WHERE conversation_id = :c"
+    marker = {"c": conversation_id, "r": REDACTED}
+    db.execute(
+        "UPDATE turns SET user_text = :r, assistant_text = :r, error = CASE WHEN error IS NULL THEN NULL"
+        " ELSE :r END WHERE conversation_id = :c",
+        marker,
+    )
+    db.execute(
+        "UPDATE judgments SET prompt = :r, raw_answer = :r WHERE (subject_kind = 'conversation' AND"
+        f" subject_id = :c) OR (subject_kind = 'turn' AND subject_id IN ({turns}))",
+        marker,
+    )
+    db.execute(f"UPDATE ratings SET rater = {name} WHERE turn_id IN ({turns})", marker)
+    db.execute(f"UPDATE rating_log SET rater = {name} WHERE turn_id IN ({turns})", marker)
+    db.execute(f"UPDATE review_grants SET rater = {name} WHERE conversation_id = :c", marker)
+    db.execute(f"UPDATE conversations SET rater = {name} WHERE id = :c AND rater != ''", marker)
+    owner = "(SELECT lima_pseudonym(session) FROM conversations WHERE id = :c)"  # the verdict is the owner's
+    db.execute(f"UPDATE verdict_log SET rater = {owner} WHERE conversation_id = :c", marker)
+
+
+def _conversation_of(db: sqlite3.Connection, event: dict) -> str | None:
+    """The conversation an event is about (a judgment of a turn: that turn's)."""
+    if event.get("subject_kind") == "turn":
+        row = db.execute("SELECT conversation_id FROM turns WHERE id = ?", (event["subject_id"],)).fetchone()
+        return row[0] if row else None
+    return event.get("conversation_id") or event.get("subject_id")
+
+
+def _is_taken_down(db: sqlite3.Connection, conversation_id: str) -> bool:
+    return db.execute("SELECT 1 FROM redactions WHERE conversation_id = ?", (conversation_id,)).fetchone() is not None
+
+
+def _taken_down_in(db: sqlite3.Connection) -> set[str]:
+    """The ids of every conversation taken down and of every turn of one: what ``_published`` withholds."""
+    rows = db.execute(
+        "SELECT conversation_id FROM redactions UNION SELECT id FROM turns WHERE conversation_id IN"
+        " (SELECT conversation_id FROM redactions)"
+    )
+    return {row[0] for row in rows}
+
+
+def _published(body: str, hidden: set[str]) -> str:
+    """An event as it may be published: one about a conversation (or turn) in ``hidden`` without its texts, its
+    raters' names pseudonymous; the redaction itself, and any other event, as logged."""
+    event = json.loads(body)
+    about = event.get("conversation_id") or event.get("subject_id")
+    if event["kind"] == "redaction" or about not in hidden:
+        return body
+    for key in TEXTS:
+        if event.get(key) is not None:
+            event[key] = REDACTED
+    if event.get("rater") and not str(event["rater"]).startswith(JUDGE_PREFIX):
+        event["rater"] = pseudonym(event.get("session"))
+    return json.dumps(event, ensure_ascii=False, sort_keys=True)

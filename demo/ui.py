@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Sequence
 
 import gradio as gr
 
-from demo import arena, checkpoints, limits, protocol, ratings, results, review
+from demo import arena, checkpoints, limits, mirror, protocol, ratings, results, review
 from serving import backends
 
 log = logging.getLogger("demo.app")
@@ -24,6 +24,26 @@ log = logging.getLogger("demo.app")
 # (in the DOM): each side is then its own trigger and the two stream at once.
 FIRE_BOTH = "() => { for (const side of ['a', 'b']) document.getElementById('fire-' + side).click(); }"
 NO_CONVERSATION = "Start a new conversation first."
+CONSENT_FIRST = "Read the notice above and accept it before your first message: nothing was sent or stored."
+
+
+def consent_notice(dataset_repo: str | None) -> str:
+    """What a rater is told before their first message on a public arena: what is stored and published, where,
+    under which licence, and how to have it taken down."""
+    _, licence, licence_url = mirror.LICENCE
+    where = (
+        f"the Hugging Face dataset [{dataset_repo}](https://huggingface.co/datasets/{dataset_repo}), which its "
+        "operators may make public,"
+        if dataset_repo
+        else "this arena's database, which its operators may publish as a dataset,"
+    )
+    return (
+        "**Before your first message.** This arena stores and publishes what you do here: your messages, both "
+        "models' answers, your ratings and verdicts, and the name you type (a pseudonym is fine). They are kept in "
+        f"{where} under the [{licence}]({licence_url}) licence: anyone may reuse them, crediting the arena. Do not "
+        "type anything personal. To have a conversation taken down later, ask the operators, saying when you had it "
+        "and how it began."
+    )
 
 
 def sentence(text: str) -> str:
@@ -46,8 +66,10 @@ class TurnButton:
         penalty: float,
         max_tokens: float,
         rater_name: str,
+        consented: bool,
         request: gr.Request,
     ) -> AsyncIterator[dict]:
+        self.page.check_consent(consented, request)
         decoding = backends.Decoding(float(temperature), float(top_p), float(penalty), int(max_tokens))
         async for update in self.page.turn(self.side, self.regenerate, message, conv, decoding, rater_name, request):
             yield update
@@ -76,8 +98,10 @@ class ArenaTab:
         caps: limits.Limits | None = None,
         admin: results.Admin | None = None,
         openers: Sequence[dict] = (),
+        dataset_repo: str | None = None,
     ) -> None:
         self.models, self.store, self.blind, self.turn_limit = list(models), store, blind, turn_limit
+        self.dataset_repo = dataset_repo  # where the events are published (the consent notice names it)
         self.caps = caps or limits.Limits()
         self.admin = admin or results.Admin(token=None, public=False)
         self.openers = list(openers)
@@ -98,6 +122,14 @@ class ArenaTab:
             if os.environ.get("OAUTH_CLIENT_ID"):  # a Space with `hf_oauth: true`: raters sign in, names are theirs
                 gr.LoginButton(scale=1)
             self.new_btn = gr.Button("New conversation", scale=1, elem_id="new-conversation")
+        self.consent_layout()
+
+    def consent_layout(self) -> None:
+        """The consent notice and its button, shown (by ``consent_shown``, per visit) where consent is needed."""
+        self.consented = gr.State(False)  # per session, on the server: a client cannot send it
+        with gr.Group(visible=False, elem_id="consent") as self.consent_box:
+            gr.Markdown(consent_notice(self.dataset_repo), elem_id="consent-notice")
+            self.consent_btn = gr.Button("I agree: store and publish what I send", elem_id="consent-accept")
 
     def layout(self, max_new_tokens: int) -> None:
         """The arena tab's body, inside the caller's ``gr.Tab``: layout only."""
@@ -183,6 +215,24 @@ class ArenaTab:
                     api_visibility="private",
                     concurrency_limit=None,
                 )
+
+    # -- handlers: consent ----------------------------------------------------------------------------------
+    def consent_required(self, request: gr.Request) -> bool:
+        """Whether this request may send only after accepting the notice: on a public arena. The one place that
+        decides it."""
+        return self.admin.public
+
+    def consent_shown(self, request: gr.Request) -> dict:
+        return {self.consent_box: gr.update(visible=self.consent_required(request))}
+
+    def accept_consent(self) -> dict:
+        """API ``/consent``: this session accepts the notice (once; it holds for every later conversation)."""
+        return {self.consented: True, self.consent_box: gr.update(visible=False)}
+
+    def check_consent(self, consented: bool, request: gr.Request) -> None:
+        """Refuse a message (before anything is counted or stored) from a session that has not accepted."""
+        if self.consent_required(request) and consented is not True:
+            raise gr.Error(CONSENT_FIRST)
 
     # -- handlers: a conversation --------------------------------------------------------------------------
     def new_conversation(self, old: arena.Conversation | None = None) -> dict:
@@ -379,6 +429,8 @@ class ArenaTab:
         demo.load(self.new_conversation, outputs=reset, api_name="new_conversation")
         demo.load(self.probe, outputs=self.status, api_visibility="private")
         demo.load(self.fill_rater, outputs=self.rater, api_visibility="private")
+        demo.load(self.consent_shown, outputs=self.consent_box, api_visibility="private")
+        self.consent_btn.click(self.accept_consent, outputs=[self.consented, self.consent_box], api_name="consent")
         streams = [stream for side in protocol.SIDES for stream in self._wire_side(side)]
         for trigger in (self.send_both.click, self.shared.submit):
             trigger(None, js=FIRE_BOTH)  # first: the sides start before the input is cleared
@@ -406,7 +458,7 @@ class ArenaTab:
     def _wire_side(self, side: str) -> list:
         """One side's turn events: one event per trigger and no concurrency cap, so each side streams on its own."""
         send, again, message = self.send_turns[side].play, self.again_turns[side].play, self.inputs[side]
-        inputs = [self.conv, *self.decoding, self.rater]
+        inputs = [self.conv, *self.decoding, self.rater, self.consented]
         common = {
             "outputs": [self.chats[side], self.rate_keys[side], self.again_btns[side]],
             "concurrency_limit": None,
@@ -449,9 +501,13 @@ def build(
     review_open: bool = True,
     checkpoint_runs: list[checkpoints.Run] | None = None,
     caps: limits.Limits | None = None,
+    dataset_repo: str | None = None,
 ) -> gr.Blocks:
     """The whole page: the arena, Review, Results and (given runs) Checkpoints tabs, and the admin unlock."""
-    page = ArenaTab(models, store, blind=blind, turn_limit=turn_limit, caps=caps, admin=admin, openers=openers)
+    page = ArenaTab(
+        models, store, blind=blind, turn_limit=turn_limit, caps=caps, admin=admin, openers=openers,
+        dataset_repo=dataset_repo,
+    )  # fmt: skip
     with gr.Blocks(title="LIMA multi-turn arena") as demo:
         page.header()
         admin_token = gr.Textbox(label="Admin token", type="password", render=False, elem_id="admin-token")

@@ -42,6 +42,7 @@ def test_the_n_plus_first_turn_is_refused_stores_nothing_and_spares_other_sessio
     url, db = capped
     ann = Client(url, verbose=False)
     ann.predict(api_name="/new_conversation")
+    ann.predict(api_name="/consent")  # a public arena: the notice accepted first
     for side in "aba":  # a send to both sides counts once per side
         ann.predict("hello", *DECODING, "ann", api_name=f"/send_{side}")
     first = ann.predict(api_name="/conversation")["turns"][0]["turn_id"]
@@ -63,6 +64,7 @@ def test_the_n_plus_first_turn_is_refused_stores_nothing_and_spares_other_sessio
     # script opening sessions) does not reset the count. Other keys are unaffected (the window test below).
     bob = Client(url, verbose=False)
     bob.predict(api_name="/new_conversation")
+    bob.predict(api_name="/consent")
     with pytest.raises(Exception, match="answers per hour"):
         bob.predict("hi", *DECODING, "bob", api_name="/send_a")
 
@@ -73,6 +75,7 @@ def test_a_regenerate_refused_by_the_limit_changes_nothing(capped):
     url, db = capped
     ann = Client(url, verbose=False)
     ann.predict(api_name="/new_conversation")
+    ann.predict(api_name="/consent")  # a public arena: the notice accepted first
     for side, text in (("a", "one"), ("b", "one"), ("a", "two")):
         ann.predict(text, *DECODING, "ann", api_name=f"/send_{side}")
     before = ann.predict(api_name="/conversation")

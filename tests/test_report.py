@@ -484,3 +484,53 @@ def test_conversations_of_other_purposes_never_change_the_human_figures(tmp_path
     auto = more["automatic"]  # autoplay is summed up apart, as automatic; epoch comparisons nowhere yet
     expected = (1, 2, 1) if purpose == "autoplay" else (0, 0, 0)
     assert (auto["conversations"], auto["turns"], auto["verdicts"]["losses"]) == expected
+
+
+def test_a_report_opened_in_a_browser_renders_no_html_and_loads_nothing(tmp_path: Path):
+    """Rater and model names are typed by strangers: the summary shows them as text in any Markdown viewer."""
+    import threading
+    from http.server import ThreadingHTTPServer
+
+    from conftest import CHROMIUM, CHROMIUM_ARGS
+    from test_browser import _Pixel
+
+    pixel = ThreadingHTTPServer(("127.0.0.1", 0), _Pixel)
+    threading.Thread(target=pixel.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{pixel.server_port}"
+    hostile = [
+        f"<img src={base}/tag.png>", f"![x]({base}/md.png)", f"[click]({base}/link)", f"<{base}/auto>",
+        f"`x` <script>fetch('{base}/js')</script>", f"a|b\n\n<iframe src={base}/frame>",
+        f"![y][r]\n\n[r]: {base}/ref.png",
+    ]  # fmt: skip
+    s = Scenario(tmp_path / "hostile.db")
+    for n, name in enumerate(hostile):
+        s.conversation(f"h{n}", f"{name} model", NEW, name)
+        s.rate(f"h{n}", s.turn(f"h{n}", "a", 1, f"{name} model"), "pass", name)
+        s.rate(f"h{n}", s.turn(f"h{n}", "b", 1, NEW), "fail", name)
+        s.store.set_verdict(f"h{n}", "a", f"s-h{n}", name)
+    s.store.close()
+    out = tmp_path / "out"
+    assert run_cli("-m", "demo.report", "--db", str(tmp_path / "hostile.db"), "--out", str(out)).returncode == 0
+    text = (out / "summary.md").read_text(encoding="utf-8")
+    markdown_it = pytest.importorskip("markdown_it")
+    html = markdown_it.MarkdownIt("commonmark", {"html": True}).enable(["table"]).render(text)
+    for tag in ("<img", "<script", "<iframe", "<a "):
+        assert tag not in html, tag
+    assert "&lt;img src=" in html  # shown, as text
+    if CHROMIUM is None:
+        return
+    from playwright.sync_api import sync_playwright
+
+    hits_before = len(_Pixel.hits)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            for page_text in (html, text):  # rendered by a viewer, and the file itself opened as a page
+                page = browser.new_page()
+                page.set_content(page_text, wait_until="load")
+                page.wait_for_timeout(500)
+                assert page.locator("img, script, iframe, a").count() == 0
+        finally:
+            browser.close()
+    pixel.shutdown()
+    assert _Pixel.hits[hits_before:] == []

@@ -122,6 +122,7 @@ def test_space_entry_point_keeps_secrets_off_the_page_and_mirrors_every_rating(s
         assert secret not in html and secret not in page_config
     client = Client(url, verbose=False)
     client.predict(api_name="/new_conversation")
+    client.predict(api_name="/consent")  # a Space is public: the notice accepted first
     client.predict("hello", 0.7, 0.9, 1.2, 64, "rater", api_name="/send_a")
     turn_id = client.predict(api_name="/conversation")["turns"][0]["turn_id"]
     client.predict(turn_id, "excellent", "rater", api_name="/rate")
@@ -215,6 +216,7 @@ def test_the_image_build_trains_the_embedded_pair_and_the_start_serves_it_withou
         wait_until_up(url, process, log, timeout=120)
         client = Client(url, verbose=False)
         client.predict(api_name="/new_conversation")
+        client.predict(api_name="/consent")  # a Space is public: the notice accepted first
         chat = client.predict("Hello there", 0.7, 0.9, 1.2, 16, "rater", api_name="/send_a")
         assert chat[-1]["role"] == "assistant" and "⚠️" not in json.dumps(chat)
     finally:

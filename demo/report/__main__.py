@@ -1,5 +1,6 @@
 """``python -m demo.report``: the summary (and with ``--out`` every registered figure, summary.md and
-report.json), or ``python -m demo.report export``: every rating with its turn. Bad input: one line, exit 2."""
+report.json), ``python -m demo.report export``: every rating with its turn, or ``python -m demo.report redact``:
+take a conversation down. Bad input: one line, exit 2."""
 
 from __future__ import annotations
 
@@ -62,6 +63,38 @@ def _export_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _redact_parser() -> argparse.ArgumentParser:
+    parser = _parser(
+        "python -m demo.report redact",
+        "Take a conversation down: append a redaction event, after which every report, export, rebuild and later"
+        " mirror copy withholds its messages, answers and typed names (its ratings still count, under a"
+        " pseudonym). The events already logged or published are not rewritten.",
+    )
+    parser.add_argument("--conversation", required=True, metavar="ID", help="the conversation's id (in its events)")
+    parser.add_argument("--reason", default="", help="why (published with the redaction: do not repeat the text)")
+    return parser
+
+
+def _redact(argv: list[str]) -> None:
+    from demo import ratings
+
+    args = _redact_parser().parse_args(argv)
+    if not args.db.is_file():
+        raise ReportError(f"no ratings database at {args.db}: pass --db with the file the arena writes")
+    try:
+        store = ratings.Store(args.db)
+    except sqlite3.Error as exc:
+        raise ReportError(f"cannot open {args.db}: {exc}") from None
+    try:
+        done = store.redact(args.conversation, args.reason)
+    except ratings.NotAllowed as exc:
+        raise ReportError(str(exc)) from None
+    finally:
+        store.close()
+    said = "taken down" if done else "was already taken down"
+    print(f"conversation {args.conversation} {said}: its texts are withheld from now on ({args.db})")
+
+
 def _export(argv: list[str]) -> None:
     args = _export_parser().parse_args(argv)
     out = export(args.db, args.format, args.out, args.push_to_hub)
@@ -102,6 +135,8 @@ def _report(argv: list[str]) -> None:
 def _run(argv: list[str]) -> int:
     if argv[:1] == ["export"]:
         _export(argv[1:])
+    elif argv[:1] == ["redact"]:
+        _redact(argv[1:])
     else:
         _report(argv)
     return 0

@@ -75,6 +75,11 @@ def build_report(db_path: str | Path, a_model: str | None = None, resamples: int
             "judges": judges.agreement(tables.rated, counted_arena, tables.judgments, arena),
         },
         "decoding_mismatch": decoding_mismatch(tables.decodings),
+        "taken_down": {
+            "conversations": len(tables.taken_down),
+            "turns": sum(row["conversation_id"] in tables.taken_down for row in counted_arena),
+            "ratings": "counted, under a pseudonym per rater; texts and typed names withheld",
+        },
         "paper": PAPER,
     }
 

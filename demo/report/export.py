@@ -90,13 +90,27 @@ def _write_jsonl(rows: list[dict], out: Path) -> None:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
+# A spreadsheet reads a cell that starts with one of these as a formula (OWASP, "CSV Injection"): it could fetch a
+# URL (=HYPERLINK, =WEBSERVICE, =IMPORTXML) or run a command (DDE) when the export is opened.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "\n")
+
+
+def inert(cell: object) -> object:
+    """A CSV cell a spreadsheet shows as the text it is: one that could start a formula gets a leading ``'``
+    (which spreadsheets hide); numbers are left as numbers."""
+    if isinstance(cell, str) and cell.startswith(FORMULA_STARTS):
+        return "'" + cell
+    return cell
+
+
 def _write_csv(rows: list[dict], out: Path) -> None:
     with out.open("w", encoding="utf-8", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=EXPORT_FIELDS)
         writer.writeheader()
         for row in rows:
             cells = {**row, "context": json.dumps(row["context"], ensure_ascii=False)}
-            writer.writerow({**cells, "decoding": json.dumps(row["decoding"], sort_keys=True)})
+            cells["decoding"] = json.dumps(row["decoding"], sort_keys=True)
+            writer.writerow({field: inert(value) for field, value in cells.items()})
 
 
 def _write_dataset(rows: list[dict], out: Path, push_to_hub: str | None, token: str | None) -> None:

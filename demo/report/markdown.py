@@ -2,25 +2,37 @@
 
 from __future__ import annotations
 
+import html
+import re
+
 from demo.protocol import SIDES
 from demo.report.paper import PAPER_BARS
 
 MODEL_COLUMNS = "| conversations | excellent | pass | fail | fails |"
+_MARKUP = re.compile(r"([\\`*\[\]|!])")
 
 
 def markdown(report: dict) -> str:
     """A readable summary: Figure 7 beside the paper's bars, verdicts, turn depth, raters, agreement."""
     sections = (
         _intro, _turn_ratings, _verdicts, _by_turn, _unblinded, _automatic, _raters, _decoding, _agreement,
-        _after_reveal,
+        _after_reveal, _taken_down,
     )  # fmt: skip
     return "\n".join(line for section in sections for line in section(report)) + "\n"
 
 
 # -- pieces --------------------------------------------------------------------------------------------------
+def _text(text: object) -> str:
+    """Names come from raters, model folders and servers: shown as typed, never as markup. ``<``, ``>`` and ``&``
+    become entities (no HTML, whatever the renderer); the characters that open a link, an image, code or a table
+    cell are backslash-escaped (CommonMark); line breaks become spaces. Opened in a browser or a Markdown viewer,
+    the report then runs nothing and loads nothing."""
+    flat = " ".join(str(text).splitlines())
+    return _MARKUP.sub(r"\\\1", html.escape(flat, quote=False))
+
+
 def _cell(text: object) -> str:
-    """Names come from raters and model folders: keep a stray pipe or newline from breaking the table."""
-    return str(text).replace("|", "\\|").replace("\n", " ") or "(unnamed)"
+    return _text(text) or "(unnamed)"
 
 
 def _ci(interval: list[float] | None) -> str:
@@ -32,7 +44,7 @@ def _setting(setting: dict) -> str:
         f"temperature {setting['temperature']}, top-p {setting['top_p']}, penalty {setting['repetition_penalty']}"
         f" over {setting['penalty_scope'] or 'an unrecorded scope'}, at most {setting['max_new_tokens']} tokens"
     )
-    return text + (f", may ignore {', '.join(setting['may_ignore'])}" if setting["may_ignore"] else "")
+    return _text(text + (f", may ignore {', '.join(setting['may_ignore'])}" if setting["may_ignore"] else ""))
 
 
 def _model_table(models: dict, heading: str = "model", intervals: bool = True) -> list[str]:
@@ -191,7 +203,7 @@ def _decoding(report: dict) -> list[str]:
     ]
     for item in mixed:
         sides = "; ".join(f"{side.upper()}: " + " / ".join(map(_setting, item[side])) for side in SIDES)
-        lines.append(f"- `{_cell(item['conversation'])}`: {sides}")
+        lines.append(f"- {_cell(item['conversation'])}: {sides}")
     return lines
 
 
@@ -237,4 +249,19 @@ def _after_reveal(report: dict) -> list[str]:
         "",
         f"{report['after_reveal']} rating(s) were changed after their conversation's verdict showed the names "
         "(a database from before verdicts were final): they count as they stood at the verdict.",
+    ]
+
+
+def _taken_down(report: dict) -> list[str]:
+    gone = report.get("taken_down")
+    if not gone or not gone["conversations"]:
+        return []
+    return [
+        "",
+        "## Taken down",
+        "",
+        f"{gone['conversations']} conversation(s) taken down (`python -m demo.report redact`): their messages, "
+        f"answers and typed names are withheld here, in exports and in what is published from now on. Their "
+        f"{gone['turns']} counted rating(s) still count above, under a pseudonym per rater: a rating is a judgment "
+        "of a model's answer, not the rater's words, and dropping it would let a takedown move the figures.",
     ]

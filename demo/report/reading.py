@@ -28,6 +28,7 @@ class Tables(NamedTuple):
     decodings: list[sqlite3.Row]  # every turn's side and decoding
     history: dict[tuple[str, str], list[tuple[float, str]]]  # (turn, rater name) -> every rating ever, in order
     judgments: list[sqlite3.Row]  # every model judge's judgment with the conversation it is about, in order
+    taken_down: set[str]  # the conversations taken down (``redact``): their texts are withheld, ratings count
 
 
 def connect(db_path: str | Path) -> sqlite3.Connection:
@@ -90,7 +91,10 @@ def _read(db: sqlite3.Connection) -> Tables:
     # The log, in order, ends with the verdict the conversation holds now.
     log = db.execute("SELECT conversation_id, rater FROM verdict_log ORDER BY seq")
     verdict_by = {row["conversation_id"]: row["rater"] for row in log}
-    return Tables(conversations, rated, verdict_by, decodings, history, judgments)
+    taken_down: set[str] = set()
+    if "redactions" in _tables(db):  # a database from before takedowns has none
+        taken_down = {row[0] for row in db.execute("SELECT conversation_id FROM redactions")}
+    return Tables(conversations, rated, verdict_by, decodings, history, judgments, taken_down)
 
 
 def decoding_mismatch(decodings: list[sqlite3.Row]) -> list[dict]:
