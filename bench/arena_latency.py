@@ -46,6 +46,7 @@ from tgi_server import Behaviour, TGIServer, free_port  # noqa: E402
 
 from common import cli  # noqa: E402
 from demo import app, ratings  # noqa: E402
+from demo.protocol import RATINGS  # noqa: E402
 from serving import backends  # noqa: E402
 
 DECODING = (0.7, 0.9, 1.2, 2048)  # temperature, top-p, repetition penalty, max new tokens
@@ -119,7 +120,7 @@ def rater(n):
     ready.wait()
     end = time.monotonic() + seconds
     while time.monotonic() < end:
-        client.predict(turn_id, ("fail", "pass", "excellent")[counts[n] % 3], "storm", api_name="/rate")
+        client.predict(turn_id, RATINGS[counts[n] % len(RATINGS)], "storm", api_name="/rate")
         counts[n] += 1
 
 threads = [threading.Thread(target=rater, args=(n,)) for n in range(sessions)]

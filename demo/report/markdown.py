@@ -5,10 +5,11 @@ from __future__ import annotations
 import html
 import re
 
-from demo.protocol import SIDES
+from demo.protocol import BEST_FIRST, SIDES
 from demo.report.paper import PAPER_BARS
 
-MODEL_COLUMNS = "| conversations | excellent | pass | fail | fails |"
+SHARE_COLUMNS = " | ".join(BEST_FIRST)  # the scale, best first, as Figure 7 stacks it
+MODEL_COLUMNS = f"| conversations | {SHARE_COLUMNS} | fails |"
 _MARKUP = re.compile(r"([\\`*\[\]|!])")
 
 
@@ -39,6 +40,17 @@ def _ci(interval: list[float] | None) -> str:
     return f" ({interval[0]:.1f}–{interval[1]:.1f})" if interval else ""
 
 
+def _shares(row: dict, intervals: bool = True) -> str:
+    """One cell per level of the scale, best first, each with its interval where the row has one (a level the
+    row lacks, e.g. the paper's bars for a level the paper did not use, is a dash)."""
+    cells = []
+    for level in BEST_FIRST:
+        share = row.get(level)
+        cell = "–" if share is None else f"{share:.1f} %"
+        cells.append(cell + (_ci(row.get(f"{level}_ci")) if intervals else ""))
+    return " | ".join(cells)
+
+
 def _setting(setting: dict) -> str:
     text = (
         f"temperature {setting['temperature']}, top-p {setting['top_p']}, penalty {setting['repetition_penalty']}"
@@ -53,9 +65,8 @@ def _model_table(models: dict, heading: str = "model", intervals: bool = True) -
     def ci(interval: list[float] | None) -> str:
         return _ci(interval) if intervals else ""
 
-    return [f"| {heading} {MODEL_COLUMNS}", "|---|---:|---:|---:|---:|---:|"] + [
-        f"| {_cell(name)} | {m['conversations']} | {m['excellent']:.1f} %{ci(m['excellent_ci'])} "
-        f"| {m['pass']:.1f} % | {m['fail']:.1f} %{ci(m['fail_ci'])} | {m['fails_per_turns']} |"
+    return [f"| {heading} {MODEL_COLUMNS}", "|---" + "|---:" * (len(BEST_FIRST) + 2) + "|"] + [
+        f"| {_cell(name)} | {m['conversations']} | {_shares(m, intervals)} | {m['fails_per_turns']} |"
         for name, m in models.items()
     ]
 
@@ -89,10 +100,7 @@ def _turn_ratings(report: dict) -> list[str]:
     lines = ["", "## Turn ratings (the paper's Figure 7)", "", *_model_table(report["models"])]
     for key, label in PAPER_BARS.items():
         bar = paper[key]
-        lines.append(
-            f"| {label} | {paper['verdicts']['of']} | {bar['excellent']:.1f} % | {bar['pass']:.1f} % "
-            f"| {bar['fail']:.1f} % | {bar['fails_per_turns']} |"
-        )
+        lines.append(f"| {label} | {paper['verdicts']['of']} | {_shares(bar)} | {bar['fails_per_turns']} |")
     return lines
 
 
@@ -128,9 +136,10 @@ def _by_turn(report: dict) -> list[str]:
         return []
     lines = ["", "## By turn", "", "Multi-turn failures grow with depth: the shares at each turn index."]
     for name, m in report["models"].items():
-        lines += ["", f"**{_cell(name)}**", "", "| turn | turns | excellent | pass | fail |", "|---:" * 5 + "|"]
+        header = f"| turn | turns | {SHARE_COLUMNS} |"
+        lines += ["", f"**{_cell(name)}**", "", header, "|---:" * (len(BEST_FIRST) + 2) + "|"]
         for index, t in m["by_turn"].items():
-            lines.append(f"| {index} | {t['turns']} | {t['excellent']:.1f} % | {t['pass']:.1f} % | {t['fail']:.1f} % |")
+            lines.append(f"| {index} | {t['turns']} | {_shares(t, intervals=False)} |")
     return lines
 
 
