@@ -109,6 +109,7 @@ import sys, threading, time
 from gradio_client import Client
 
 url, sessions, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+RATINGS = sys.argv[4].split(",")  # the scale, from demo.protocol
 counts = [0] * sessions
 ready = threading.Barrier(sessions + 1)
 
@@ -144,7 +145,9 @@ class RatingStorm:
 
         self.sessions = sessions
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", STORM, url, str(sessions), str(seconds)], stdout=subprocess.PIPE, text=True
+            [sys.executable, "-c", STORM, url, str(sessions), str(seconds), ",".join(RATINGS)],
+            stdout=subprocess.PIPE,
+            text=True,
         )
         assert self.proc.stdout.readline().strip() == "READY"
 
