@@ -34,6 +34,8 @@ class LocalBackend:
     """A model in this process. Concurrent requests are generated together in batches (``serving/batching.py``;
     ``max_batch=1``: one at a time), each streaming its own answer."""
 
+    waiting_note_s = 1.0  # a request with no token for this long is told it waits in line
+
     def __init__(self, source: str, name: str | None = None, device: str | None = None, max_batch: int = 8) -> None:
         self.source = source
         self.name = name or _local_name(source)
@@ -143,7 +145,7 @@ class LocalBackend:
         try:
             while True:
                 try:
-                    item = await asyncio.wait_for(arrived.get(), 1.0)
+                    item = await asyncio.wait_for(arrived.get(), self.waiting_note_s)
                 except TimeoutError:  # still queued behind other raters' answers: say so
                     ahead = batcher.waiting_before(request)
                     if not ids and (ahead or batcher.running):
