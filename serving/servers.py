@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import threading
 from collections.abc import AsyncIterator
+from urllib.parse import urlsplit
 
 from serving import credentials
 from serving.decoding import BackendError, Decoding, Status, Waiting, decoding_record, one_line
@@ -80,11 +81,11 @@ class RemoteBackend:
 
     @contextlib.asynccontextmanager
     async def _session(self):
-        """An inference client whose HTTP session (what chat_completion and health_check use) signs as
-        ``_authorize`` says."""
+        """An inference client and its HTTP session (what chat_completion uses), which signs as ``_authorize``
+        says."""
         from huggingface_hub import AsyncInferenceClient
 
-        # provider="hf-inference": the provider under which health_check speaks to a URL.
+        # provider="hf-inference": the provider under which the client speaks to a URL.
         async with AsyncInferenceClient(base_url=self._url, timeout=self.timeout, provider="hf-inference") as client:
             # The client's own httpx2 session. huggingface_hub's public get_async_session() builds a new client
             # each time: tried, it made two concurrent first streams ~0.15 s slower here.
@@ -92,31 +93,34 @@ class RemoteBackend:
             session.auth = self._authorize
             yield client, session
 
-    async def _get_json(self, session, route: str) -> object | None:
-        """``GET route``; the JSON, or None for an error status or non-JSON."""
+    async def _get(self, session, route: str, timeout: float = 10) -> tuple[int, object | None]:
+        """``GET route`` (after the URL's path, before its query: a token there still goes); the status and the
+        JSON (None: not JSON)."""
         from huggingface_hub.utils import build_hf_headers
 
-        response = await session.get(f"{self._url}{route}", headers=build_hf_headers(token=False), timeout=10)
-        if response.status_code != 200:
-            return None
+        parts = urlsplit(self._url)
+        url = parts._replace(path=parts.path.rstrip("/") + route).geturl()
+        response = await session.get(url, headers=build_hf_headers(token=False), timeout=timeout)
         try:
-            return response.json()
+            return response.status_code, response.json()
         except ValueError:
-            return None
+            return response.status_code, None
 
     async def probe(self) -> Status:
         """``/health``, then which server this is, from what it answers (``serving.kinds.KINDS``)."""
         import httpx2
 
         try:
-            async with self._session() as (client, session):
-                if not await client.health_check():
+            async with self._session() as (_, session):
+                status, health = await self._get(session, "/health", timeout=self.timeout)
+                if status != 200:
                     return Status(False, self.name, "/health does not answer 200 yet: warming up or unhealthy")
-                routes = ("/info", "/health", "/version", "/v1/models")
-                probe = Probe(*await asyncio.gather(*(self._get_json(session, route) for route in routes)))
+                routes = ("/info", "/version", "/v1/models")
+                answers = await asyncio.gather(*(self._get(session, route) for route in routes))
         except (httpx2.HTTPError, OSError) as err:
             return Status(False, self.name, f"unreachable: {one_line(err) or type(err).__name__}")
-        problem = self._learn(probe)
+        info, version, models = (body if status == 200 else None for status, body in answers)
+        problem = self._learn(Probe(info=info, health=health, version=version, models=models))
         return Status(not problem, self.name, problem or self.describe())
 
     def _learn(self, probe: Probe) -> str | None:

@@ -23,9 +23,10 @@ from demo import judge
 from serving import backends, credentials
 
 PASSWORD = "pw-Zq9x7Kw2"  # what must appear nowhere: distinct enough not to occur by chance
+KEY = "key-Vb7Qm3Xs"  # a gateway's key, in the URL's query
 HF_TOKEN = "hf_NeverSentOverPlainHttp0123456789"
 BASIC = "Basic " + base64.b64encode(f"user:{PASSWORD}".encode()).decode()
-SECRETS = (PASSWORD, HF_TOKEN, base64.b64encode(f"user:{PASSWORD}".encode()).decode())
+SECRETS = (PASSWORD, KEY, HF_TOKEN, base64.b64encode(f"user:{PASSWORD}".encode()).decode())
 
 
 def locked(url: str) -> str:
@@ -97,13 +98,13 @@ def test_a_side_with_a_password_answers_and_no_secret_reaches_page_api_log_datab
     reply_a, reply_b = "The locked side answers.", "The open side answers."
     with (
         TGIServer(Behaviour(reply=reply_a, basic_auth=("user", PASSWORD))) as a,
-        TGIServer(Behaviour(reply=reply_b)) as b,
+        TGIServer(Behaviour(reply=reply_b, query_key=KEY)) as b,
     ):
         port, db, mirror, log = free_port(), tmp_path / "ratings.db", tmp_path / "mirror", tmp_path / "app.log"
         env = {**os.environ, "PYTHONPATH": str(REPO), "HF_TOKEN": HF_TOKEN}
         env.pop("HF_TOKEN_HOSTS", None)
         # Both sides unnamed: each is named after its URL, the case that used to carry the password everywhere.
-        args = ["--left", locked(a.url), "--right", b.url, "--port", str(port), "--db", str(db)]
+        args = ["--left", locked(a.url), "--right", f"{b.url}/?api_key={KEY}", "--port", str(port), "--db", str(db)]
         with log.open("w") as out:
             process = subprocess.Popen(
                 [sys.executable, "demo/app.py", *args, "--mirror-dir", str(mirror)],
@@ -119,12 +120,13 @@ def test_a_side_with_a_password_answers_and_no_secret_reaches_page_api_log_datab
             process.wait(timeout=30)
         received = {"a": a.received, "b": b.received}
 
-    # The credentials worked: the locked side answered, and each of its requests carried them as HTTP Basic.
+    # The credentials worked: both sides answered, A's requests carried its password as HTTP Basic, B's its key.
     assert reply_a in html and reply_b in html and reply_a in answers
     assert "was http://127.0.0.1:" in html  # the reveal names the side by its URL without the password
     assert received["a"] and all(headers.get("authorization") == BASIC for _, _, headers in received["a"])
+    assert received["b"] and all(f"api_key={KEY}" in path for _, path, _ in received["b"])
     # HF_TOKEN went to neither: one has its own credentials, the other is plain http on a host not listed.
-    assert received["b"] and all("authorization" not in headers for _, _, headers in received["b"])
+    assert all("authorization" not in headers for _, _, headers in received["b"])
     errors = [a for a in json.loads(answers) if "500" in json.dumps(a)]
     assert "refused" in answers and "***" in answers, errors  # the echoed error reached the pane, redacted
 

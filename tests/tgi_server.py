@@ -32,8 +32,8 @@ The native ``/generate`` routes are left out: the arena speaks only the chat rou
 Errors are TGI's: the status code and a JSON body ``{"error": message, "error_type": type}``.
 
 ``Behaviour.basic_auth`` puts the server behind HTTP Basic authentication, as a reverse proxy would (401 with
-``WWW-Authenticate`` otherwise), and ``TGIServer.received`` records every request's headers, so a test sees which
-credentials each server was sent.
+``WWW-Authenticate`` otherwise), ``Behaviour.query_key`` behind a key in the URL's query (``?api_key=``), and
+``TGIServer.received`` records every request's headers, so a test sees which credentials each server was sent.
 
 Streams use HTTP/1.1 chunked transfer encoding and every event is written straight to the socket (Nagle off), so a
 client sees the tokens arrive at the pace ``Behaviour`` sets. ``die_after_tokens`` and :meth:`TGIServer.stop` close
@@ -62,6 +62,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, ClassVar
+from urllib.parse import parse_qs, urlsplit
 
 TGI_VERSION = "3.3.7"
 VLLM_VERSION = "0.33.0"
@@ -116,6 +117,7 @@ class Behaviour:
     # (user, password): every route answers 401 unless the request carries that HTTP Basic Authorization, as a
     # reverse proxy in front of TGI would (TGI itself has no user accounts).
     basic_auth: tuple[str, str] | None = None
+    query_key: str | None = None  # every route answers 401 unless the URL's query says api_key=<this> (a gateway)
 
     def tokens(self) -> list[str]:
         return re.findall(r"\s*\S+", self.reply)
@@ -166,13 +168,14 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _admitted(self) -> bool:
         """Records the request's headers (every route); False, having answered 401, when it lacks the basic
-        credentials the behaviour requires."""
+        credentials or the query key the behaviour requires."""
         tgi = self.server.tgi
         tgi._received(self.command, self.path, dict(self.headers))
-        if tgi.behaviour.basic_auth is None:
-            return True
-        expected = "Basic " + base64.b64encode(":".join(tgi.behaviour.basic_auth).encode()).decode()
-        if self.headers.get("Authorization") == expected:
+        basic, key = tgi.behaviour.basic_auth, tgi.behaviour.query_key
+        expected = "Basic " + base64.b64encode(":".join(basic).encode()).decode() if basic else None
+        if (expected is None or self.headers.get("Authorization") == expected) and (
+            key is None or parse_qs(urlsplit(self.path).query).get("api_key") == [key]
+        ):
             return True
         length = int(self.headers.get("Content-Length") or 0)
         if length:
@@ -190,20 +193,21 @@ class _Handler(BaseHTTPRequestHandler):
             return
         tgi = self.server.tgi
         behaviour = tgi.behaviour
-        if self.path in ("/health", "/ping", "/"):
+        path = urlsplit(self.path).path
+        if path in ("/health", "/ping", "/"):
             if behaviour.status == 503:
                 self._send_json(503, {"error": "unhealthy", "error_type": "healthcheck"})
             else:
                 self._send_body(200, b"", "text/plain; charset=utf-8")
-        elif self.path == "/info" and behaviour.server == "tgi":
+        elif path == "/info" and behaviour.server == "tgi":
             self._send_json(200, tgi.info())
-        elif self.path == "/version" and behaviour.server == "vllm":
+        elif path == "/version" and behaviour.server == "vllm":
             self._send_json(200, {"version": VLLM_VERSION})
-        elif self.path == "/v1/models":
+        elif path == "/v1/models":
             created = int(time.time())
             model = {"id": behaviour.model_id, "object": "model", "created": created, "owned_by": behaviour.model_id}
             self._send_json(200, {"object": "list", "data": [model]})
-        elif self.path == "/v1/chat/completions":
+        elif path == "/v1/chat/completions":
             self._send_body(405, b"", "text/plain; charset=utf-8")
         else:
             self._send_body(404, b"", "text/plain; charset=utf-8")
