@@ -54,6 +54,7 @@ def build(
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    backends.redact_logs()  # no credential reaches the log, whoever logs it (httpx logs each request's URL)
     return cli.run(_run, argv)
 
 

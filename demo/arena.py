@@ -219,7 +219,9 @@ def chat_messages(side: Side, streaming: str | None = None) -> list[dict]:
 
 
 def redact(text: str, secrets: list[str], side: str) -> str:
-    """``text`` with every name, path or URL that would tell which model sits on ``side`` replaced (blind mode)."""
+    """``text`` without credentials (``serving/credentials.py``), and with every name, path or URL that would tell
+    which model sits on ``side`` replaced (blind mode)."""
+    text = backends.redact(text)
     for secret in sorted({s for s in secrets if s and len(s) > 2}, key=len, reverse=True):
         text = text.replace(secret, f"model {side.upper()}")
     return text
@@ -227,18 +229,20 @@ def redact(text: str, secrets: list[str], side: str) -> str:
 
 def label(side: str, name: str, conversation: Conversation | None) -> str:
     if conversation is not None and conversation.revealed:
-        return f"### Model {side.upper()}: `{name}`"
+        return f"### Model {side.upper()}: `{backends.redact(name)}`"
     return f"### Model {side.upper()}"
 
 
 def secrets_of(backend: object) -> list[str]:
-    """What would name the model behind a side: its name, source, URL, served model id."""
-    return [str(getattr(backend, key, "") or "") for key in ("name", "source", "url", "model", "model_id")]
+    """What would name the model behind a side: its name, source, URL, served model id (as shown: redacted)."""
+    keys = ("name", "source", "url", "model", "model_id")
+    return [backends.redact(str(getattr(backend, key, "") or "")) for key in keys]
 
 
 def shown_error(text: str, backend: object, side: str, conversation: Conversation) -> str:
-    """An error as the rater may see it: in blind mode, without anything that names the side's model."""
-    return text if conversation.revealed else redact(text, secrets_of(backend), side)
+    """An error as the rater may see it: never with a credential; in blind mode, without anything that names
+    the side's model."""
+    return backends.redact(text) if conversation.revealed else redact(text, secrets_of(backend), side)
 
 
 # -- a turn, as a stream of events -------------------------------------------------------------------------

@@ -136,7 +136,9 @@ class Judge:
     ) -> None:
         self.given_name, url = backends.parse_source(source)
         if not url.startswith(("http://", "https://")):
-            raise JudgeError(f"--judge must be a TGI or OpenAI-compatible server's URL[#model], got {source!r}")
+            raise JudgeError(
+                f"--judge must be a TGI or OpenAI-compatible server's URL[#model], got {backends.redact(source)!r}"
+            )
         base, _, model = url.partition("#")
         self.backend = backends.RemoteBackend(base, model=model.strip() or None, timeout=timeout)
         # Greedy and unpenalised: the same answer each time it is asked (the penalty 1.0 is none on every server).

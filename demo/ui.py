@@ -392,7 +392,7 @@ class ArenaTab:
         except (ratings.NotAllowed, ValueError) as err:
             raise gr.Error(str(err)) from None
         conv.verdict = verdict
-        said, (a, b) = protocol.VERDICT_SAID[verdict], conv.names
+        said, (a, b) = protocol.VERDICT_SAID[verdict], (backends.redact(name) for name in conv.names)
         note = f"Verdict saved: **{said}**. A was `{a}`, B was `{b}`. Start a new conversation."
         return {
             **{self.labels[side]: arena.label(side, conv.names[i], conv) for i, side in enumerate(protocol.SIDES)},

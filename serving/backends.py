@@ -12,11 +12,13 @@ This module is the one callers import (``from serving import backends``): it cho
 source and names everything a caller uses (``serving/decoding.py``: ``Decoding``, ``BackendError``,
 ``Waiting``, ``Status``, ``TOTAL_TOKEN_BUDGET``...). Every failure a rater can meet (unreachable, warming up,
 overloaded, timeout, a server error) is raised as a ``BackendError`` whose message is one line fit to show in
-that side's pane.
+that side's pane, with no credential in it (``serving/credentials.py``: the one redaction rule, and where
+``HF_TOKEN`` may be sent).
 """
 
 from __future__ import annotations
 
+from serving.credentials import redact, redact_logs, sends_hf_token
 from serving.decoding import (
     PENALTY_SCOPE,
     TOTAL_TOKEN_BUDGET,
@@ -44,14 +46,19 @@ __all__ = [
     "decoding_record",
     "make_backend",
     "parse_source",
+    "redact",
+    "redact_logs",
+    "sends_hf_token",
 ]
 
 
 def parse_source(spec: str) -> tuple[str | None, str]:
-    """``NAME=SOURCE`` names a side for the report; a bare ``SOURCE`` is named after what it serves."""
+    """``NAME=SOURCE`` names a side for the report; a bare ``SOURCE`` is named after what it serves. The name is
+    redacted (it is shown and stored); the source keeps its credentials for the backend to use, and a backend
+    names itself after the source's redacted form (``serving/credentials.py``)."""
     name, sep, source = spec.partition("=")
     if sep and name and not any(ch in name for ch in "/:\\"):
-        return name.strip(), source.strip()
+        return redact(name.strip()), source.strip()
     return None, spec.strip()
 
 

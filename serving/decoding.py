@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from serving import credentials
+
 # The paper's decoding (section 4.1): nucleus sampling p = 0.9, temperature 0.7, a repetition penalty of 1.2
 # (Keskar et al.'s, over "previously generated tokens"), at most 2,048 tokens in all (prompt + answer).
 TOTAL_TOKEN_BUDGET = 2048
@@ -51,16 +53,22 @@ class BackendError(Exception):
     ``status`` is the HTTP status the server answered, if it answered one (a 422 refuses that request only)."""
 
     def __init__(self, message: str, warming_up: bool = False, status: int | None = None) -> None:
-        super().__init__(message)
+        super().__init__(credentials.redact(message))  # it reaches the pane, the logs and the judge's stderr
         self.warming_up = warming_up
         self.status = status
 
 
 @dataclass(frozen=True)
 class Status:
+    """A side's status line (the page's header, the start-up log); its texts are redacted as made."""
+
     ok: bool
     model: str
     detail: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "model", credentials.redact(self.model))
+        object.__setattr__(self, "detail", credentials.redact(self.detail))
 
 
 class Waiting(str):

@@ -15,6 +15,7 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+from serving import credentials
 from serving.decoding import PENALTY_SCOPE, TOTAL_TOKEN_BUDGET, BackendError, Decoding, Status, Waiting, decoding_record
 
 _IMPORT_LOCK = threading.Lock()
@@ -38,7 +39,7 @@ class LocalBackend:
 
     def __init__(self, source: str, name: str | None = None, device: str | None = None, max_batch: int = 8) -> None:
         self.source = source
-        self.name = name or _local_name(source)
+        self.name = credentials.redact(name or _local_name(source))  # shown, stored and logged
         self.device = device
         self.max_batch = max_batch
         self.batcher = None

@@ -9,10 +9,12 @@ decoding in its own terms: the same rater setting means the same decoding on eve
 from __future__ import annotations
 
 import asyncio
-import os
+import contextlib
 import threading
 from collections.abc import AsyncIterator
+from urllib.parse import urlsplit
 
+from serving import credentials
 from serving.decoding import BackendError, Decoding, Status, Waiting, decoding_record, one_line
 from serving.kinds import Probe, ServerKind, kind_named, recognise
 
@@ -25,6 +27,7 @@ _STATUS_MESSAGES = {
     429: "the server is overloaded (429): retry in a moment",
     503: "the server is warming up or unavailable (503)",
 }
+credentials.redact_client_logs()  # a URL's query may hold a token, and httpx logs every request's URL
 # Fields ``chat_completion`` takes by name; any other field a kind's terms hold goes in ``extra_body``.
 _NAMED_FIELDS = ("model", "max_tokens", "temperature", "top_p", "presence_penalty", "frequency_penalty")
 
@@ -42,63 +45,82 @@ class RemoteBackend:
         model: str | None = None,
         max_concurrent: int | None = None,
     ) -> None:
-        self.source = url.rstrip("/") + (f"#{model}" if model else "")
+        # The URL as given stays private to the requests (its query may hold a token the server needs); its
+        # user-info becomes the Authorization header (never a URL httpx would log). Everything else, the
+        # names shown, stored and logged included, is the redacted form (serving/credentials.py).
+        self._url, self._basic = credentials.split_url(url.rstrip("/"))
+        self._model = model or None
+        self.url = credentials.redact(self._url)
+        self.model = credentials.redact(model) if model else None
+        self.source = self.url + (f"#{self.model}" if self.model else "")
         # How many answers this side asks of its server at once: the setting, else what TGI's /info says it
         # takes (max_concurrent_requests; beyond it TGI answers 429), else no cap. A burst becomes a queue here.
         self.max_concurrent = max_concurrent
         self.server_cap: int | None = None
         self.active = 0
         self._gate = threading.Lock()
-        self.url = url.rstrip("/")
         self.timeout = timeout
-        self.model = model or None
         self.model_id: str | None = None
         self.kind: str | None = None  # learnt by probe(): the name of one of serving.kinds.KINDS
         self.version: str | None = None
-        self.name = name or self.source
+        self.name = credentials.redact(name) if name else self.source
 
     @property
     def server(self) -> ServerKind:
         return kind_named(self.kind)
 
-    def _token(self) -> str | None:
-        return os.environ.get("HF_TOKEN") or None
+    def _authorize(self, request):
+        """Every request to this side carries its own credentials (the URL's user-info), else HF_TOKEN only where
+        ``credentials.sends_hf_token`` allows, else nothing: huggingface_hub would add HF_TOKEN to any URL."""
+        value = self._basic or credentials.authorization(self._url)
+        if value:
+            request.headers["Authorization"] = value
+        elif "Authorization" in request.headers:
+            del request.headers["Authorization"]
+        return request
 
-    def _client(self):
+    @contextlib.asynccontextmanager
+    async def _session(self):
+        """An inference client and its HTTP session (what chat_completion uses), which signs as ``_authorize``
+        says."""
         from huggingface_hub import AsyncInferenceClient
 
-        # provider="hf-inference": the provider under which health_check speaks to a URL.
-        token, timeout = self._token(), self.timeout
-        return AsyncInferenceClient(base_url=self.url, token=token, timeout=timeout, provider="hf-inference")
+        # provider="hf-inference": the provider under which the client speaks to a URL.
+        async with AsyncInferenceClient(base_url=self._url, timeout=self.timeout, provider="hf-inference") as client:
+            # The client's own httpx2 session. huggingface_hub's public get_async_session() builds a new client
+            # each time: tried, it made two concurrent first streams ~0.15 s slower here.
+            session = await client._get_async_client()
+            session.auth = self._authorize
+            yield client, session
 
-    async def _get_json(self, client, route: str) -> object | None:
-        """``GET route`` with the client's own HTTP session; the JSON, or None for an error status or non-JSON."""
+    async def _get(self, session, route: str, timeout: float = 10) -> tuple[int, object | None]:
+        """``GET route`` (after the URL's path, before its query: a token there still goes); the status and the
+        JSON (None: not JSON)."""
         from huggingface_hub.utils import build_hf_headers
 
-        # The client's own httpx2 session (what chat_completion uses). huggingface_hub's public get_async_session()
-        # builds a new client each time: tried, it made two concurrent first streams ~0.15 s slower here.
-        session = await client._get_async_client()
-        response = await session.get(f"{self.url}{route}", headers=build_hf_headers(token=self._token()), timeout=10)
-        if response.status_code != 200:
-            return None
+        parts = urlsplit(self._url)
+        url = parts._replace(path=parts.path.rstrip("/") + route).geturl()
+        response = await session.get(url, headers=build_hf_headers(token=False), timeout=timeout)
         try:
-            return response.json()
+            return response.status_code, response.json()
         except ValueError:
-            return None
+            return response.status_code, None
 
     async def probe(self) -> Status:
         """``/health``, then which server this is, from what it answers (``serving.kinds.KINDS``)."""
         import httpx2
 
         try:
-            async with self._client() as client:
-                if not await client.health_check():
+            async with self._session() as (_, session):
+                status, health = await self._get(session, "/health", timeout=self.timeout)
+                if status != 200:
                     return Status(False, self.name, "/health does not answer 200 yet: warming up or unhealthy")
-                routes = ("/info", "/health", "/version", "/v1/models")
-                probe = Probe(*await asyncio.gather(*(self._get_json(client, route) for route in routes)))
+                routes = ("/info", "/version", "/v1/models")
+                answers = await asyncio.gather(*(self._get(session, route) for route in routes))
         except (httpx2.HTTPError, OSError) as err:
             return Status(False, self.name, f"unreachable: {one_line(err) or type(err).__name__}")
-        problem = self._learn(probe)
+        info, version, models = (body if status == 200 else None for status, body in answers)
+        problem = self._learn(Probe(info=info, health=health, version=version, models=models))
         return Status(not problem, self.name, problem or self.describe())
 
     def _learn(self, probe: Probe) -> str | None:
@@ -111,7 +133,7 @@ class RemoteBackend:
             self.server_cap = cap if isinstance(cap, int) and cap > 0 else None
             return None
         ids = [m["id"] for m in probe.served()]
-        if self.model is None and len(ids) > 1:
+        if self._model is None and len(ids) > 1:
             shown = ", ".join(ids[:3]) + (", ..." if len(ids) > 3 else "")
             return f"serves {len(ids)} models ({shown}): name one after # in the source"
         self.model_id = self.model or (ids[0] if ids else None)
@@ -131,7 +153,7 @@ class RemoteBackend:
     def _target(self) -> str | None:
         """The request's ``model``: on TGI an adapter id (none: the base model); elsewhere the model to use,
         named after ``#`` or the server's only one (vLLM refuses a name it does not serve)."""
-        return self.model if self.server.model_is_adapter else (self.model or self.model_id)
+        return self._model if self.server.model_is_adapter else (self._model or self.model_id)
 
     def decoding_record(self, decoding: Decoding) -> dict:
         kind = self.server
@@ -169,7 +191,7 @@ class RemoteBackend:
         fields = self.server.terms(decoding, self._target())
         named = {key: fields.pop(key) for key in _NAMED_FIELDS if key in fields}
         try:
-            async with self._client() as client:
+            async with self._session() as (client, _):
                 chunks = await client.chat_completion(messages, stream=True, **named, extra_body=fields or None)
                 async for chunk in chunks:
                     if finish is not None:

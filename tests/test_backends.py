@@ -236,6 +236,7 @@ def test_remote_probe_reads_info(server: TGIServer):
 
 def test_tgi_applies_the_papers_decoding_through_presence_penalty(server: TGIServer, monkeypatch):
     monkeypatch.setenv("HF_TOKEN", "hf_test_token")
+    monkeypatch.setenv("HF_TOKEN_HOSTS", "http://127.0.0.1")  # the opt-in: plain http to loopback gets the token
     backend = RemoteBackend(server.url)
     chunks, error = collect(backend, HISTORY, Decoding(max_new_tokens=300))
     assert error is None
@@ -250,7 +251,7 @@ def test_tgi_applies_the_papers_decoding_through_presence_penalty(server: TGISer
     assert applied["repetition_penalty"] == pytest.approx(1.2)
     assert (applied["do_sample"], applied["temperature"], applied["top_p"], applied["top_k"]) == (True, 0.7, 0.9, None)
     assert (applied["max_new_tokens"], applied["adapter"]) == (300, None)
-    assert server.headers[0]["authorization"] == "Bearer hf_test_token"  # HF_TOKEN from the environment
+    assert server.headers[0]["authorization"] == "Bearer hf_test_token"  # HF_TOKEN, to a host listed for it
 
     record = backend.decoding_record(Decoding(max_new_tokens=300))
     assert record["server"] == "tgi 3.3.7" and record["penalty_scope"] == "context" and record["may_ignore"] == []

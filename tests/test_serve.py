@@ -101,8 +101,8 @@ def test_compose_has_two_tgi_services_on_the_pinned_image(compose: dict) -> None
 @pytest.mark.parametrize(
     ("name", "port", "mount", "model_env", "fraction"),
     [
-        ("tgi-a", "${PORT_A:-8081}:80", "/models/a", "MODEL_A_DIR", "${FRACTION_A:-0.45}"),
-        ("tgi-b", "${PORT_B:-8082}:80", "/models/b", "MODEL_B_DIR", "${FRACTION_B:-0.9}"),
+        ("tgi-a", "${BIND:-127.0.0.1}:${PORT_A:-8081}:80", "/models/a", "MODEL_A_DIR", "${FRACTION_A:-0.45}"),
+        ("tgi-b", "${BIND:-127.0.0.1}:${PORT_B:-8082}:80", "/models/b", "MODEL_B_DIR", "${FRACTION_B:-0.9}"),
     ],
 )
 def test_compose_service_ports_mount_and_flags(
@@ -235,10 +235,10 @@ def test_serve_sh_starts_a_then_sizes_and_starts_b(tmp_path: Path, fake_bin: Pat
     assert calls[smi] == "nvidia-smi --id=1 --query-gpu=memory.free,memory.total --format=csv,noheader,nounits"
     assert f"MODEL_A_DIR={run_a / 'epoch-10'} MODEL_B_DIR={run_b / 'epoch-10'}" in calls[up_a]
     assert "FRACTION_B=0.9748 " in calls[up_b]
-    assert any("localhost:8081/health" in call for call in calls[up_a:smi])
-    assert any("localhost:8082/health" in call for call in calls[up_b:])
+    assert any("127.0.0.1:8081/health" in call for call in calls[up_a:smi])  # loopback: where compose binds
+    assert any("127.0.0.1:8082/health" in call for call in calls[up_b:])
     assert "fraction 0.9748" in result.stdout
-    assert "python demo/app.py --left http://localhost:8081 --right http://localhost:8082" in result.stdout
+    assert "python demo/app.py --left http://127.0.0.1:8081 --right http://127.0.0.1:8082" in result.stdout
 
 
 def test_serve_sh_health_timeout(tmp_path: Path, fake_bin: Path) -> None:

@@ -31,6 +31,10 @@ The native ``/generate`` routes are left out: the arena speaks only the chat rou
 
 Errors are TGI's: the status code and a JSON body ``{"error": message, "error_type": type}``.
 
+``Behaviour.basic_auth`` puts the server behind HTTP Basic authentication, as a reverse proxy would (401 with
+``WWW-Authenticate`` otherwise), ``Behaviour.query_key`` behind a key in the URL's query (``?api_key=``), and
+``TGIServer.received`` records every request's headers, so a test sees which credentials each server was sent.
+
 Streams use HTTP/1.1 chunked transfer encoding and every event is written straight to the socket (Nagle off), so a
 client sees the tokens arrive at the pace ``Behaviour`` sets. ``die_after_tokens`` and :meth:`TGIServer.stop` close
 the connection in the middle of the chunked body, so a client gets an incomplete-body error exactly as when a real
@@ -46,6 +50,7 @@ Usage::
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import dataclasses
 import json
@@ -57,6 +62,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, ClassVar
+from urllib.parse import parse_qs, urlsplit
 
 TGI_VERSION = "3.3.7"
 VLLM_VERSION = "0.33.0"
@@ -108,6 +114,10 @@ class Behaviour:
     max_concurrent_requests: int = 128
     arrived: threading.Event | None = None
     hold: tuple[threading.Event, int] | None = None
+    # (user, password): every route answers 401 unless the request carries that HTTP Basic Authorization, as a
+    # reverse proxy in front of TGI would (TGI itself has no user accounts).
+    basic_auth: tuple[str, str] | None = None
+    query_key: str | None = None  # every route answers 401 unless the URL's query says api_key=<this> (a gateway)
 
     def tokens(self) -> list[str]:
         return re.findall(r"\s*\S+", self.reply)
@@ -156,28 +166,55 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             self._drop()
 
+    def _admitted(self) -> bool:
+        """Records the request's headers (every route); False, having answered 401, when it lacks the basic
+        credentials or the query key the behaviour requires."""
+        tgi = self.server.tgi
+        tgi._received(self.command, self.path, dict(self.headers))
+        basic, key = tgi.behaviour.basic_auth, tgi.behaviour.query_key
+        expected = "Basic " + base64.b64encode(":".join(basic).encode()).decode() if basic else None
+        if (expected is None or self.headers.get("Authorization") == expected) and (
+            key is None or parse_qs(urlsplit(self.path).query).get("api_key") == [key]
+        ):
+            return True
+        length = int(self.headers.get("Content-Length") or 0)
+        if length:
+            self.rfile.read(length)
+        self.send_response(401)
+        self.send_header("WWW-Authenticate", 'Basic realm="tgi"')
+        self.send_header("Content-Type", "text/plain; charset=utf-8")
+        self.send_header("Content-Length", "12")
+        self.end_headers()
+        self.wfile.write(b"Unauthorized")
+        return False
+
     def do_GET(self) -> None:
+        if not self._admitted():
+            return
         tgi = self.server.tgi
         behaviour = tgi.behaviour
-        if self.path in ("/health", "/ping", "/"):
+        path = urlsplit(self.path).path
+        if path in ("/health", "/ping", "/"):
             if behaviour.status == 503:
                 self._send_json(503, {"error": "unhealthy", "error_type": "healthcheck"})
             else:
                 self._send_body(200, b"", "text/plain; charset=utf-8")
-        elif self.path == "/info" and behaviour.server == "tgi":
+        elif path == "/info" and behaviour.server == "tgi":
             self._send_json(200, tgi.info())
-        elif self.path == "/version" and behaviour.server == "vllm":
+        elif path == "/version" and behaviour.server == "vllm":
             self._send_json(200, {"version": VLLM_VERSION})
-        elif self.path == "/v1/models":
+        elif path == "/v1/models":
             created = int(time.time())
             model = {"id": behaviour.model_id, "object": "model", "created": created, "owned_by": behaviour.model_id}
             self._send_json(200, {"object": "list", "data": [model]})
-        elif self.path == "/v1/chat/completions":
+        elif path == "/v1/chat/completions":
             self._send_body(405, b"", "text/plain; charset=utf-8")
         else:
             self._send_body(404, b"", "text/plain; charset=utf-8")
 
     def do_POST(self) -> None:
+        if not self._admitted():
+            return
         routes = {"/v1/chat/completions": self._chat}
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length) if length else b""
@@ -448,6 +485,8 @@ class TGIServer:
         self.requests: list[dict] = []
         self.applied: list[dict] = []  # per chat request TGI accepted: what the model would generate with
         self.headers: list[dict[str, str]] = []  # the HTTP headers of each recorded request, in order
+        # Every request that arrived, any route, admitted or not: (method, path, headers with lower-case names).
+        self.received: list[tuple[str, str, dict[str, str]]] = []
         self.in_flight = 0  # generation requests being answered now, and the most at once
         self.peak_in_flight = 0
         self._lock = threading.Lock()
@@ -582,6 +621,10 @@ class TGIServer:
         with self._lock:
             self.requests.append(body)
             self.headers.append({k.lower(): v for k, v in headers.items()})
+
+    def _received(self, method: str, path: str, headers: dict[str, str]) -> None:
+        with self._lock:
+            self.received.append((method, path, {k.lower(): v for k, v in headers.items()}))
 
     def _track(self, conn: socket.socket, add: bool) -> None:
         with self._lock:

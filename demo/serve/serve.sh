@@ -4,7 +4,8 @@
 # usage: demo/serve/serve.sh MODEL_A_DIR MODEL_B_DIR
 #   Each argument is a servable model folder (config.json, weights, tokenizer) or a run folder whose
 #   `selected` file names one (runs/<recipe>/<model>/selected -> epoch-N).
-# env: PORT_A (8081) PORT_B (8082) FRACTION_A (0.45) MARGIN_MIB (2048) GPU (0) HEALTH_TIMEOUT (900 s)
+# env: PORT_A (8081) PORT_B (8082) BIND (127.0.0.1: loopback only, see compose.yaml) FRACTION_A (0.45)
+#      MARGIN_MIB (2048) GPU (0) HEALTH_TIMEOUT (900 s)
 #      TGI_IMAGE MAX_INPUT_TOKENS MAX_TOTAL_TOKENS (see compose.yaml)
 # Errors: one line on stderr, exit 2.
 set -euo pipefail
@@ -32,9 +33,9 @@ model_dir() {
 	(cd "$dir" && pwd)
 }
 
-# 0 when http://localhost:PORT/health answers 200.
+# 0 when http://HOST:PORT/health answers 200.
 healthy() {
-	local url="http://localhost:$1/health"
+	local url="http://$HOST:$1/health"
 	if command -v curl >/dev/null 2>&1; then
 		curl -fsS -o /dev/null --max-time 5 "$url" 2>/dev/null
 	else
@@ -44,7 +45,7 @@ healthy() {
 
 wait_healthy() {
 	local service="$1" port="$2" deadline=$((SECONDS + HEALTH_TIMEOUT)) state
-	echo "waiting for $service on http://localhost:$port/health (up to ${HEALTH_TIMEOUT}s)..."
+	echo "waiting for $service on http://$HOST:$port/health (up to ${HEALTH_TIMEOUT}s)..."
 	until healthy "$port"; do
 		state="$(docker compose -f "$COMPOSE" ps -a --format '{{.State}}' "$service" 2>/dev/null || true)"
 		case "$state" in
@@ -62,6 +63,9 @@ MODEL_A_DIR="$(model_dir "$1")"
 MODEL_B_DIR="$(model_dir "$2")"
 export MODEL_A_DIR MODEL_B_DIR
 export PORT_A="${PORT_A:-8081}" PORT_B="${PORT_B:-8082}" FRACTION_A="${FRACTION_A:-0.45}" GPU="${GPU:-0}"
+export BIND="${BIND:-127.0.0.1}"
+HOST="$BIND" # where this host reaches the servers
+[[ "$HOST" == "0.0.0.0" ]] && HOST=127.0.0.1
 MARGIN_MIB="${MARGIN_MIB:-2048}"
 HEALTH_TIMEOUT="${HEALTH_TIMEOUT:-900}"
 HEALTH_INTERVAL="${HEALTH_INTERVAL:-5}"
@@ -89,8 +93,8 @@ docker compose -f "$COMPOSE" up -d tgi-b || die "docker compose could not start 
 wait_healthy tgi-b "$PORT_B"
 
 cat <<DONE
-left  (A): http://localhost:$PORT_A
-right (B): http://localhost:$PORT_B
-arena:     python demo/app.py --left http://localhost:$PORT_A --right http://localhost:$PORT_B
+left  (A): http://$HOST:$PORT_A
+right (B): http://$HOST:$PORT_B
+arena:     python demo/app.py --left http://$HOST:$PORT_A --right http://$HOST:$PORT_B
 stop:      MODEL_A_DIR=$MODEL_A_DIR MODEL_B_DIR=$MODEL_B_DIR docker compose -f $COMPOSE down
 DONE
