@@ -449,7 +449,8 @@ async def _stream(
         answer.error = str(err)
     except Exception as err:  # a bug or an unforeseen failure: still that side's error, not a hang
         log.exception("side %s (%s) failed", side_key, backend.name)
-        answer.error = f"unexpected error: {str(err).splitlines()[0] if str(err) else type(err).__name__}"
+        said = str(err).splitlines()[0] if str(err) else type(err).__name__
+        answer.error = backends.redact(f"unexpected error: {said}")  # the store and the Hub keep it: no secrets
 
 
 async def _store(

@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 from common.cli import UserError
 from common.yamlfile import read_mapping
 from demo import protocol
+from serving.credentials import redact
 
 log = logging.getLogger(__name__)
 
@@ -192,7 +193,7 @@ def check_source(flag: str, spec: str) -> None:
     what_to_pass = "pass a trained model folder (runs/<recipe>/<model>/epoch-N), a Hub id, or a server URL"
     if source.startswith(("http://", "https://")):
         if not urlsplit(source).hostname:
-            raise SettingsError(f"{flag} {source}: a URL needs a host, e.g. http://127.0.0.1:8080")
+            raise SettingsError(f"{flag} {redact(source)}: a URL needs a host, e.g. http://127.0.0.1:8080")
         return
     path = Path(source).expanduser()
     if path.is_dir():
