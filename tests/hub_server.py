@@ -49,6 +49,8 @@ class HubServer:
         self.repos: dict[str, Repo] = {}
         self.lock = threading.Lock()
         self.requests: list[tuple[str, str]] = []  # (method, path) of every request, for tests to read
+        # (status, headers) answered to every request instead, to play a Hub that refuses (gated, bad token)
+        self.refuse: tuple[int, dict[str, str]] | None = None
         hub = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -77,6 +79,13 @@ class HubServer:
         self.server.shutdown()
         self.server.server_close()
 
+    def put(self, repo_id: str, path: str, data: bytes) -> None:
+        """A file already in a repo (a dataset someone else published), as one commit."""
+        with self.lock:
+            repo = self.repos.setdefault(repo_id, Repo())
+            repo.files[path] = data
+            repo.commits.append((hashlib.sha1(repo_id.encode() + data).hexdigest(), time.time()))
+
     def commit_times(self, repo_id: str) -> list[float]:
         with self.lock:
             repo = self.repos.get(repo_id)
@@ -89,14 +98,16 @@ class HubServer:
         length = int(request.headers.get("Content-Length") or 0)
         body = request.rfile.read(length) if length else b""
         self.requests.append((method, path))
-        for route_method, pattern, name in ROUTES:
-            match = pattern.match(path)
-            if match and route_method == method:
-                with self.lock:
-                    status, headers, payload = getattr(self, f"_{name}")(match.groupdict(), body)
-                break
+        status, headers, payload = 404, {"X-Error-Code": "EntryNotFound"}, b'{"error": "no such route"}'
+        if self.refuse is not None:
+            status, headers, payload = *self.refuse, b'{"error": "refused"}'
         else:
-            status, headers, payload = 404, {"X-Error-Code": "EntryNotFound"}, b'{"error": "no such route"}'
+            for route_method, pattern, name in ROUTES:
+                match = pattern.match(path)
+                if match and route_method == method:
+                    with self.lock:
+                        status, headers, payload = getattr(self, f"_{name}")(match.groupdict(), body)
+                    break
         request.send_response(status)
         for key, value in {"Content-Type": "application/json", **headers}.items():
             request.send_header(key, value)
