@@ -6,7 +6,7 @@ store is one self-contained event (a conversation with its models and blind flag
 decoding and timings, a rating, a verdict naming the models, a review hand-out, a model judge's answer),
 committed to SQLite in the same transaction as the tables it changes (``ratings.Store``). The mirror copies those
 events, in order, to a JSONL file of this process's own (``events-<uuid>.jsonl``, then ``events-<uuid>.pNNNN.jsonl``
-parts of at most ``PART_BYTES``: two replicas never write one file, and a push re-uploads one small part, not the
+parts of about ``PART_BYTES``: two replicas never write one file, and a push re-uploads one small part, not the
 whole history) and fsyncs it; the scheduler uploads what changed every ``push_every_s`` seconds (only when there
 is something new) and once more at shutdown. A hard crash without persistent storage loses at most what was
 acknowledged since the last push began: the interval plus one upload.

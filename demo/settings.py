@@ -137,6 +137,8 @@ def parse(argv: list[str] | None = None, environ: dict[str, str] | None = None) 
     if storage is not None and given.get("db") is None:
         values["db"] = str(storage / "ratings.db")
         log.info("persistent storage at %s: the database and its event log are kept there (%s)", storage, values["db"])
+    elif storage is None and environ.get("SPACE_ID") and not values["dataset_repo"]:
+        log.warning("a Space with no persistent storage and no dataset repo: every rating goes with the container")
     settings = Settings(**values)
     if settings.turn_limit < 1:
         raise SettingsError(f"turn_limit must be at least 1, got {settings.turn_limit}")

@@ -458,3 +458,28 @@ def test_a_space_with_persistent_storage_keeps_the_database_there_unless_told_ot
     assert settings.parse([], environ=space).db == "ratings.db"  # a Space without it
     with pytest.raises(settings.SettingsError, match="push_every must be at least 1 second"):
         settings.parse(["--push-every", "0"], environ={})
+
+
+def test_parts_and_a_shorter_copy_of_the_same_file_rebuild_in_their_order(tmp_path: Path, monkeypatch):
+    """A mirror begins a new part when its file is full; the repo's copy of a file may be older (shorter) than the
+    folder's. Read together, in any order, they are one stream: the same database, row for row."""
+    monkeypatch.setattr(mirror, "PART_BYTES", 2000)
+    store = Store(tmp_path / "ratings.db")
+    copy = mirror.JsonlMirror(tmp_path / "folder", store)
+    collect(store)
+    copy.stop()
+    store.close()
+    parts = sorted((tmp_path / "folder").glob("events-*.jsonl"))
+    assert len(parts) >= 3 and parts[-1] == copy.path and ".p0001." in parts[1].name
+    older = tmp_path / "repo" / "events"
+    older.mkdir(parents=True)
+    first = parts[0].read_text().splitlines(keepends=True)
+    (older / parts[0].name).write_text("".join(first[: len(first) // 2]))
+    for index, sources in enumerate(
+        ([tmp_path / "repo", tmp_path / "folder"], [tmp_path / "folder", tmp_path / "repo"])
+    ):
+        rebuilt = Store(tmp_path / f"rebuilt-{index}.db")
+        summary = mirror.rebuild(sources, rebuilt)
+        rebuilt.close()
+        assert summary["duplicates"] == len(first) // 2
+        assert dump(tmp_path / f"rebuilt-{index}.db") == dump(tmp_path / "ratings.db")
