@@ -7,7 +7,7 @@ FROM python:3.11-slim
 RUN useradd -m -u 1000 user
 USER user
 ENV HOME=/home/user PATH=/home/user/.local/bin:$PATH PYTHONUNBUFFERED=1 \
-    LIMA_ARENA_HOST=0.0.0.0 LIMA_ARENA_PORT=7860 LIMA_ARENA_DB=/home/user/app/data/ratings.db \
+    LIMA_ARENA_HOST=0.0.0.0 LIMA_ARENA_PORT=7860 \
     LIMA_ARENA_RUNS=/home/user/app/runs HF_HUB_DISABLE_TELEMETRY=1 GRADIO_ANALYTICS_ENABLED=False
 WORKDIR /home/user/app
 COPY --chown=user requirements.txt .
@@ -20,7 +20,6 @@ COPY --chown=user common common
 COPY --chown=user serving serving
 COPY --chown=user dialogues dialogues
 COPY --chown=user LICENSE README.md ./
-RUN mkdir -p data
 # The embedded pair, trained once per build when a side has no URL (10 to 25 minutes on 2 CPU cores; a Space
 # whose two sides are servers skips it). The bundled Gemma 3 270M came with requirements.txt: no download.
 ARG LIMA_ARENA_LEFT=""

@@ -25,7 +25,14 @@ app writes its event log to a mirror folder, which is replaced by a file (every 
 half of the ratings, then restored; after a SIGTERM, ``mirror_lost`` / ``mirror_duplicates`` compare the
 folder's events with the database's (target 0 and 0).
 
-Prints one JSON line. ``python bench/ratings_load.py [--raters 50] [--ratings 40] [--kill | --mirror-fails]``.
+With ``--kill --wipe`` the app pushes its event log to a dataset repo on a local Hub-protocol server
+(``tests/hub_server.py``, at ``HF_ENDPOINT``) every ``--push-every`` seconds, as on a Space without persistent
+storage; after the SIGKILL its database and mirror folder are deleted (the container is gone) and it restarts from
+the repo. ``acknowledged_lost`` counts acknowledged ratings missing after the restart, and ``loss_window_s`` is how
+long before the kill the oldest of them was acknowledged (0 when none is lost): at most the push interval plus one
+upload (target: under 60 s).
+
+Prints one JSON line. ``python bench/ratings_load.py [--raters 50] [--ratings 40] [--kill [--wipe] | --mirror-fails]``.
 """
 
 from __future__ import annotations
@@ -33,10 +40,12 @@ from __future__ import annotations
 import argparse
 import collections
 import http.client
+import itertools
 import json
 import multiprocessing
 import os
 import random
+import shutil
 import signal
 import sqlite3
 import statistics
@@ -53,6 +62,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
 from gradio_client import Client  # noqa: E402
+from hub_server import HubServer  # noqa: E402
 from tgi_server import Behaviour, TGIServer, free_port  # noqa: E402
 
 from common import cli  # noqa: E402
@@ -64,7 +74,8 @@ DECODING = (0.7, 0.9, 1.2, 64)
 class App:
     """``python demo/app.py`` in a subprocess, restartable on the same database and port."""
 
-    def __init__(self, left: str, right: str, db: Path, mirror: Path | None = None) -> None:
+    def __init__(self, left: str, right: str, db: Path, mirror: Path | None = None, env: dict | None = None) -> None:
+        self.env = env or {}
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
         self.args = [sys.executable, "demo/app.py", "--left", left, "--right", right, "--db", str(db)]
@@ -75,7 +86,7 @@ class App:
         self.process: subprocess.Popen | None = None
 
     def start(self) -> None:
-        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        env = {**os.environ, "PYTHONPATH": str(REPO), **self.env}
         with self.log.open("a") as out:
             self.process = subprocess.Popen(self.args, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
         deadline = time.time() + 120
@@ -160,7 +171,7 @@ def rater(
             errors.append(f"{name} rating {i} ({'http' if i % 2 else 'gradio_client'}): {str(err)[:200]}")
             return
         (plain_latencies if i % 2 else latencies).append(time.perf_counter() - started)
-        acked.append((turn_id, name, rating, i, sent_at))
+        acked.append((turn_id, name, rating, i, sent_at, time.time()))
         with count.get_lock():
             count.value += 1
     try:
@@ -211,7 +222,7 @@ def check(db: Path, acked: list, in_flight: int = 0) -> dict:
         extra_by_rater[name] += n
     extra = sum(max(0, n - in_flight) for n in extra_by_rater.values())
     last: dict[tuple[str, str], tuple[int, str]] = {}
-    for turn_id, name, rating, i, _ in acked:
+    for turn_id, name, rating, i, *_ in acked:
         if (turn_id, name) not in last or i > last[(turn_id, name)][0]:
             last[(turn_id, name)] = (i, rating)
     view = collections.Counter((t, r) for t, r, _ in current)
@@ -237,7 +248,7 @@ def commit_latencies(db: Path, acked: list) -> list[float]:
     for turn_id, name, at in rows:
         committed[(turn_id, name)].append(at)
     sent: dict[tuple[str, str], list[float]] = collections.defaultdict(list)
-    for turn_id, name, _, _, sent_at in sorted(acked, key=lambda a: a[3]):
+    for turn_id, name, _, _, sent_at, _ in sorted(acked, key=lambda a: a[3]):
         sent[(turn_id, name)].append(sent_at)
     return [at - s for key, times in sent.items() for s, at in zip(times, committed[key], strict=False)]
 
@@ -254,6 +265,44 @@ def mirror_check(db: Path, folder: Path) -> dict:
         "mirror_lost": sum((stored - copied).values()),
         "mirror_duplicates": sum((copied - stored).values()) + sum(n - 1 for n in copied.values() if n > 1),
     }
+
+
+def loss(db: Path, acked: list, killed_at: float) -> dict:
+    """Acknowledged ratings missing from the database, and how long before the kill the oldest of them was
+    acknowledged: of n missing copies of one rating, the n acknowledged last are the ones lost."""
+    with sqlite3.connect(db) as con:
+        logged = collections.Counter(con.execute("SELECT turn_id, rater, rating FROM rating_log").fetchall())
+    acks: dict[tuple, list[float]] = collections.defaultdict(list)
+    for turn_id, name, rating, _, _, acked_at in acked:
+        acks[(turn_id, name, rating)].append(acked_at)
+    lost_at = [at for key, times in acks.items() for at in sorted(times)[logged[key] :]]
+    return {
+        "acknowledged_lost": len(lost_at),
+        "loss_window_s": round(killed_at - min(lost_at), 1) if lost_at else 0.0,
+    }
+
+
+HUB_REPO = "bench/ratings"
+
+
+def hub_env(hub: HubServer | None, args: argparse.Namespace, workdir: Path) -> dict[str, str]:
+    """The app's settings for pushing to the local Hub (a Space without persistent storage); none without it."""
+    if hub is None:
+        return {}
+    return {
+        "HF_ENDPOINT": hub.url,
+        "HF_TOKEN": "hf_bench",
+        "HF_HUB_DISABLE_XET": "1",
+        "HF_HOME": str(workdir / "hf"),
+        "LIMA_ARENA_DATASET_REPO": HUB_REPO,
+        "LIMA_ARENA_PUSH_EVERY": str(args.push_every),
+    }
+
+
+def wipe(db: Path) -> None:
+    """What a Space without persistent storage keeps of its disk when the container goes: nothing."""
+    for path in db.parent.glob(db.name + "*"):
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
 
 
 def break_mirror(folder: Path, count, start: int, end: int, done) -> int:
@@ -284,7 +333,10 @@ def run(args: argparse.Namespace, workdir: Path) -> dict:
     servers = [TGIServer(Behaviour(reply=reply)).start() for _ in range(2)]
     db = workdir / "ratings.db"
     folder = workdir / "mirror" if args.mirror_fails else None
-    app = App(f"zero={servers[0].url}", f"dialogue={servers[1].url}", db, mirror=folder)
+    hub = HubServer().start() if args.wipe else None
+    app = App(
+        f"zero={servers[0].url}", f"dialogue={servers[1].url}", db, mirror=folder, env=hub_env(hub, args, workdir)
+    )
     app.start()
     context = multiprocessing.get_context("spawn")
     count = context.Value("i", 0)
@@ -300,6 +352,9 @@ def run(args: argparse.Namespace, workdir: Path) -> dict:
                 time.sleep(0.05)
             server = app.timings()  # what the app measured until now: the kill takes its histogram with it
             app.kill()  # a rating whose call returned is committed: every acknowledged one must survive
+            killed_at = time.time()
+            if args.wipe:
+                wipe(db)  # only the Hub copy is left
         if folder is not None:
             result["acknowledged_while_mirror_failed"] = break_mirror(folder, count, total // 4, total // 2, jobs.ready)
         outputs = jobs.get(timeout=1800)
@@ -310,10 +365,23 @@ def run(args: argparse.Namespace, workdir: Path) -> dict:
     if not args.kill:
         server = app.timings()
     if args.kill:
-        app.start()  # the same database, as after a crash
+        app.start()  # the same database, as after a crash; with --wipe, rebuilt from the Hub copy
         app.stop()
         result["lost_after_kill"] = check(db, acked, in_flight=1)["lost"]
         result["acknowledged_before_kill"] = len(acked)
+    if hub is not None:
+        result.update(loss(db, acked, killed_at))
+        pushes = hub.commit_times(HUB_REPO)
+        result["push_every_s"] = args.push_every
+        before = [at for at in pushes if at < killed_at]
+        result["pushes_before_kill"] = len(before)
+        # The exposure just before each push landed (and at the kill): the window a crash then would have had.
+        gaps = [b - a for a, b in itertools.pairwise([*before, killed_at])]
+        result["max_push_gap_s"] = round(max(gaps), 1) if gaps else None
+        result["restored"] = next(
+            (line.split(": ", 1)[-1] for line in app.log.read_text().splitlines() if " rebuilt " in line), None
+        )
+        hub.stop()
     wall = time.perf_counter() - started
     app.stop()  # SIGTERM: the mirror copies what is left
     if folder is not None:
@@ -341,7 +409,12 @@ def run(args: argparse.Namespace, workdir: Path) -> dict:
         "think_s": args.think,
         "client_processes": args.procs,
         "wall_s": round(wall, 1),
-        "targets": {"lost": 0, "duplicates": 0, "server_p99_ms": 100, "client_p99_ms": 150},
+        "targets": {
+            **({"loss_window_s": 60} if args.wipe else {"lost": 0}),
+            "duplicates": 0,
+            "server_p99_ms": 100,
+            "client_p99_ms": 150,
+        },
     }
 
 
@@ -354,7 +427,15 @@ def main(argv: list[str] | None = None) -> dict:
     what = parser.add_mutually_exclusive_group()
     what.add_argument("--kill", action="store_true", help="SIGKILL the app midway, restart it, check")
     what.add_argument("--mirror-fails", action="store_true", help="make the mirror folder fail midway, check it")
+    parser.add_argument(
+        "--wipe",
+        action="store_true",
+        help="with --kill: push to a local Hub server, delete the database and mirror after the kill, restart from it",
+    )
+    parser.add_argument("--push-every", type=int, default=45, help="with --wipe: the app's push interval (seconds)")
     args = parser.parse_args(argv)
+    if args.wipe and not args.kill:
+        parser.error("--wipe goes with --kill")
     with tempfile.TemporaryDirectory(prefix="lima-load-") as tmp:
         result = run(args, Path(tmp))
     print(json.dumps(result))

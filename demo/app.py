@@ -138,30 +138,39 @@ def start_models(models: list[backends.LocalBackend | backends.RemoteBackend]) -
 
 
 def open_mirror(config: settings.Settings, store: ratings.Store) -> None:
-    """The store's copy in a folder (and a dataset repo): restored from it first if the database is new. A repo
-    that cannot be used is a UserError."""
-    # Secrets come from the environment only (HF_TOKEN); a Space's disk is ephemeral, the dataset is not.
+    """The store's copy in a folder (and a dataset repo, pushed every ``push_every`` seconds): restored from it
+    first if the database is new. A repo that cannot be used, or a restore that fails, is a UserError."""
+    # Secrets come from the environment only (HF_TOKEN); a Space's disk is ephemeral unless it has /data.
     folder = Path(config.mirror_dir or f"{config.db}.jsonl.d")
     token = os.environ.get("HF_TOKEN")
     if store.is_empty():
         restore(store, folder, config.dataset_repo, token)
+    if config.dataset_repo and os.environ.get("SPACE_ID") and settings.persistent_storage(os.environ) is None:
+        log.warning(
+            "no persistent storage: the database lives as long as this container, and a hard crash loses what"
+            " was acknowledged since the last push to %s (at most %d s plus one upload)",
+            config.dataset_repo,
+            config.push_every,
+        )
     try:
-        mirror.JsonlMirror(folder, store, repo_id=config.dataset_repo, token=token)
+        mirror.JsonlMirror(folder, store, repo_id=config.dataset_repo, token=token, push_every_s=config.push_every)
     except Exception as err:  # the Hub fails in many ways (network, token, repo); all mean the same here
         raise UserError(f"cannot use dataset repo {config.dataset_repo}: {str(err).splitlines()[0]}") from None
 
 
 def restore(store: ratings.Store, folder: Path, repo_id: str | None, token: str | None) -> None:
-    """A new database (a Space after a restart): rebuild it from the dataset repo's events, or from the mirror
+    """A new database (a Space after a restart): rebuild it from the dataset repo's events and the mirror
     folder's, so the arena goes on where it stopped. Those events are already copied, so the mirror's bookmark
-    moves past them. Failing that, the arena starts empty and says why; the events stay where they are."""
-    sources = [s for s in (repo_id, folder if any(folder.glob("*.jsonl")) else None) if s]
-    if not sources:
-        return
+    moves past them. A repo that does not exist yet and a folder with no events are a new arena. A restore that
+    fails stops the start, naming the file, line and reason: an arena that ran as if nothing had been collected
+    would count its results, limits and Review without it, and pile new events beside the old ones."""
+    sources = [s for s in (repo_id, folder if folder.is_dir() else None) if s]
     try:
-        summary = mirror.rebuild(sources, store, token=token)
+        summary = mirror.rebuild(sources, store, token=token, missing_ok=True) if sources else None
     except mirror.MirrorError as err:
-        log.warning("starting with an empty database: %s", err)
+        raise UserError(f"cannot restore the ratings database {store.path}: {err}") from None
+    if summary is None:
+        log.info("no events to restore from %s: a new arena", " or ".join(map(str, sources)) or "anywhere")
         return
     store.set_mirror_cursor(str(folder.resolve()), store.last_event())
     log.info("%s", mirror.describe(summary))

@@ -5,8 +5,11 @@ A Space's disk is ephemeral, so the dataset repo is the record that survives a r
 store is one self-contained event (a conversation with its models and blind flag, a turn with its full text,
 decoding and timings, a rating, a verdict naming the models, a review hand-out, a model judge's answer),
 committed to SQLite in the same transaction as the tables it changes (``ratings.Store``). The mirror copies those
-events, in order, to a JSONL file of this process's own (``events-<uuid>.jsonl``: two replicas never write one
-file) and fsyncs it; the scheduler uploads the folder every few minutes and once more at shutdown.
+events, in order, to a JSONL file of this process's own (``events-<uuid>.jsonl``, then ``events-<uuid>.pNNNN.jsonl``
+parts of about ``PART_BYTES``: two replicas never write one file, and a push re-uploads one small part, not the
+whole history) and fsyncs it; the scheduler uploads what changed every ``push_every_s`` seconds (only when there
+is something new) and once more at shutdown. A hard crash without persistent storage loses at most what was
+acknowledged since the last push began: the interval plus one upload.
 
 The copy runs beside the rater, not in their way: a rating is acknowledged once SQLite has committed it. A copy
 that fails (a full disk, a folder that went away) is retried with backoff from where it stopped, which the
@@ -15,18 +18,27 @@ event twice; every event has an id, and a rebuild keeps one of each.
 
 ``rebuild`` (``python -m demo.report --from-mirror DIR_OR_REPO --db NEW.db``, and the app at start when its
 database is empty) replays the events through the store's own write code into a new database, which then holds
-the same rows and gives the same report.
+the same rows and gives the same report. Events from several files (replicas, restarts on other hosts) are put in
+causal order, not clock order: each file's own order is its host's commit order, and an event comes after the
+events that create what it names (conversation, then its opener, turns, verdict and review hand-outs; a turn,
+then its ratings and judgments); the clock only breaks ties, so two hosts' skewed clocks cannot reorder a child
+before its parent. A file that does not rebuild is named with its line and the reason.
 """
 
 from __future__ import annotations
 
+import collections
+import heapq
 import json
 import logging
 import os
 import re
+import shutil
 import threading
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 from demo import ratings
 
@@ -34,6 +46,10 @@ log = logging.getLogger(__name__)
 
 PREFIX = "events-"  # the files this mirror writes; older ratings-*.jsonl files hold ratings only (schema 0)
 PATH_IN_REPO = "events"
+# A file is closed and a new part begun past this size: the scheduler re-uploads a changed file whole at every
+# push, so a small part keeps each push (and the loss window it adds to) short, and under the Hub's LFS size.
+PART_BYTES = 1 << 20
+PUSH_EVERY_S = 45  # see settings.push_every: at most 80 commits an hour, under the Hub's 128 per repo
 # What each kind of event must carry (beyond schema, id, kind and at) for a rebuild to apply it.
 FIELDS = {
     "conversation": ("conversation_id", "session", "rater", "model_a", "model_b", "blind", "opener_id"),
@@ -78,13 +94,15 @@ class JsonlMirror:
         store: ratings.Store,
         repo_id: str | None = None,
         token: str | None = None,
-        every_minutes: float = 5,
+        push_every_s: float = PUSH_EVERY_S,
         retry_s: tuple[float, float] = (0.5, 30.0),
     ) -> None:
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.key = str(self.folder.resolve())
-        self.path = self.folder / f"{PREFIX}{uuid.uuid4().hex}.jsonl"
+        self.name = f"{PREFIX}{uuid.uuid4().hex}"
+        self.parts = 0  # parts begun after the first file
+        self.path = self.folder / f"{self.name}.jsonl"
         self.store = store
         self.retry_s = retry_s
         self.scheduler = None
@@ -96,7 +114,7 @@ class JsonlMirror:
                 repo_type="dataset",
                 folder_path=self.folder,
                 path_in_repo=PATH_IN_REPO,
-                every=every_minutes,
+                every=push_every_s / 60,
                 private=True,
                 token=token,
                 allow_patterns=[f"{PREFIX}*.jsonl"],
@@ -152,7 +170,18 @@ class JsonlMirror:
                 self.cursor = batch[-1][0]
                 self.copied += len(batch)
                 self.store.set_mirror_cursor(self.key, self.cursor)
+                self._next_part()
             return True
+
+    def _next_part(self) -> None:
+        """Begin a new part once this one is full; parts sort after the first file and in order."""
+        try:
+            full = self.path.stat().st_size >= PART_BYTES
+        except OSError:
+            return
+        if full:
+            self.parts += 1
+            self.path = self.folder / f"{self.name}.p{self.parts:04d}.jsonl"
 
     def _run(self) -> None:
         delay = self.retry_s[0]
@@ -278,38 +307,123 @@ def write_card(folder: Path, repo_id: str | None, scheduler: object | None = Non
 
 
 # -- the way back ---------------------------------------------------------------------------------------------
+class Read(NamedTuple):
+    """An event as read: where it is (file index in reading order, line) and its clock, for ordering."""
+
+    at: float
+    file: int
+    line: int
+    where: str
+    event: dict
+
+
 def read_events(*folders: str | Path) -> tuple[list[dict], dict]:
-    """Every event in the ``*.jsonl`` files under the folders, one of each id, in the order they were recorded
-    (by time, then file and line); and a summary of what was read and skipped."""
+    """Every event in the ``*.jsonl`` files under the folders, one of each id, in causal order (``causal_order``);
+    and a summary of what was read and skipped."""
+    records, summary = _read(folders)
+    return [record.event for record in records], summary
+
+
+def _read(folders: tuple[str | Path, ...] | list[Path]) -> tuple[list[Read], dict]:
     files = sorted(p for folder in folders for p in Path(folder).rglob("*.jsonl") if p.is_file())
     if not files:
         raise MirrorError(f"{', '.join(map(str, folders))}: no .jsonl files to rebuild from")
-    found: dict[str, tuple[float, str, int, dict]] = {}
+    records: list[Read] = []
+    seen: set[str] = set()
     summary = {"files": len(files), "events": 0, "duplicates": 0, "unreadable": [], "legacy": 0}
-    for path in files:
-        name = str(path)
-        with path.open(encoding="utf-8", errors="replace") as lines:
-            for number, line in enumerate(lines, 1):
-                if not line.strip():
-                    continue
-                try:
-                    event = json.loads(line)
-                except json.JSONDecodeError:  # a write torn by a crash or a full disk
-                    summary["unreadable"].append(f"{name}:{number}")
-                    continue
-                if not isinstance(event, dict):
-                    raise MirrorError(f"{name}:{number}: not an event (a JSON object)")
-                if "schema" not in event:  # written before the event log: ratings without their turns
-                    summary["legacy"] += 1
-                    continue
-                _check(event, f"{name}:{number}")
-                if event["id"] in found:
-                    summary["duplicates"] += 1
-                    continue
-                found[event["id"]] = (float(event["at"]), name, number, event)
-    events = [event for *_, event in sorted(found.values(), key=lambda item: item[:3])]
-    summary["events"] = len(events)
-    return events, summary
+    for index, path in enumerate(files):
+        for number, event in _events_in(path, summary):
+            if event["id"] in seen:
+                summary["duplicates"] += 1
+                continue
+            seen.add(event["id"])
+            records.append(Read(float(event["at"]), index, number, f"{path}:{number}", event))
+    ordered = causal_order(records, [_stream(path) for path in files])
+    summary["events"] = len(ordered)
+    return ordered, summary
+
+
+def _events_in(path: Path, summary: dict) -> Iterator[tuple[int, dict]]:
+    """(line number, event) of one file; torn lines and records from before the event log are counted."""
+    with path.open(encoding="utf-8", errors="replace") as lines:
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                event = json.loads(line)
+            except json.JSONDecodeError:  # a write torn by a crash or a full disk (copied again whole after it)
+                summary["unreadable"].append(f"{path}:{number}")
+                continue
+            if not isinstance(event, dict):
+                raise MirrorError(f"{path}:{number}: not an event (a JSON object)")
+            if "schema" not in event:  # written before the event log: ratings without their turns
+                summary["legacy"] += 1
+                continue
+            _check(event, f"{path}:{number}")
+            yield number, event
+
+
+def _stream(path: Path) -> str:
+    """The stream a file belongs to: one mirror's file and its parts (``events-<uuid>[.pNNNN].jsonl``), wherever
+    they were found (the local folder and the repo's copy of it are one stream); any other file is its own."""
+    return path.name.split(".")[0] if path.name.startswith(PREFIX) else str(path)
+
+
+def _creates(event: dict) -> tuple[str, str] | None:
+    kind = event["kind"]
+    if kind == "conversation":
+        return ("conversation", str(event["conversation_id"]))
+    if kind == "turn":
+        return ("turn", str(event["turn_id"]))
+    return None
+
+
+def _needs(event: dict) -> list[tuple[str, str]]:
+    """What an event names that another event creates: it must be replayed after that one."""
+    kind, needs = event["kind"], []
+    if kind != "conversation" and event.get("conversation_id") is not None:
+        needs.append(("conversation", str(event["conversation_id"])))
+    if kind != "turn" and event.get("turn_id") is not None:
+        needs.append(("turn", str(event["turn_id"])))
+    if kind == "judgment":
+        needs.append(("turn" if event["subject_kind"] == "turn" else "conversation", str(event["subject_id"])))
+    return needs
+
+
+def causal_order(records: list[Read], streams: list[str]) -> list[Read]:
+    """The records in an order a store accepts, whatever the clocks of the hosts that wrote them: each stream's
+    own order (its host's commit order) is kept, and an event follows the events that create what it names;
+    among the events free to go next, the earliest clock (then file, then line) goes first."""
+    made: dict[tuple[str, str], int] = {}
+    for index, record in enumerate(records):
+        if (key := _creates(record.event)) is not None:
+            made.setdefault(key, index)
+    waiting = [0] * len(records)
+    followers: dict[int, list[int]] = collections.defaultdict(list)
+    last_of: dict[str, int] = {}
+    for index, record in enumerate(records):
+        before = {made[key] for key in _needs(record.event) if made.get(key, index) != index}
+        stream = streams[record.file]
+        if stream in last_of:
+            before.add(last_of[stream])
+        last_of[stream] = index
+        waiting[index] = len(before)
+        for earlier in before:
+            followers[earlier].append(index)
+    ready = [(r.at, r.file, r.line, i) for i, r in enumerate(records) if not waiting[i]]
+    heapq.heapify(ready)
+    order: list[Read] = []
+    while ready:
+        *_, index = heapq.heappop(ready)
+        order.append(records[index])
+        for later in followers[index]:
+            waiting[later] -= 1
+            if not waiting[later]:
+                heapq.heappush(ready, (records[later].at, records[later].file, records[later].line, later))
+    if len(order) < len(records):  # only files that contradict each other's order (not clocks) come here
+        stuck = next(record for index, record in enumerate(records) if waiting[index])
+        raise MirrorError(f"{stuck.where}: {stuck.event['kind']} event: the files disagree on what came before it")
+    return order
 
 
 def _check(event: dict, where: str) -> None:
@@ -328,10 +442,13 @@ def _check(event: dict, where: str) -> None:
         raise MirrorError(f"{where}: 'at' must be a number, got {event['at']!r}")
 
 
-def fetch(repo_id: str, into: str | Path, token: str | None = None) -> Path:
-    """Download the dataset repo's JSONL files into ``into``."""
+def fetch(repo_id: str, into: str | Path, token: str | None = None, missing_ok: bool = False) -> Path | None:
+    """Download the dataset repo's JSONL files into ``into`` (emptied first: a copy left by an earlier start must
+    not stand in for a repo that cannot be read now). A repo that does not exist is None with ``missing_ok``."""
     from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import RepositoryNotFoundError
 
+    shutil.rmtree(into, ignore_errors=True)
     try:
         return Path(
             snapshot_download(
@@ -339,31 +456,72 @@ def fetch(repo_id: str, into: str | Path, token: str | None = None) -> Path:
                 token=token,
             )
         )  # fmt: skip
-    except Exception as err:  # no network, no such repo, a token that may not read it: one line
+    except RepositoryNotFoundError:
+        if missing_ok:  # a new arena: the scheduler creates the repo
+            return None
+        raise MirrorError(
+            f"cannot download dataset repo {repo_id}: no such repo, or the token may not read it"
+        ) from None
+    except Exception as err:  # no network, a token that may not read it, the Hub down: one line
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise MirrorError(f"cannot download dataset repo {repo_id}: {reason}") from None
 
 
-def rebuild(sources: list[str | Path], store: ratings.Store, token: str | None = None) -> dict:
+def rebuild(
+    sources: list[str | Path], store: ratings.Store, token: str | None = None, missing_ok: bool = False
+) -> dict | None:
     """Replay the events of mirror folders and dataset repos (``owner/name``) into ``store``, which must be
-    empty; an event found in several is applied once. Returns the summary of what was read, with ``applied``."""
+    empty; an event found in several is applied once. Returns the summary of what was read, with ``applied``.
+    With ``missing_ok`` (the app at start), a repo that does not exist yet and a folder without events are
+    nothing collected, and None says no source held any; anything else that fails is a MirrorError."""
     if not store.is_empty():
         raise MirrorError(f"{store.path} already holds ratings: rebuild into a new database file")
     folders = []
     for source in sources:
-        folder = Path(source)
+        folder: Path | None = Path(source)
         if not folder.is_dir():
             if folder.exists() or not REPO_ID.match(str(source)):
                 raise MirrorError(f"{source}: not a mirror folder, nor a dataset repo id (owner/name)")
-            folder = fetch(str(source), Path(f"{store.path}.from-hub") / str(source).replace("/", "--"), token)
-        folders.append(folder)
-    events, summary = read_events(*folders)
-    try:
-        summary["applied"] = store.replay(events)
-    except Exception as err:  # an event that does not fit the ones before it (a file from another database)
-        raise MirrorError(f"{', '.join(map(str, sources))}: the events do not rebuild a database: {err}") from None
+            into = Path(f"{store.path}.from-hub") / str(source).replace("/", "--")
+            folder = fetch(str(source), into, token, missing_ok)
+        if folder is not None and (not missing_ok or any(folder.rglob("*.jsonl"))):
+            folders.append(folder)
+    if missing_ok and not folders:
+        return None
+    records, summary = _read(folders)
+    summary["applied"] = _replay(records, store)
     summary["source"] = " and ".join(map(str, sources))
     return summary
+
+
+def _replay(records: list[Read], store: ratings.Store) -> int:
+    try:
+        return store.replay([record.event for record in records])
+    except Exception as err:  # the transaction rolled back: say which event, found on a scratch copy
+        raise MirrorError(_misfit(records, err)) from None
+
+
+def _misfit(records: list[Read], err: Exception) -> str:
+    """The first event that does not fit the ones before it, and why: replayed one by one into memory."""
+    made = {key for record in records if (key := _creates(record.event)) is not None}
+    scratch = ratings.Store(":memory:")
+    try:
+        for record in records:
+            missing = [f"{kind} {name}" for kind, name in _needs(record.event) if (kind, name) not in made]
+            if missing:
+                return f"{record.where}: {record.event['kind']} event names {missing[0]}, which no file holds"
+            try:
+                scratch.replay([record.event])
+            except Exception as one:
+                return f"{record.where}: {record.event['kind']} event does not fit the ones before it: {_line(one)}"
+    finally:
+        scratch.close()
+    return f"the events do not rebuild a database: {_line(err)}"
+
+
+def _line(err: Exception) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 def describe(summary: dict) -> str:

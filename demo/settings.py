@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 ENV_PREFIX = "LIMA_ARENA_"
 REPO = Path(__file__).resolve().parents[1]
+SPACE_STORAGE = Path("/data")  # where a Space mounts its persistent storage, when it has one
 
 
 class SettingsError(UserError):
@@ -47,6 +48,7 @@ class Settings:
     review: bool | None = None  # the Review tab; default: on locally, off when public (Space, --share, not loopback)
     dataset_repo: str | None = None  # Hub dataset repo that receives every rating as JSONL (CommitScheduler)
     mirror_dir: str | None = None  # where those JSONL files are written (default: beside the database)
+    push_every: int = 45  # seconds between pushes to the dataset repo: the loss window of a crash without storage
     max_turns_per_hour: int | None = None  # per session (and client when public); 0: off; unset: off locally
     max_ratings_per_minute: int | None = None
     max_tokens_per_hour: int | None = None  # the whole app's generated tokens
@@ -57,7 +59,7 @@ class Settings:
 _HELP = {
     "left": "left model: a servable model dir, a Hub id, or a TGI URL; NAME=SOURCE names it",
     "right": "right model (same forms as --left)",
-    "db": "SQLite file for ratings (default ratings.db)",
+    "db": "SQLite file for ratings (default ratings.db; on a Space with persistent storage /data/ratings.db)",
     "host": "address to listen on (0.0.0.0 to serve others)",
     "port": "port (default 7860)",
     "share": "also open a public gradio.live link",
@@ -68,8 +70,11 @@ _HELP = {
     "runs": "where trained runs live (default runs/)",
     "first_launch_recipe": "recipe trained when no runs exist (default quick-cpu)",
     "review": "offer the Review tab (second opinions on others' conversations); default on, off when public",
-    "dataset_repo": "Hub dataset repo (owner/name) that also receives every rating, pushed every 5 minutes",
+    "dataset_repo": "Hub dataset repo (owner/name) that also receives every event, pushed every --push-every seconds",
     "mirror_dir": "folder for the append-only JSONL event log (default: <db>.jsonl.d beside the db)",
+    "push_every": "seconds between two pushes of the event log to the dataset repo, each only when something is new"
+    " (default 45: at most 80 commits an hour, under the Hub's 128 per repo; a hard crash without persistent"
+    " storage loses at most this plus one upload)",
     "max_turns_per_hour": "answers a session (and, when public, a client) may ask for per hour; 0 turns it off"
     " (default: off locally, 120 when public)",
     "max_ratings_per_minute": "ratings a session may give per minute; 0: off (default: off locally, 60 when public)",
@@ -120,15 +125,21 @@ def parse(argv: list[str] | None = None, environ: dict[str, str] | None = None) 
 
     values = {f.name: f.default for f in fields(Settings)}
     config = args.config or environ.get(ENV_PREFIX + "CONFIG")
-    if config:
-        values.update(_read_yaml(Path(config)))
+    given: dict[str, object] = _read_yaml(Path(config)) if config else {}
     for f in fields(Settings):
         env = environ.get(ENV_PREFIX + f.name.upper())
         if env not in (None, ""):
-            values[f.name] = _coerce(f.name, env, f"environment variable {ENV_PREFIX}{f.name.upper()}")
+            given[f.name] = _coerce(f.name, env, f"environment variable {ENV_PREFIX}{f.name.upper()}")
         cli = getattr(args, f.name)
         if cli is not None:
-            values[f.name] = _coerce(f.name, cli, "--" + f.name.replace("_", "-"))
+            given[f.name] = _coerce(f.name, cli, "--" + f.name.replace("_", "-"))
+    values.update(given)
+    storage = persistent_storage(environ)
+    if storage is not None and given.get("db") is None:
+        values["db"] = str(storage / "ratings.db")
+        log.info("persistent storage at %s: the database and its event log are kept there (%s)", storage, values["db"])
+    elif storage is None and environ.get("SPACE_ID") and not values["dataset_repo"]:
+        log.warning("a Space with no persistent storage and no dataset repo: every rating goes with the container")
     settings = Settings(**values)
     if settings.turn_limit < 1:
         raise SettingsError(f"turn_limit must be at least 1, got {settings.turn_limit}")
@@ -139,9 +150,19 @@ def parse(argv: list[str] | None = None, environ: dict[str, str] | None = None) 
     for name in ("max_turns_per_hour", "max_ratings_per_minute", "max_tokens_per_hour"):
         if (getattr(settings, name) or 0) < 0:
             raise SettingsError(f"{name} must be 0 (off) or more, got {getattr(settings, name)}")
+    if settings.push_every < 1:
+        raise SettingsError(f"push_every must be at least 1 second, got {settings.push_every}")
     if settings.max_new_tokens is not None and settings.max_new_tokens < 1:
         raise SettingsError(f"max_new_tokens must be at least 1, got {settings.max_new_tokens}")
     return settings
+
+
+def persistent_storage(environ: dict[str, str]) -> Path | None:
+    """The Space's persistent storage, when it has one: on a Space (SPACE_ID), a writable /data. A machine that
+    merely has a /data folder is not a Space, so it keeps the default beside the working directory."""
+    if environ.get("SPACE_ID") and SPACE_STORAGE.is_dir() and os.access(SPACE_STORAGE, os.W_OK):
+        return SPACE_STORAGE
+    return None
 
 
 def _read_yaml(path: Path) -> dict:

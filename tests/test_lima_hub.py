@@ -1,60 +1,23 @@
 """Fetching LIMA from the Hub, against a real local HTTP server that answers like the Hub does.
 
-The Hub's file protocol (HEAD for metadata, then GET; errors named by the X-Error-Code header) is served by a
-small ThreadingHTTPServer; huggingface_hub is pointed at it with HF_ENDPOINT, in a fresh interpreter each time
+The Hub's file protocol (HEAD for metadata, then GET; errors named by the X-Error-Code header) is served by
+``hub_server.HubServer``; huggingface_hub is pointed at it with HF_ENDPOINT, in a fresh interpreter each time
 because the library reads its endpoint at import.
 """
 
 from __future__ import annotations
 
-import hashlib
 import socket
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from conftest import FIXTURES, run_cli
+from hub_server import HubServer
 
 LIMA_FIXTURE = (FIXTURES / "lima" / "train.jsonl").read_bytes()
-FILE_PATH = "/datasets/GAIR/lima/resolve/main/train.jsonl"
-
-
-class HubHandler(BaseHTTPRequestHandler):
-    mode = "ok"  # set per server: ok | gated | bad-token
-
-    def log_message(self, *args):  # keep test output clean
-        pass
-
-    def _answer(self, with_body: bool) -> None:
-        if self.path != FILE_PATH:
-            self.send_response(404)
-            self.send_header("X-Error-Code", "EntryNotFound")
-            self.end_headers()
-            return
-        if self.server.mode == "gated":
-            self.send_response(403)
-            self.send_header("X-Error-Code", "GatedRepo")
-            self.send_header("X-Error-Message", "Access to dataset GAIR/lima is restricted.")
-            self.end_headers()
-            return
-        if self.server.mode == "bad-token":
-            self.send_response(401)
-            self.send_header("X-Error-Message", "Invalid credentials in Authorization header")
-            self.end_headers()
-            return
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(LIMA_FIXTURE)))
-        self.send_header("ETag", '"' + hashlib.sha256(LIMA_FIXTURE).hexdigest() + '"')
-        self.send_header("X-Repo-Commit", "0" * 40)
-        self.end_headers()
-        if with_body:
-            self.wfile.write(LIMA_FIXTURE)
-
-    def do_HEAD(self):
-        self._answer(with_body=False)
-
-    def do_GET(self):
-        self._answer(with_body=True)
+REFUSALS = {  # how the Hub answers a gated repo whose terms were not accepted, and a token it does not know
+    "gated": (403, {"X-Error-Code": "GatedRepo", "X-Error-Message": "Access to dataset GAIR/lima is restricted."}),
+    "bad-token": (401, {"X-Error-Message": "Invalid credentials in Authorization header"}),
+}
 
 
 @pytest.fixture
@@ -62,15 +25,15 @@ def hub():
     servers = []
 
     def start(mode: str) -> str:
-        server = ThreadingHTTPServer(("127.0.0.1", 0), HubHandler)
-        server.mode = mode
-        threading.Thread(target=server.serve_forever, daemon=True).start()
+        server = HubServer().start()
+        server.put("GAIR/lima", "train.jsonl", LIMA_FIXTURE)
+        server.refuse = REFUSALS.get(mode)
         servers.append(server)
-        return f"http://127.0.0.1:{server.server_address[1]}"
+        return server.url
 
     yield start
     for server in servers:
-        server.shutdown()
+        server.stop()
 
 
 def data_from_hub(tmp_path, endpoint: str, token: str | None):
