@@ -30,6 +30,9 @@ from serving import backends
 
 log = logging.getLogger("demo.app")
 
+# Pages whose state (their conversation) the server keeps, least recently used dropped first: a client makes a
+# session with every request it wants to, and each costs tens of kilobytes (Gradio's default keeps 10,000).
+STATE_SESSIONS = 2000
 OPENERS_FILE = Path(__file__).resolve().parents[1] / "dialogues" / "eval_openers.jsonl"
 
 
@@ -82,6 +85,7 @@ def _run(argv: list[str] | None) -> int:
             share=config.share,
             footer_links=["api"],
             app_kwargs=app_kwargs(demo),
+            state_session_capacity=STATE_SESSIONS,
         )
     except OSError as err:  # the port is taken, or the address is not this machine's
         reason = str(err).splitlines()[0].split(". ")[0]

@@ -140,12 +140,17 @@ class Gate:
         return keys
 
 
+def refusal(text: str) -> gr.Error:
+    """A client's request refused: said to the client, and no traceback in the log (a script can send many)."""
+    return gr.Error(text, print_exception=False)
+
+
 def session(request: object) -> str:
     """``arena.session_of`` for a handler: a request without a usable session is refused."""
     try:
         return arena.session_of(request)
     except arena.NoSession as err:
-        raise gr.Error(str(err)) from None
+        raise refusal(str(err)) from None
 
 
 def rater(name: object, request: object, default: str = "anonymous") -> str:
@@ -153,4 +158,4 @@ def rater(name: object, request: object, default: str = "anonymous") -> str:
     try:
         return arena.rater_of(name, request, default)
     except ValueError as err:
-        raise gr.Error(str(err)) from None
+        raise refusal(str(err)) from None

@@ -104,11 +104,15 @@ class Limits:
     ratings_per_minute: int | None = None
     tokens_per_hour: int | None = None  # the whole app's generated tokens (an endpoint bill), all raters together
     clock: Callable[[], float] = time.monotonic
+    max_keys: int = MAX_KEYS  # per window
 
     def __post_init__(self) -> None:
-        self.turns = Window(self.turns_per_hour, HOUR, self.clock) if self.turns_per_hour else None
-        self.ratings = Window(self.ratings_per_minute, MINUTE, self.clock) if self.ratings_per_minute else None
-        self.tokens = Window(self.tokens_per_hour, HOUR, self.clock) if self.tokens_per_hour else None
+        def window(limit: int | None, span: float) -> Window | None:
+            return Window(limit, span, self.clock, self.max_keys) if limit else None
+
+        self.turns = window(self.turns_per_hour, HOUR)
+        self.ratings = window(self.ratings_per_minute, MINUTE)
+        self.tokens = window(self.tokens_per_hour, HOUR)
 
     @property
     def active(self) -> bool:

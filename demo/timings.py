@@ -127,6 +127,14 @@ class Timings:
             return
         started = time.perf_counter()
         route = path.rstrip("/")
+        if self.registry.known is not None and route not in self.registry.known:
+            # not a route of this page: answered here, as cheaply as can be (a script may send many)
+            body = b'{"error": "no such API route"}'
+            headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+            await send({"type": "http.response.start", "status": 404, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+            self.registry.add(OTHER, time.perf_counter() - started)
+            return
 
         async def timed(message: dict) -> None:
             await send(message)

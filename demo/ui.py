@@ -51,7 +51,7 @@ class TurnButton:
         try:
             decoding = arena.check_decoding(temperature, top_p, penalty, max_tokens, backends.TOTAL_TOKEN_BUDGET)
         except ValueError as err:  # refused before anything is counted or stored
-            raise gr.Error(sentence(str(err))) from None
+            raise clients.refusal(sentence(str(err))) from None
         async for update in self.page.turn(self.side, self.regenerate, message, conv, decoding, rater_name, request):
             yield update
 
@@ -240,7 +240,7 @@ class ArenaTab:
 
     def pick_opener(self, index: int, conv: arena.Conversation | None, request: gr.Request) -> dict:
         if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(self.openers):
-            raise gr.Error("No such opener.")
+            raise clients.refusal("No such opener.")
         opener = self.openers[index]
         if conv is not None and conv.verdict is None:  # after the verdict, nothing of it changes
             session = clients.session(request)
@@ -273,7 +273,7 @@ class ArenaTab:
         if conv is None:
             raise gr.Error(NO_CONVERSATION)
         if not isinstance(message, str) and not (regenerate and message is None):
-            raise gr.Error("A message is text.")
+            raise clients.refusal("A message is text.")
         session, rater = clients.session(request), clients.rater(rater_name, request)
         events = arena.play_turn(
             conv,
@@ -297,7 +297,7 @@ class ArenaTab:
         chat = self.chats[event.side]
         match event:
             case arena.Refused(limit=True):  # an API client gets an error: the turn did not happen
-                raise gr.Error(event.reason)
+                raise clients.refusal(event.reason)
             case arena.Refused():
                 gr.Warning(sentence(event.reason))
                 return {chat: arena.chat_messages(side)}
@@ -329,13 +329,13 @@ class ArenaTab:
         Every input is checked before the limit counts it, and the limit before the store sees it."""
         session, rater = clients.session(request), clients.rater(rater_name, request)
         if not isinstance(rating, str) or rating not in protocol.RATINGS:
-            raise gr.Error(f"rating must be one of {', '.join(protocol.RATINGS)}")
+            raise clients.refusal(f"rating must be one of {', '.join(protocol.RATINGS)}")
         try:
             turn_id = arena.check_turn_id(turn_id)
             self.caps_for(request).rate(self.gate.keys(request, session))
             self.store.rate(turn_id, rating, session, rater)
         except (limits.LimitReached, ratings.NotAllowed, ValueError) as err:
-            raise gr.Error(str(err)) from None
+            raise clients.refusal(str(err)) from None
         return "saved"
 
     def verdict_controls(self, conv: arena.Conversation | None) -> dict:
