@@ -146,6 +146,12 @@ def call(url: str, fn: int, data: list, session: str, headers: dict | None = Non
     raise AssertionError("the stream ended without a result")
 
 
+def accept_notice(client: Client) -> None:
+    """A public arena may ask a session to accept its consent notice (``/consent``) before a first message."""
+    if "/consent" in client.view_api(print_info=False, return_format="dict")["named_endpoints"]:
+        client.predict(api_name="/consent")
+
+
 def send(client: Client, side: str, text: str) -> list:
     return client.predict(text, *DECODING, "rater", api_name=f"/send_{side}")
 
@@ -158,6 +164,7 @@ def test_behind_a_spaces_proxy_each_client_has_its_own_limits_and_forging_the_he
     proxy = Proxy(port)
     mallory = Client(proxy.url, verbose=False, headers={"X-Test-Client": "203.0.113.7"})
     mallory.predict(api_name="/new_conversation")
+    accept_notice(mallory)
     send(mallory, "a", "one")
     send(mallory, "b", "two")
     with pytest.raises(Exception, match="You reached 2 answers per hour"):
@@ -166,11 +173,13 @@ def test_behind_a_spaces_proxy_each_client_has_its_own_limits_and_forging_the_he
     forged = {"X-Test-Client": "203.0.113.7", "X-Forwarded-For": "198.51.100.9"}
     again = Client(proxy.url, verbose=False, headers=forged)
     again.predict(api_name="/new_conversation")
+    accept_notice(again)
     with pytest.raises(Exception, match="answers per hour"):
         send(again, "a", "four")
 
     ann = Client(proxy.url, verbose=False, headers={"X-Test-Client": "198.51.100.9"})
     ann.predict(api_name="/new_conversation")
+    accept_notice(ann)
     assert "Answer from zero." in str(send(ann, "a", "hello")[-1]["content"])
     send(ann, "b", "hello")
     assert sorted(rows(db, "SELECT user_text FROM turns")) == [("hello",), ("hello",), ("one",), ("two",)]
