@@ -306,6 +306,10 @@ def test_a_request_through_a_proxy_or_tunnel_is_public_even_on_loopback(arena_fo
         assert not call(base, export, ["", "csv"], "strange1234", headers)["success"]
         assert not call(base, shown, [""], "strange1234", headers)["success"]
         assert not call(base, review, ["mallory"], "strange1234", headers)["success"]
+    with urllib.request.urlopen(url + "config") as answer:
+        components = json.load(answer)["components"]
+    (box,) = [c for c in components if c.get("props", {}).get("elem_id") == "admin-token"]
+    assert box["props"]["html_attributes"]["autocomplete"] == "off"  # the browser keeps no token history
     local = call(url, export, ["", "csv"], "local123456")
     assert local["success"] and local["output"]["data"][0]["path"].endswith("ratings.csv")
     proxy.shutdown()
