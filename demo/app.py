@@ -25,11 +25,14 @@ from starlette.middleware import Middleware
 
 from common import cli, prompts
 from common.cli import UserError
-from demo import checkpoints, limits, mirror, protocol, ratings, results, settings, timings, ui
+from demo import checkpoints, clients, limits, mirror, protocol, ratings, results, settings, timings, ui
 from serving import backends
 
 log = logging.getLogger("demo.app")
 
+# Pages whose state (their conversation) the server keeps, least recently used dropped first: a client makes a
+# session with every request it wants to, and each costs tens of kilobytes (Gradio's default keeps 10,000).
+STATE_SESSIONS = 2000
 OPENERS_FILE = Path(__file__).resolve().parents[1] / "dialogues" / "eval_openers.jsonl"
 
 
@@ -83,8 +86,8 @@ def _run(argv: list[str] | None) -> int:
             server_port=config.port,
             share=config.share,
             footer_links=["api"],
-            # the server's own latency per direct API route, at GET /lima-arena/timings (bench/ratings_load.py)
-            app_kwargs={"middleware": [Middleware(timings.Timings, registry=timings.Registry())]},
+            app_kwargs=app_kwargs(demo),
+            state_session_capacity=STATE_SESSIONS,
         )
     except OSError as err:  # the port is taken, or the address is not this machine's
         reason = str(err).splitlines()[0].split(". ")[0]
@@ -102,7 +105,10 @@ def _build_for(config: settings.Settings, models: list, store: ratings.Store, ma
     if config.dataset_repo or config.mirror_dir:
         open_mirror(config, store)
     public = is_public(config)
-    review_open = config.review if config.review is not None else not public
+    try:
+        gate = clients.Gate(public=public, proxies=config.trusted_proxies or clients.LOOPBACK)
+    except ValueError as err:
+        raise UserError(f"--trusted-proxies: {err}") from None
     checkpoint_runs = None
     if config.checkpoints:
         try:
@@ -115,12 +121,29 @@ def _build_for(config: settings.Settings, models: list, store: ratings.Store, ma
         blind=config.blind,
         turn_limit=config.turn_limit,
         max_new_tokens=max_new,
-        admin=results.Admin(token=os.environ.get("LIMA_ARENA_ADMIN_TOKEN"), public=public),
-        review_open=review_open,
+        admin=results.Admin(token=os.environ.get("LIMA_ARENA_ADMIN_TOKEN"), public=public, gate=gate),
+        review_open=config.review,  # unset: on for local requests only
         checkpoint_runs=checkpoint_runs,
-        caps=caps_for(config, public),
         dataset_repo=config.dataset_repo,
+        **caps_pair(config, public),
     )
+
+
+def caps_pair(config: settings.Settings, public: bool) -> dict[str, limits.Limits]:
+    """``build``'s caps (as configured) and public_caps (a request through a proxy or a tunnel): one token
+    budget for the whole app, whoever asks."""
+    public_caps = caps_for(config, public=True)
+    caps = public_caps if public else caps_for(config, public=False)
+    caps.tokens = public_caps.tokens
+    return {"caps": caps, "public_caps": public_caps}
+
+
+def app_kwargs(demo: gr.Blocks) -> dict:
+    """The server's own latency per direct API route, at GET /lima-arena/timings (bench/ratings_load.py): one
+    histogram per route of this page, one for every other name."""
+    names = {fn.api_name for fn in demo.fns.values() if isinstance(getattr(fn, "api_name", None), str)}
+    registry = timings.Registry(known=[timings.TIMED + name for name in names])
+    return {"middleware": [Middleware(timings.Timings, registry=registry)]}
 
 
 def start_models(models: list[backends.LocalBackend | backends.RemoteBackend]) -> None:
@@ -216,7 +239,8 @@ def caps_for(config: settings.Settings, public: bool) -> limits.Limits:
 
 def is_public(config: settings.Settings) -> bool:
     """Decided once: on a Space, with a share link, or listening beyond this machine, strangers can reach the
-    page, so results and exports need the admin token and Review is off unless enabled."""
+    page, so results and exports need the admin token and Review is off unless enabled. A request that came
+    through a proxy or a tunnel is public on its own (``clients.Gate.is_public``)."""
     loopback = config.host in ("127.0.0.1", "localhost", "::1")
     return bool(os.environ.get("SPACE_ID")) or bool(config.share) or not loopback
 

@@ -13,10 +13,14 @@ changes, in memory or in the store (``protocol``'s rules, then the rate limit), 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import html
 import logging
+import math
 import random
 import re
+import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -114,14 +118,71 @@ def first_words(text: str, words: int = 8) -> str:
     return " ".join(parts[:words]) + (" …" if len(parts) > words else "")
 
 
+# Sessions are the server's: a keyed hash of Gradio's session_hash under a secret of this process, so a client
+# cannot choose the string the store keys on (a judge's ``judge:<model>``, a reviewer's ``review:<name>``).
+_SESSION_KEY = secrets.token_bytes(32)
+MAX_SESSION_HASH_CHARS = 128
+MAX_RATER_CHARS = 80
+RESERVED_RATERS = (protocol.JUDGE_PREFIX, "review:")  # the model judge's namespace, and a reviewer's
+# The decoding sliders' ranges (the page's and the API's): (low, high) for each value, inclusive.
+DECODING_RANGES = {"temperature": (0.0, 2.0), "top_p": (0.05, 1.0), "repetition_penalty": (1.0, 2.0)}
+_TURN_ID = re.compile(r"[0-9A-Za-z_-]{1,64}")
+
+
+class NoSession(ValueError):
+    """A request that carries no usable session: it may not write or read anything of anyone's."""
+
+
 def session_of(request: object) -> str:
-    """Who owns what in the store: the browser (or API client) session of a Gradio request."""
-    return getattr(request, "session_hash", None) or "anonymous"
+    """Who owns what in the store: the server's name for the browser's (or API client's) Gradio session."""
+    raw = getattr(request, "session_hash", None)
+    if not isinstance(raw, str) or not raw or len(raw) > MAX_SESSION_HASH_CHARS:
+        raise NoSession("this request carries no session: reload the page (API clients: send a session_hash)")
+    return "s" + hmac.new(_SESSION_KEY, raw.encode(), hashlib.sha256).hexdigest()[:32]
 
 
-def rater_of(name: str | None, request: object, default: str = "anonymous") -> str:
-    """The logged-in Hugging Face user on a Space with OAuth, else the typed name, else ``default``."""
-    return getattr(request, "username", None) or (name or "").strip() or default
+def rater_of(name: object, request: object, default: str = "anonymous") -> str:
+    """The logged-in Hugging Face user on a Space with OAuth, else the typed name, else ``default``. A typed name
+    is text of at most ``MAX_RATER_CHARS`` characters on one line, and not in the judge's or a reviewer's
+    namespace; anything else raises ValueError."""
+    user = getattr(request, "username", None)
+    if isinstance(user, str) and user:
+        return user
+    if name is None:
+        return default
+    if not isinstance(name, str):
+        raise ValueError("a rater's name is text")
+    name = " ".join(name.split())
+    if len(name) > MAX_RATER_CHARS:
+        raise ValueError(f"a rater's name has at most {MAX_RATER_CHARS} characters")
+    if not name.isprintable():
+        raise ValueError("a rater's name is printable text")
+    if name.lower().startswith(RESERVED_RATERS):
+        raise ValueError(f"a rater's name may not start with {' or '.join(RESERVED_RATERS)}")
+    return name or default
+
+
+def check_decoding(
+    temperature: object, top_p: object, penalty: object, max_tokens: object, most: int
+) -> backends.Decoding:
+    """The decoding a page or an API client asked for, within the sliders' ranges (``most``: the token cap), or
+    ValueError saying which value is wrong."""
+    values = {}
+    for (key, (low, high)), value in zip(DECODING_RANGES.items(), (temperature, top_p, penalty), strict=True):
+        if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
+            raise ValueError(f"{key} must be a number from {low} to {high}")
+        values[key] = float(value)
+    tokens_ok = isinstance(max_tokens, int | float) and not isinstance(max_tokens, bool)
+    if not tokens_ok or not math.isfinite(max_tokens) or max_tokens != int(max_tokens) or not 1 <= max_tokens <= most:
+        raise ValueError(f"max new tokens must be a whole number from 1 to {most}")
+    return backends.Decoding(values["temperature"], values["top_p"], values["repetition_penalty"], int(max_tokens))
+
+
+def check_turn_id(turn_id: object) -> str:
+    """A turn id as the store writes them (hex), or ValueError."""
+    if not isinstance(turn_id, str) or not _TURN_ID.fullmatch(turn_id):
+        raise ValueError("this turn does not belong to your session")
+    return turn_id
 
 
 _FENCE = re.compile(r"^( {0,3})(`{3,}|~{3,})(.*)$")

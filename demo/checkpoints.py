@@ -25,7 +25,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from demo import arena, protocol, ratings
+from demo import arena, clients, protocol, ratings, results
 
 EPOCH_FILE = re.compile(r"^epoch-(\d+)\.jsonl$")
 
@@ -215,12 +215,19 @@ def _pct(value: float | None) -> str:
 class Tab:
     """The tab's context (the store, the runs by name), its components (made by ``layout``) and its handlers."""
 
-    def __init__(self, store: ratings.Store, runs: list[Run]) -> None:
+    def __init__(self, store: ratings.Store, runs: list[Run], admin: results.Admin | None = None) -> None:
         self.store, self.by_name = store, {run.name: run for run in runs}
+        self.admin = admin or results.Admin(token=None, public=False)
 
-    def layout(self, rater: gr.Textbox) -> None:
+    def run(self, name: object) -> Run:
+        if not isinstance(name, str) or name not in self.by_name:
+            raise gr.Error("No such model in this tab.")
+        return self.by_name[name]
+
+    def layout(self, rater: gr.Textbox, token_box: gr.Textbox | None = None) -> None:
         """The components, inside the caller's ``gr.Tab``: layout only."""
-        self.rater, self.shown = rater, gr.State(None)  # (run name, prompt id, epoch A, epoch B) on screen
+        self.rater, self.shown = rater, gr.State(None)
+        self.token_box = token_box or gr.Textbox(visible=False)  # (run name, prompt id, epoch A, epoch B) on screen
         gr.Markdown(
             "Read one dev prompt and two epochs' answers, blind, and rate each as in the arena. The table sums up "
             "every epoch; **Serve this epoch** writes the run's `selected`, which the arena and the servers load."
@@ -262,7 +269,8 @@ class Tab:
         inputs = [self.shown, *self.ratings.values(), self.rater]
         self.save_btn.click(self.save, inputs=inputs, outputs=saved, **private)
         self.which.change(self.refresh, inputs=[self.which], outputs=table, **private)
-        self.select_btn.click(self.serve, inputs=[self.which, self.epoch_box], outputs=[self.note, *table], **private)
+        serve_inputs = [self.which, self.epoch_box, self.token_box]
+        self.select_btn.click(self.serve, inputs=serve_inputs, outputs=[self.note, *table], **private)
 
     # -- handlers --------------------------------------------------------------------------------------------
     def rows(self, run: Run) -> list[list]:
@@ -279,13 +287,13 @@ class Tab:
 
     def refresh(self, name: str) -> tuple:
         """The table and the epochs to serve (a positional pair: the page's load event uses it too)."""
-        run = self.by_name[name]
+        run = self.run(name)
         epochs = [f"epoch-{e}" for e in run.epochs()]
         return self.rows(run), gr.update(choices=epochs, value=run.selected() if run.selected() in epochs else None)
 
     def next_prompt(self, name: str, request: gr.Request) -> dict:
-        run = self.by_name[name]
-        picked = draw(self.store, run, arena.session_of(request), random.Random())
+        run = self.run(name)
+        picked = draw(self.store, run, clients.session(request), random.Random())
         cleared = {radio: gr.update(value=None) for radio in self.ratings.values()}
         if picked is None:
             done = "You have compared every pair of epochs on every dev prompt of this model."
@@ -312,27 +320,40 @@ class Tab:
         if first not in protocol.RATINGS or second not in protocol.RATINGS:
             raise gr.Error("Rate both answers first.")
         name, pid, a, b = current
-        session, rater = arena.session_of(request), arena.rater_of(rater_name, request)
-        record(self.store, self.by_name[name], session, rater, pid, (a, b), (first, second))
+        session, rater = clients.session(request), clients.rater(rater_name, request)
+        record(self.store, self.run(name), session, rater, pid, (a, b), (first, second))
         told = f"Saved. A was epoch {a}, B was epoch {b}. Press Next prompt for another."
         return None, gr.update(interactive=False), told, *self.refresh(name)
 
-    def serve(self, name: str, epoch: str | None) -> tuple:
+    def serve(self, name: str, epoch: str | None, token: str | None, request: gr.Request) -> tuple:
+        """Write the run's ``selected``: what the arena and the servers load after a restart, so from a request
+        that came from the public only with the admin token."""
         from serving.folder import FolderError, select
 
+        if self.admin.gate.is_public(request) and not self.admin.allows(token, request):
+            raise gr.Error("Serving another epoch needs the admin token.")
+        run = self.run(name)
         if not epoch:
             raise gr.Error("Choose an epoch first.")
+        if not isinstance(epoch, str) or not re.fullmatch(r"epoch-\d{1,4}", epoch):
+            raise gr.Error("No such epoch.")
         try:
-            select(self.by_name[name].path, int(epoch.removeprefix("epoch-")))
+            select(run.path, int(epoch.removeprefix("epoch-")))
         except FolderError as err:
             raise gr.Error(str(err).removeprefix("error: ")) from None
         return f"{name} now serves {epoch} (restart the arena or the servers to load it).", *self.refresh(name)
 
 
-def layout(store: ratings.Store, runs: list[Run], rater: gr.Textbox) -> tuple:
+def layout(
+    store: ratings.Store,
+    runs: list[Run],
+    rater: gr.Textbox,
+    admin: results.Admin | None = None,
+    token_box: gr.Textbox | None = None,
+) -> tuple:
     """The tab inside the caller's ``gr.Tab``; returns what the page's load event needs to fill the table:
-    the refresh handler, and its input and outputs."""
-    tab = Tab(store, runs)
-    tab.layout(rater)
+    the refresh handler, and its input and outputs. ``admin``/``token_box``: who may serve another epoch."""
+    tab = Tab(store, runs, admin)
+    tab.layout(rater, token_box)
     tab.wire()
     return tab.refresh, tab.which, tab.summary, tab.epoch_box

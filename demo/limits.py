@@ -1,11 +1,13 @@
 """Limits for a public arena: how many turns a session (and a client) may ask for per hour, how many ratings
-per minute, and how many tokens the whole app may generate per hour.
+per minute, and how many tokens the whole app may generate per hour; memory stays bounded whatever keys clients
+make (``Window``).
 
 A public Space is the internet: a script calling ``/send_a`` in a loop costs whoever pays for the endpoints,
 and a crowd of clicks can starve real raters. Each limit is a sliding window (the last hour, the last minute)
-over the times of what was allowed, per key: the session, and on a Space also the client (the Hugging Face
-user with OAuth, else the address Gradio reports), so a new browser tab does not reset it. A refusal says when
-the oldest counted use leaves the window; nothing is stored for a refused turn, and other keys are unaffected.
+over the times of what was allowed, per key: the session, and for a public request also the client (the Hugging
+Face user with OAuth, else the address the trusted proxy forwards: ``clients.Gate``), so a new browser tab does
+not reset it. A refusal says when the oldest counted use leaves the window; nothing is stored for a refused turn,
+and other keys are unaffected.
 Off (``None`` or 0) locally by default; ``PUBLIC_DEFAULTS`` apply when the arena is public and a limit is unset.
 """
 
@@ -14,13 +16,15 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections import defaultdict, deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
 HOUR, MINUTE = 3600.0, 60.0
 # A rater who reads and rates every answer sends a turn every minute or so, and rates a few answers a minute.
 PUBLIC_DEFAULTS = {"turns_per_hour": 120, "ratings_per_minute": 60, "tokens_per_hour": None}
+# Keys a window remembers at most (sessions, users, addresses): ~100 bytes each beside their uses.
+MAX_KEYS = 50_000
 
 
 class LimitReached(Exception):
@@ -34,17 +38,32 @@ def _wait(seconds: float) -> str:
 
 
 class Window:
-    """Uses per key within the last ``span`` seconds; thread-safe."""
+    """Uses per key within the last ``span`` seconds; thread-safe, and bounded however many keys clients make.
 
-    def __init__(self, limit: int, span: float, clock: Callable[[], float] = time.monotonic) -> None:
-        self.limit, self.span, self.clock = limit, span, clock
-        self._uses: dict[str, deque[tuple[float, int]]] = defaultdict(deque)
+    A key is kept only while it holds uses in the window (a check creates nothing), and at most ``max_keys`` of
+    them: past that, the key used least recently goes. Evicting resets only that key's count, and pushing a key
+    out takes ``max_keys`` newer keys' uses, each of which its own limits allowed; a client still using its key
+    keeps it at the recent end. A refusal never makes a key.
+    """
+
+    def __init__(
+        self, limit: int, span: float, clock: Callable[[], float] = time.monotonic, max_keys: int = MAX_KEYS
+    ) -> None:
+        self.limit, self.span, self.clock, self.max_keys = limit, span, clock, max_keys
+        self._uses: OrderedDict[str, deque[tuple[float, int]]] = OrderedDict()
         self._lock = threading.Lock()
 
+    def __len__(self) -> int:
+        return len(self._uses)
+
     def _prune(self, key: str, now: float) -> deque[tuple[float, int]]:
-        uses = self._uses[key]
+        uses = self._uses.get(key)
+        if uses is None:
+            return deque()
         while uses and uses[0][0] <= now - self.span:
             uses.popleft()
+        if not uses:
+            del self._uses[key]
         return uses
 
     def used(self, key: str) -> int:
@@ -73,7 +92,10 @@ class Window:
         now = self.clock()
         with self._lock:
             for key in keys:
-                self._uses[key].append((now, amount))
+                self._uses.setdefault(key, deque()).append((now, amount))
+                self._uses.move_to_end(key)
+            while len(self._uses) > self.max_keys:
+                self._uses.popitem(last=False)
 
 
 @dataclass
@@ -82,11 +104,15 @@ class Limits:
     ratings_per_minute: int | None = None
     tokens_per_hour: int | None = None  # the whole app's generated tokens (an endpoint bill), all raters together
     clock: Callable[[], float] = time.monotonic
+    max_keys: int = MAX_KEYS  # per window
 
     def __post_init__(self) -> None:
-        self.turns = Window(self.turns_per_hour, HOUR, self.clock) if self.turns_per_hour else None
-        self.ratings = Window(self.ratings_per_minute, MINUTE, self.clock) if self.ratings_per_minute else None
-        self.tokens = Window(self.tokens_per_hour, HOUR, self.clock) if self.tokens_per_hour else None
+        def window(limit: int | None, span: float) -> Window | None:
+            return Window(limit, span, self.clock, self.max_keys) if limit else None
+
+        self.turns = window(self.turns_per_hour, HOUR)
+        self.ratings = window(self.ratings_per_minute, MINUTE)
+        self.tokens = window(self.tokens_per_hour, HOUR)
 
     @property
     def active(self) -> bool:
@@ -115,17 +141,3 @@ class Limits:
         if wait is not None:
             raise LimitReached(f"You reached {self.ratings_per_minute} ratings per minute; try again in {_wait(wait)}.")
         self.ratings.take(keys)
-
-
-def keys_of(request: object, session: str, public: bool) -> list[str]:
-    """What a limit counts against: the session, and when public also the client (OAuth user, else address)."""
-    keys = [f"session:{session}"]
-    if public:
-        user = getattr(request, "username", None)
-        client = getattr(request, "client", None)
-        host = getattr(client, "host", None)
-        if user:
-            keys.append(f"user:{user}")
-        elif host:
-            keys.append(f"address:{host}")
-    return keys

@@ -348,6 +348,9 @@ class Store:
     def set_opener(self, conversation_id: str, session: str, opener_id: str | None) -> None:
         def plan(db: sqlite3.Connection, now: float) -> list[dict]:
             _owned_in(db, conversation_id, session)
+            judged = db.execute("SELECT verdict FROM conversations WHERE id = ?", (conversation_id,)).fetchone()[0]
+            if judged is not None:  # a verdict is final: nothing of the conversation changes after it
+                raise NotAllowed("this conversation has its verdict: it no longer changes")
             return [_event("opener", now, conversation_id=conversation_id, opener_id=opener_id)]
 
         self._commit(plan)

@@ -10,45 +10,54 @@ from __future__ import annotations
 
 import gradio as gr
 
-from demo import arena, protocol, ratings
+from demo import arena, clients, protocol, ratings
 
 
 class Review:
-    """The tab's context (the store, whether reviews are on) and its handlers."""
+    """The tab's context (the store, whether reviews are on: ``enabled`` None is on for local requests only,
+    as ``gate`` tells them) and its handlers."""
 
-    def __init__(self, store: ratings.Store, enabled: bool) -> None:
-        self.store, self.enabled = store, enabled
+    def __init__(self, store: ratings.Store, enabled: bool | None, gate: clients.Gate | None = None) -> None:
+        self.store, self.enabled, self.gate = store, enabled, gate or clients.Gate()
+        self.shown = enabled if enabled is not None else not self.gate.public
+
+    def enabled_for(self, request: object) -> bool:
+        return self.enabled if self.enabled is not None else not self.gate.is_public(request)
 
     def assign(self, rater_name: str, request: gr.Request) -> tuple:
         """Hand this session a conversation to review: its turns (for the page), a note, and their ids (API)."""
-        if not self.enabled:
+        if not self.enabled_for(request):
             raise gr.Error("Reviews are off in this arena (LIMA_ARENA_REVIEW=true turns them on).")
-        who = arena.rater_of(rater_name, request, default="")
+        session, who = clients.session(request), clients.rater(rater_name, request, default="")
         if not who:
             raise gr.Error("Type your name first: reviews are counted per rater.")
-        conversation_id = self.store.assign_review(arena.session_of(request), who)
+        conversation_id = self.store.assign_review(session, who)
         if conversation_id is None:
             nothing = "Nothing to review right now: every conversation rated by someone else has your opinion."
             return (), nothing, []
-        turns = self.store.review_turns(conversation_id, arena.session_of(request))
+        turns = self.store.review_turns(conversation_id, session)
         shown = tuple((t.id, t.side, t.turn_index, t.user_text, t.assistant_text) for t in turns)
         listed = [{"turn_id": t.id, "side": t.side, "turn_index": t.turn_index} for t in turns]
         return shown, f"Conversation `{conversation_id[:8]}`: rate every answer of both sides.", listed
 
     def rate(self, turn_id: str, rating: str, rater_name: str, request: gr.Request) -> None:
-        who = arena.rater_of(rater_name, request, default="")
+        if not self.enabled_for(request):
+            raise gr.Error("Reviews are off in this arena.")
+        session, who = clients.session(request), clients.rater(rater_name, request, default="")
         if not who:
             raise gr.Error("Type your name first.")
+        if not isinstance(rating, str) or rating not in protocol.RATINGS:
+            raise gr.Error(f"rating must be one of {', '.join(protocol.RATINGS)}")
         try:
-            self.store.rate(turn_id, rating, arena.session_of(request), who)
+            self.store.rate(turn_id, rating, session, who)
         except (ratings.NotAllowed, ValueError) as err:
             raise gr.Error(str(err)) from None
 
 
-def layout(store: ratings.Store, rater: gr.Textbox, enabled: bool = True) -> None:
-    """The tab's components and events, inside the caller's ``gr.Tab``. Disabled (a public Space, by default),
-    the hand-out endpoint refuses too: raters never see other raters' conversations."""
-    review = Review(store, enabled)
+def layout(review: Review, rater: gr.Textbox) -> None:
+    """The tab's components and events, inside the caller's ``gr.Tab``. Disabled (a public Space, or a request
+    through a proxy or tunnel, by default), the hand-out endpoint refuses too: raters never see other raters'
+    conversations."""
     items = gr.State(())
     gr.Markdown(
         "Rate answers from conversations other raters had, as a second opinion (blind: no model names, no earlier "

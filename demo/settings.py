@@ -54,6 +54,7 @@ class Settings:
     max_tokens_per_hour: int | None = None  # the whole app's generated tokens
     concurrency: int | None = None  # answers a side works on at once (in-process batch; a server's slots)
     checkpoints: str | None = None  # a run (or recipe) folder whose epochs' dev answers the Checkpoints tab compares
+    trusted_proxies: str | None = None  # addresses/CIDRs whose X-Forwarded-For is believed (default: loopback)
 
 
 _HELP = {
@@ -81,6 +82,8 @@ _HELP = {
     "max_tokens_per_hour": "tokens the whole arena may generate per hour, all raters together (default: off)",
     "concurrency": "answers each side works on at once: in-process, the batch size (default 8); a server, how"
     " many it is asked at once (default: what TGI's /info says it takes); more wait in line and are told so",
+    "trusted_proxies": "comma-separated addresses or networks (CIDR) of the reverse proxies in front of the arena,"
+    " whose X-Forwarded-For names the client that limits count (default: loopback only; on a Space, its proxy)",
     "checkpoints": "a run folder (runs/R/lima-1030, or runs/R for both models) whose epochs the Checkpoints tab"
     " compares on their dev answers (python -m finetune dev RUN_DIR writes them)",
 }

@@ -5,8 +5,9 @@ with ``queue=False``), it times from the request reaching the app to the last by
 handler sends only after the store has committed. The durations go into a histogram of log-spaced buckets 5 %
 wide (bounded memory however long the app runs). ``GET /lima-arena/timings`` answers them as JSON: per route,
 the count and the 50th, 90th and 99th percentiles and the maximum, each the upper edge of its bucket (so within
-5 % above the true value). What a client adds (its polling, its connection set-up) is not in it: that is the
-point, since the benchmarks want the server's cost, not the measuring client's.
+5 % above the true value); every route the app does not have is counted under one ``OTHER``. What a client
+adds (its polling, its connection set-up) is not in it: that is the point, since the benchmarks want the
+server's cost, not the measuring client's.
 """
 
 from __future__ import annotations
@@ -15,11 +16,14 @@ import json
 import math
 import threading
 import time
+from collections.abc import Iterable
 from typing import Any
 
 ROUTE = "/lima-arena/timings"
 TIMED = "/gradio_api/run/"
 LOWEST_S, RATIO, BUCKETS = 1e-5, 1.05, 420  # 10 us up to ~8 min
+OTHER = TIMED + "(other)"  # every route that is not the app's own, together
+MAX_ROUTES = 64
 
 
 class Histogram:
@@ -73,14 +77,21 @@ class Histogram:
 
 
 class Registry:
-    """One histogram per timed route."""
+    """One histogram per timed route: the app's own (``known``), and one ``OTHER`` for every name a client makes
+    up, so memory stays the same whatever routes are asked for. Without ``known``, the first ``max_routes``
+    routes seen get their own histograms."""
 
-    def __init__(self) -> None:
+    def __init__(self, known: Iterable[str] | None = None, max_routes: int = MAX_ROUTES) -> None:
+        self.known = None if known is None else {route.rstrip("/") for route in known}
+        self.max_routes = max_routes
         self.routes: dict[str, Histogram] = {}
         self._lock = threading.Lock()
 
     def add(self, route: str, seconds: float) -> None:
         with self._lock:
+            own = route in self.known if self.known is not None else route in self.routes
+            if not own and (self.known is not None or len(self.routes) >= self.max_routes):
+                route = OTHER
             histogram = self.routes.setdefault(route, Histogram())
         histogram.add(seconds)
 
@@ -116,6 +127,14 @@ class Timings:
             return
         started = time.perf_counter()
         route = path.rstrip("/")
+        if self.registry.known is not None and route not in self.registry.known:
+            # not a route of this page: answered here, as cheaply as can be (a script may send many)
+            body = b'{"error": "no such API route"}'
+            headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+            await send({"type": "http.response.start", "status": 404, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+            self.registry.add(OTHER, time.perf_counter() - started)
+            return
 
         async def timed(message: dict) -> None:
             await send(message)

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Sequence
 
 import gradio as gr
 
-from demo import arena, checkpoints, limits, mirror, protocol, ratings, results, review
+from demo import arena, checkpoints, clients, limits, mirror, protocol, ratings, results, review
 from serving import backends
 
 log = logging.getLogger("demo.app")
@@ -70,7 +70,10 @@ class TurnButton:
         request: gr.Request,
     ) -> AsyncIterator[dict]:
         self.page.check_consent(consented, request)
-        decoding = backends.Decoding(float(temperature), float(top_p), float(penalty), int(max_tokens))
+        try:
+            decoding = arena.check_decoding(temperature, top_p, penalty, max_tokens, backends.TOTAL_TOKEN_BUDGET)
+        except ValueError as err:  # refused before anything is counted or stored
+            raise clients.refusal(sentence(str(err))) from None
         async for update in self.page.turn(self.side, self.regenerate, message, conv, decoding, rater_name, request):
             yield update
 
@@ -99,11 +102,15 @@ class ArenaTab:
         admin: results.Admin | None = None,
         openers: Sequence[dict] = (),
         dataset_repo: str | None = None,
+        public_caps: limits.Limits | None = None,
     ) -> None:
         self.models, self.store, self.blind, self.turn_limit = list(models), store, blind, turn_limit
         self.dataset_repo = dataset_repo  # where the events are published (the consent notice names it)
-        self.caps = caps or limits.Limits()
         self.admin = admin or results.Admin(token=None, public=False)
+        self.gate = self.admin.gate
+        self.caps = caps or limits.Limits()
+        # what a request that came through a proxy or a tunnel gets in an arena configured as private
+        self.public_caps = self.caps if self.gate.public else public_caps or limits.Limits(**limits.PUBLIC_DEFAULTS)
         self.openers = list(openers)
         self.send_turns = {side: TurnButton(self, side, regenerate=False) for side in protocol.SIDES}
         self.again_turns = {side: TurnButton(self, side, regenerate=True) for side in protocol.SIDES}
@@ -218,9 +225,9 @@ class ArenaTab:
 
     # -- handlers: consent ----------------------------------------------------------------------------------
     def consent_required(self, request: gr.Request) -> bool:
-        """Whether this request may send only after accepting the notice: on a public arena. The one place that
-        decides it."""
-        return self.admin.public
+        """Whether this request may send only after accepting the notice: a public one (a public arena, or a
+        request through a proxy or tunnel). The one place that decides it."""
+        return self.gate.is_public(request)
 
     def consent_shown(self, request: gr.Request) -> dict:
         return {self.consent_box: gr.update(visible=self.consent_required(request))}
@@ -282,11 +289,17 @@ class ArenaTab:
         )
 
     def pick_opener(self, index: int, conv: arena.Conversation | None, request: gr.Request) -> dict:
+        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(self.openers):
+            raise clients.refusal("No such opener.")
         opener = self.openers[index]
-        if conv is not None:
+        if conv is not None and conv.verdict is None:  # after the verdict, nothing of it changes
+            session = clients.session(request)
             conv.opener_id = opener["id"]
             if self.store.conversation(conv.id):
-                self.store.set_opener(conv.id, arena.session_of(request), opener["id"])
+                try:
+                    self.store.set_opener(conv.id, session, opener["id"])
+                except ratings.NotAllowed as err:
+                    raise gr.Error(str(err)) from None
         follow_ups = "\n".join(f"{n}. {arena.safe_markdown(f)}" for n, f in enumerate(opener["follow_ups"], 1))
         planned = f"**Planned follow-ups** (adapt them to what each side said):\n\n{follow_ups}"
         return {self.shared: opener["prompt"], self.follow_ups: planned}
@@ -309,7 +322,9 @@ class ArenaTab:
         """One side's turn (``arena.play_turn``), each event shown as it comes."""
         if conv is None:
             raise gr.Error(NO_CONVERSATION)
-        session = arena.session_of(request)
+        if not isinstance(message, str) and not (regenerate and message is None):
+            raise clients.refusal("A message is text.")
+        session, rater = clients.session(request), clients.rater(rater_name, request)
         events = arena.play_turn(
             conv,
             side,
@@ -318,11 +333,11 @@ class ArenaTab:
             decoding=decoding,
             store=self.store,
             session=session,
-            rater=arena.rater_of(rater_name, request),
+            rater=rater,
             regenerate=regenerate,
             turn_limit=self.turn_limit,
-            caps=self.caps,
-            keys=limits.keys_of(request, session, self.admin.public),
+            caps=self.caps_for(request),
+            keys=self.gate.keys(request, session),
         )
         async for event in events:
             yield self.shown(event, conv.sides[side])
@@ -332,7 +347,7 @@ class ArenaTab:
         chat = self.chats[event.side]
         match event:
             case arena.Refused(limit=True):  # an API client gets an error: the turn did not happen
-                raise gr.Error(event.reason)
+                raise clients.refusal(event.reason)
             case arena.Refused():
                 gr.Warning(sentence(event.reason))
                 return {chat: arena.chat_messages(side)}
@@ -360,12 +375,17 @@ class ArenaTab:
         return self.verdict_controls(conv)
 
     def rate_by_id(self, turn_id: str, rating: str, rater_name: str, request: gr.Request) -> str:
-        """API: rate a turn of one's own conversation by id (the store checks the id belongs to the session)."""
+        """API: rate a turn of one's own conversation by id (the store checks the id belongs to the session).
+        Every input is checked before the limit counts it, and the limit before the store sees it."""
+        session, rater = clients.session(request), clients.rater(rater_name, request)
+        if not isinstance(rating, str) or rating not in protocol.RATINGS:
+            raise clients.refusal(f"rating must be one of {', '.join(protocol.RATINGS)}")
         try:
-            self.caps.rate(limits.keys_of(request, arena.session_of(request), self.admin.public))
-            self.store.rate(turn_id, rating, arena.session_of(request), arena.rater_of(rater_name, request))
+            turn_id = arena.check_turn_id(turn_id)
+            self.caps_for(request).rate(self.gate.keys(request, session))
+            self.store.rate(turn_id, rating, session, rater)
         except (limits.LimitReached, ratings.NotAllowed, ValueError) as err:
-            raise gr.Error(str(err)) from None
+            raise clients.refusal(str(err)) from None
         return "saved"
 
     def verdict_controls(self, conv: arena.Conversation | None) -> dict:
@@ -386,7 +406,7 @@ class ArenaTab:
     def give_verdict(self, verdict: str, conv: arena.Conversation | None, rater_name: str, request: gr.Request) -> dict:
         if conv is None:
             raise gr.Error(NO_CONVERSATION)
-        session, rater = arena.session_of(request), arena.rater_of(rater_name, request)
+        session, rater = clients.session(request), clients.rater(rater_name, request)
         try:
             self.store.set_verdict(conv.id, verdict, session, rater, busy=conv.busy)
         except (ratings.NotAllowed, ValueError) as err:
@@ -406,7 +426,7 @@ class ArenaTab:
         record = self.store.conversation(conv.id) if conv is not None else None
         if record is None:
             return {"id": conv.id if conv else None, "turns": [], "ratings": {}, "verdict": None}
-        if record["session"] != arena.session_of(request):
+        if record["session"] != clients.session(request):
             raise gr.Error("this conversation does not belong to your session")
         turns = [
             {"turn_id": t.id, "side": t.side, "turn_index": t.turn_index, "attempt": t.attempt, "status": t.status}
@@ -414,8 +434,16 @@ class ArenaTab:
         ]
         return {"id": conv.id, "turns": turns, "ratings": self.store.ratings(conv.id), "verdict": record["verdict"]}
 
-    def unlock(self, token: str) -> tuple:
-        if not self.admin.allows(token):
+    def caps_for(self, request: gr.Request) -> limits.Limits:
+        """The limits of the arena as configured, or a public arena's for a request through a proxy or tunnel."""
+        return self.public_caps if self.gate.is_public(request) else self.caps
+
+    def tabs_for(self, request: gr.Request) -> tuple:
+        """Whether this request sees Results and Review: one through a proxy or a tunnel sees less."""
+        return gr.update(visible=self.admin.open_for(request)), gr.update(visible=self.reviews.enabled_for(request))
+
+    def unlock(self, token: str, request: gr.Request) -> tuple:
+        if not self.admin.allows(token, request):
             raise gr.Error("That is not the admin token.")
         return gr.update(visible=True), "Results unlocked for this page."
 
@@ -498,30 +526,45 @@ def build(
     turn_limit: int = protocol.DEFAULT_TURN_LIMIT,
     max_new_tokens: int = 512,
     admin: results.Admin | None = None,
-    review_open: bool = True,
+    review_open: bool | None = True,
     checkpoint_runs: list[checkpoints.Run] | None = None,
     caps: limits.Limits | None = None,
     dataset_repo: str | None = None,
+    public_caps: limits.Limits | None = None,
 ) -> gr.Blocks:
-    """The whole page: the arena, Review, Results and (given runs) Checkpoints tabs, and the admin unlock."""
+    """The whole page: the arena, Review, Results and (given runs) Checkpoints tabs, and the admin unlock.
+    ``caps``: the limits as configured; ``public_caps``: those of a request that came through a proxy or a
+    tunnel to an arena configured as private (default: the public defaults). ``review_open`` None: Review is on
+    for local requests only."""
     page = ArenaTab(
         models, store, blind=blind, turn_limit=turn_limit, caps=caps, admin=admin, openers=openers,
-        dataset_repo=dataset_repo,
+        dataset_repo=dataset_repo, public_caps=public_caps,
     )  # fmt: skip
+    page.reviews = reviews = review.Review(store, review_open, page.gate)
     with gr.Blocks(title="LIMA multi-turn arena") as demo:
         page.header()
-        admin_token = gr.Textbox(label="Admin token", type="password", render=False, elem_id="admin-token")
+        admin_token = gr.Textbox(
+            label="Admin token",
+            type="password",
+            render=False,
+            elem_id="admin-token",
+            html_attributes=gr.InputHTMLAttributes(autocomplete="off"),  # not kept by the browser
+        )
         with gr.Tabs():
             with gr.Tab("Arena", id="arena"):
                 page.layout(max_new_tokens)
-            with gr.Tab("Review", id="review", visible=review_open):
-                review.layout(store, page.rater, enabled=review_open)
+            with gr.Tab("Review", id="review", visible=reviews.shown) as review_tab:
+                review.layout(reviews, page.rater)
             with gr.Tab("Results", id="results", visible=page.admin.open, elem_id="tab-results") as results_tab:
                 results.layout(store, page.admin, admin_token)
             if checkpoint_runs:
                 with gr.Tab("Checkpoints", id="checkpoints"):
-                    refresh, which, summary, epoch_box = checkpoints.layout(store, checkpoint_runs, page.rater)
+                    refresh, which, summary, epoch_box = checkpoints.layout(
+                        store, checkpoint_runs, page.rater, page.admin, admin_token
+                    )
                 demo.load(refresh, inputs=[which], outputs=[summary, epoch_box], api_visibility="private")
+        if page.admin.open or reviews.shown:  # what this request may see: a proxied one sees less
+            demo.load(page.tabs_for, outputs=[results_tab, review_tab], api_visibility="private")
         if page.admin.open:  # results are open to whoever runs the app: no token to ask for
             with gr.Column(visible=False):
                 admin_token.render()

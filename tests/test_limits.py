@@ -119,3 +119,18 @@ def test_limits_are_off_locally_and_on_with_defaults_when_public():
     assert off.turns_per_hour is None  # 0 turns a public default off
     with pytest.raises(settings.SettingsError, match="max_ratings_per_minute must be 0"):
         settings.parse(["--max-ratings-per-minute", "-1"], environ={})
+
+
+def test_a_window_keeps_few_keys_and_new_sessions_cannot_push_a_clients_count_out():
+    """Memory is bounded (least recently used keys go first), and a refused turn makes no key: a script that opens
+    session after session from one address is refused each time and never evicts its address's count."""
+    caps = limits.Limits(turns_per_hour=2, max_keys=4)
+    for n in range(2):
+        caps.start_turn([f"session:s{n}", "address:203.0.113.7"])
+    for n in range(1000):
+        with pytest.raises(limits.LimitReached):
+            caps.start_turn([f"session:new{n}", "address:203.0.113.7"])
+    assert len(caps.turns) == 3 and caps.turns.used("address:203.0.113.7") == 2
+    for n in range(10):  # other clients fill the window: the oldest keys go, never more than four are kept
+        caps.start_turn([f"session:other{n}", f"address:198.51.100.{n}"])
+    assert len(caps.turns) == 4
