@@ -69,7 +69,7 @@ def _stack(ax: Any, row: int, shares: dict[str, Any], is_paper: bool) -> None:
     style = {"alpha": 0.55, "hatch": "//"} if is_paper else {}
     left = 0.0
     for name in BEST_FIRST:
-        width = shares[name]
+        width = shares.get(name) or 0.0  # the paper's bars have no share for a level the paper did not use
         ax.barh(row, width, left=left, color=COLOURS[name], edgecolor="white", **style)
         if width >= 5:
             ax.text(left + width / 2, row, f"{width:.1f}%", ha="center", va="center", fontsize=9)
