@@ -132,7 +132,7 @@ def add_select_parser(commands: argparse._SubParsersAction) -> None:
 
 def run_select(args: argparse.Namespace) -> int:
     """Choose which kept epoch of a run is served: RUN_DIR/selected names it, for the arena and the Space."""
-    from finetune.train import select
+    from serving.folder import select
 
     print(f"{args.run_dir}: selected {select(args.run_dir, args.epoch).name}")
     return 0

@@ -27,7 +27,7 @@ from common.cli import UserError
 from common.jsonl import display_path
 from common.prompts import Prompt, load_prompts
 from serving.backends import TOTAL_TOKEN_BUDGET, BackendError, Decoding, LocalBackend, RemoteBackend, Waiting
-from serving.folder import FolderError, epoch_dir, kept_epochs
+from serving.folder import epoch_dir, kept_epochs
 from serving.sampling import sampled_generate_kwargs
 
 log = logging.getLogger(__name__)
@@ -236,10 +236,7 @@ def dev_answers(
     if not epochs:
         raise UserError(f"error: {run_dir}: no kept epoch (no epoch-N folder with a config.json): is it a run folder?")
     if epoch is not None:
-        try:
-            epochs = {epoch: epoch_dir(run_dir, epoch)}
-        except FolderError as err:
-            raise UserError(str(err)) from None
+        epochs = {epoch: epoch_dir(run_dir, epoch)}  # a FolderError is the user's mistake, said in one line
     prompts = read_prompts(prompts_path)
     remote = connect(source) if source is not None else None
     model_name = run_dir.resolve().name

@@ -41,7 +41,6 @@ from finetune.data import DIALOGUES_DIR, Example, TrainingSets, fingerprint, loa
 from finetune.recipe import Recipe
 from finetune.residual_dropout import add_residual_dropout
 from finetune.servable import check_files
-from serving import folder
 from serving.folder import SELECTED
 
 log = logging.getLogger(__name__)
@@ -630,11 +629,3 @@ def _device_name(processes: int) -> str:
         return f"{processes} x {torch.cuda.get_device_name(0)}"
     threads = f"{torch.get_num_threads()} threads"
     return f"CPU ({platform.machine()}, " + (f"{processes} processes x {threads})" if processes > 1 else f"{threads})")
-
-
-def select(run_dir: Path, epoch: int) -> Path:
-    """Name epoch N as the run's chosen model (`selected`), as ``serving.folder.select`` does, for the CLI."""
-    try:
-        return folder.select(run_dir, epoch)
-    except folder.FolderError as err:
-        raise UserError(str(err)) from None

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from common.cli import UserError
+
 SELECTED = "selected"
 
 
-class FolderError(ValueError):
-    """A run folder that lacks what was asked of it; one line, starting ``error:`` as the CLIs print it."""
+class FolderError(UserError):
+    """A run folder that lacks what was asked of it: an input mistake, one line, as every CLI prints it."""
 
 
 def kept_epochs(run_dir: Path) -> dict[int, Path]:

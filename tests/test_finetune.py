@@ -27,7 +27,8 @@ from finetune.data import Example
 from finetune.recipe import load_recipe
 from finetune.residual_dropout import add_residual_dropout, installed_rates, residual_branches
 from finetune.servable import check_files, check_servable
-from finetune.train import encode, lima_schedule, select
+from finetune.train import encode, lima_schedule
+from serving.folder import select
 
 TRAIN_TEST = ("-m", "finetune", "train", "--recipe", "test")  # the test recipe's training, as a user types it
 DIALOGUE = [
