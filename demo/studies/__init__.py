@@ -1,0 +1,5 @@
+"""Prompt studies (LIMA's Figures 1 and 3 and its safety study): a prompt set, answers generated once per
+(source, prompt, decoding) before raters arrive, and a person's (or the judge's) rating of each item.
+
+``records`` is the one shape between the store and the report: the store yields these, the report reads only these.
+"""
