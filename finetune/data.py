@@ -556,9 +556,9 @@ def stats_table(data: CheckedData, count: Tokenize, max_length: int) -> dict[str
 
     prompts = []
     prompt_sets = [(OPENERS_FILE, data.openers), (DEV_FILE, data.dev), (TEST_FILE, data.test)]
-    prompt_sets += [(SENSITIVE_FILE, data.sensitive)] + (
-        [(f"LIMA {LIMA_TEST_FILE}", data.lima_test)] * bool(data.lima_test)
-    )
+    prompt_sets.append((SENSITIVE_FILE, data.sensitive))
+    if data.lima_test:  # a row only where the user has LIMA's test prompts
+        prompt_sets.append((f"LIMA {LIMA_TEST_FILE}", data.lima_test))
     for name, items in prompt_sets:
         lengths = count([p.prompt for p in items])
         prompts.append(
