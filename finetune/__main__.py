@@ -34,7 +34,7 @@ def command(
 
 
 def add_data_parser(commands: argparse._SubParsersAction) -> None:
-    what = "build and check the two training sets (zero-shot, dialogue) and the evaluation prompts"
+    what = "build and check the two training sets (zero-shot, dialogue) and every prompt set (openers, dev, studies)"
     parser = command(commands, run_data, what)
     parser.add_argument("--check", action="store_true", help="validate everything and print the stats table")
     parser.add_argument(
@@ -43,7 +43,7 @@ def add_data_parser(commands: argparse._SubParsersAction) -> None:
         metavar="sample|hub|PATH",
         help="single-turn data: 'sample' (offline, default: dialogues/sample_single_turn.jsonl stands in for "
         "LIMA's 1,000), 'hub' (GAIR/lima, gated: needs HF_TOKEN and its terms accepted), or a LIMA-format "
-        "train.jsonl",
+        "train.jsonl; LIMA's test.jsonl, beside it or in the Hugging Face cache, is checked too",
     )
     parser.add_argument(
         "--dialogues",

@@ -10,7 +10,10 @@ The two training sets the paper compares:
 
 Validation collects every problem of every file in one pass; each problem is one line naming the file, the
 line and the field. Errors stop the run (exit 2); warnings (duplicates, overlap with evaluation prompts,
-examples longer than the training length) are printed and the data is kept.
+examples longer than the training length) are printed and the data is kept. The check covers every prompt
+set too: the arena's openers, the dev prompts, the studies' test and sensitive prompts, and LIMA's own test
+prompts where the user has them; none may repeat training text, and a test or sensitive prompt may not repeat
+an opener or a dev prompt either.
 """
 
 from __future__ import annotations
@@ -20,13 +23,24 @@ import json
 import logging
 import re
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from common.cli import UserError
 from common.jsonl import Problem, display_path, duplicate_ids, json_type, read_jsonl, text_problem
-from common.prompts import Prompt, load_prompts
+from common.prompts import (
+    LIMA_REPO,
+    LIMA_TEST_FILE,
+    MALICIOUS,
+    OUT_OF_DISTRIBUTION,
+    Prompt,
+    find_lima_test,
+    load_lima_test,
+    load_prompts,
+    load_sensitive_prompts,
+    load_test_prompts,
+)
 from finetune.hub import explain_hub_errors
 
 log = logging.getLogger(__name__)
@@ -36,8 +50,13 @@ TRAIN_FILE = "train.jsonl"
 SAMPLE_FILE = "sample_single_turn.jsonl"
 OPENERS_FILE = "eval_openers.jsonl"
 DEV_FILE = "dev.jsonl"
+TEST_FILE = "test.jsonl"
+SENSITIVE_FILE = "sensitive.jsonl"
 
-LIMA_REPO = "GAIR/lima"
+# The paper's studies: Figure 3 reports 20 out-of-distribution test prompts apart; the safety study has 30
+# sensitive prompts, 10 of them clearly malicious. Another size is allowed (a warning): the studies still run.
+PROMPT_SET_SIZES = {TEST_FILE: (100, OUT_OF_DISTRIBUTION, 20), SENSITIVE_FILE: (30, MALICIOUS, 10)}
+
 LIMA_URL = f"https://huggingface.co/datasets/{LIMA_REPO}"
 ROLES = ("user", "assistant")
 
@@ -192,8 +211,9 @@ def load_examples(path: Path) -> tuple[list[Example], list[Problem]]:
 # ------------------------------------------------------------------------------------------------ LIMA
 
 
-def fetch_lima(token: str | None = None) -> Path:
-    """Download LIMA's train.jsonl from the Hub (gated), or say in one line what the user must do."""
+def fetch_lima(token: str | None = None, filename: str = "train.jsonl") -> Path:
+    """Download LIMA's train.jsonl (or its test.jsonl) from the Hub (gated), or say in one line what the user must
+    do."""
     from huggingface_hub import get_token, hf_hub_download
 
     where = f"{LIMA_REPO} (Hub)"
@@ -205,7 +225,7 @@ def fetch_lima(token: str | None = None) -> Path:
         )
     fallback = "download train.jsonl from it on another machine and pass --lima PATH"
     with explain_hub_errors(where, f"{LIMA_URL} (licence CC BY-NC-SA)", fallback):
-        return Path(hf_hub_download(LIMA_REPO, "train.jsonl", repo_type="dataset", token=token))
+        return Path(hf_hub_download(LIMA_REPO, filename, repo_type="dataset", token=token))
 
 
 # --------------------------------------------------------------------------------------------- the sets
@@ -239,12 +259,15 @@ class TrainingSets:
 
 @dataclass
 class CheckedData:
-    """Everything `data --check` looks at: the training sets, the evaluation prompts, and the warnings."""
+    """Everything `data --check` looks at: the training sets, the prompt sets, and the warnings."""
 
     sets: TrainingSets
     openers: list[Prompt]
     dev: list[Prompt]
     warnings: list[Problem]
+    test: list[Prompt] = field(default_factory=list)
+    sensitive: list[Prompt] = field(default_factory=list)
+    lima_test: list[Prompt] = field(default_factory=list)  # empty where the user has no LIMA test.jsonl
 
 
 def fingerprint(examples: Sequence[Example]) -> str:
@@ -282,8 +305,10 @@ def load_data(lima: str = "sample", dialogues: str | Path = DIALOGUES_DIR) -> Ch
         errors += found
         single_label = f"OFFLINE SAMPLE: {len(single)} authored single-turn examples standing in for LIMA's 1,000"
         lima_multi: list[Example] = []
+        lima_test_path = find_lima_test()
     else:
         lima_path = fetch_lima() if lima == "hub" else Path(lima)
+        lima_test_path = fetch_lima(filename=LIMA_TEST_FILE) if lima == "hub" else find_lima_test(lima_path)
         rows, found = load_examples(lima_path)
         errors += found
         single = [e for e in rows if e.user_turns == 1]
@@ -311,16 +336,42 @@ def load_data(lima: str = "sample", dialogues: str | Path = DIALOGUES_DIR) -> Ch
         if e.user_turns < 2
     ]
 
-    openers, found = load_prompts(_data_file(dialogues_dir, OPENERS_FILE), with_follow_ups=True)
-    errors += found
-    dev, found = load_prompts(_data_file(dialogues_dir, DEV_FILE), with_follow_ups=False)
+    prompt_sets, found = _load_prompt_sets(dialogues_dir, lima_test_path)
     errors += found
     if errors:
         raise DataError(errors)
 
     sets = TrainingSets(single, multi, single_label, multi_label, is_offline_sample=lima == "sample")
-    warnings = find_duplicates(sets.dialogue) + find_overlap(sets.dialogue, openers, dev)
-    return CheckedData(sets, openers, dev, warnings)
+    openers, dev, test, sensitive, lima_test = prompt_sets
+    warnings = find_duplicates(sets.dialogue) + find_overlap(sets.dialogue, openers, dev, test, sensitive, lima_test)
+    warnings += size_problems(test, _data_file(dialogues_dir, TEST_FILE))
+    warnings += size_problems(sensitive, _data_file(dialogues_dir, SENSITIVE_FILE))
+    return CheckedData(sets, openers, dev, warnings, test, sensitive, lima_test)
+
+
+def _load_prompt_sets(dialogues_dir: Path, lima_test: Path | None) -> tuple[list[list[Prompt]], list[Problem]]:
+    """Openers, dev, test and sensitive prompts (each from the user's folder or the project's), then LIMA's test
+    prompts (none when the user has no LIMA test.jsonl); with every problem of every file."""
+    loads = [
+        load_prompts(_data_file(dialogues_dir, OPENERS_FILE), with_follow_ups=True),
+        load_prompts(_data_file(dialogues_dir, DEV_FILE), with_follow_ups=False),
+        load_test_prompts(_data_file(dialogues_dir, TEST_FILE)),
+        load_sensitive_prompts(_data_file(dialogues_dir, SENSITIVE_FILE)),
+        load_lima_test(lima_test) if lima_test is not None else ([], []),
+    ]
+    return [prompts for prompts, _ in loads], [problem for _, found in loads for problem in found]
+
+
+def size_problems(prompts: Sequence[Prompt], path: Path) -> list[Problem]:
+    """Warn where a study's prompt set differs in size from the paper's (PROMPT_SET_SIZES)."""
+    size, flag, flagged = PROMPT_SET_SIZES[path.name]
+    marked = sum(bool(getattr(p, flag)) for p in prompts)
+    if (len(prompts), marked) == (size, flagged):
+        return []
+    message = (
+        f"{len(prompts)} prompts, {marked} with {flag} true: the paper's study has {size}, {flagged} of them {flag}"
+    )
+    return [Problem(display_path(path), None, None, message, "warning")]
 
 
 def load_training_sets(lima: str = "sample", dialogues: str | Path = DIALOGUES_DIR) -> TrainingSets:
@@ -364,42 +415,65 @@ def _ngrams(words: list[str], n: int) -> set[tuple[str, ...]]:
     return {tuple(words[i : i + n]) for i in range(len(words) - n + 1)}
 
 
-def find_overlap(train: Sequence[Example], openers: Sequence[Prompt], dev: Sequence[Prompt]) -> list[Problem]:
-    """Warn where an evaluation or dev prompt repeats training text, or a dev prompt repeats an opener.
+Index = tuple[dict[str, str], dict[tuple[str, ...], str]]
+"""Normalised texts and their OVERLAP_NGRAM-word spans, each with where it first occurs."""
+
+# What each prompt set is called in an overlap warning, in the order find_overlap takes them.
+PROMPT_SET_NAMES = ("an evaluation opener", "a dev prompt", "a test prompt", "a sensitive prompt", "a LIMA test prompt")
+
+
+def find_overlap(
+    train: Sequence[Example],
+    openers: Sequence[Prompt],
+    dev: Sequence[Prompt],
+    test: Sequence[Prompt] = (),
+    sensitive: Sequence[Prompt] = (),
+    lima_test: Sequence[Prompt] = (),
+) -> list[Problem]:
+    """Warn where a prompt repeats training text, or a prompt of an earlier set (a dev prompt an opener; a test,
+    sensitive or LIMA test prompt an opener, a dev prompt or each other): whatever chose the checkpoint, or was
+    trained on, says nothing when it is tested again.
 
     Overlap is an exact match after normalising, or a shared span of OVERLAP_NGRAM words.
     """
+    train_index = _index((m["content"], e.where) for e in train for m in e.messages if m["role"] == "user")
+    prompt_sets = [openers, dev, test, sensitive, lima_test]
+    indexes = [_index((text, p.where) for p in prompts for _, text in _texts(p)) for prompts in prompt_sets]
     warnings = []
+    for i, prompts in enumerate(prompt_sets):
+        warnings += _overlaps(prompts, train_index, "training data")
+        for name, earlier in zip(PROMPT_SET_NAMES[:i], indexes[:i], strict=True):
+            warnings += _overlaps(prompts, earlier, name)
+    return warnings
 
-    def index(texts: Iterable[tuple[str, str]]) -> tuple[dict[str, str], dict[tuple[str, ...], str]]:
-        exact: dict[str, str] = {}
-        spans: dict[tuple[str, ...], str] = {}
-        for text, where in texts:
+
+def _texts(prompt: Prompt) -> list[tuple[str, str]]:
+    """(field, text) for every message a prompt sends."""
+    return [("prompt", prompt.prompt)] + [(f"follow_ups[{i}]", t) for i, t in enumerate(prompt.follow_ups)]
+
+
+def _index(texts: Iterable[tuple[str, str]]) -> Index:
+    exact: dict[str, str] = {}
+    spans: dict[tuple[str, ...], str] = {}
+    for text, where in texts:
+        words = normalize(text).split()
+        exact.setdefault(" ".join(words), where)
+        for gram in _ngrams(words, OVERLAP_NGRAM):
+            spans.setdefault(gram, where)
+    return exact, spans
+
+
+def _overlaps(prompts: Sequence[Prompt], against: Index, what: str) -> list[Problem]:
+    exact, spans = against
+    warnings = []
+    for prompt in prompts:
+        for field_name, text in _texts(prompt):
             words = normalize(text).split()
-            exact.setdefault(" ".join(words), where)
-            for gram in _ngrams(words, OVERLAP_NGRAM):
-                spans.setdefault(gram, where)
-        return exact, spans
-
-    def check(prompts: Sequence[Prompt], against: tuple[dict, dict], what: str) -> None:
-        exact, spans = against
-        for prompt in prompts:
-            for field_name, text in [("prompt", prompt.prompt)] + [
-                (f"follow_ups[{i}]", t) for i, t in enumerate(prompt.follow_ups)
-            ]:
-                words = normalize(text).split()
-                hit = exact.get(" ".join(words)) or next(
-                    (spans[g] for g in _ngrams(words, OVERLAP_NGRAM) if g in spans), None
-                )
-                if hit:
-                    warnings.append(
-                        Problem(prompt.path, prompt.line, field_name, f"overlaps {what} at {hit}", "warning")
-                    )
-
-    train_index = index((m["content"], e.where) for e in train for m in e.messages if m["role"] == "user")
-    check(openers, train_index, "training data")
-    check(dev, train_index, "training data")
-    check(dev, index((t, p.where) for p in openers for t in [p.prompt, *p.follow_ups]), "an evaluation opener")
+            hit = exact.get(" ".join(words)) or next(
+                (spans[g] for g in _ngrams(words, OVERLAP_NGRAM) if g in spans), None
+            )
+            if hit:
+                warnings.append(Problem(prompt.path, prompt.line, field_name, f"overlaps {what} at {hit}", "warning"))
     return warnings
 
 
@@ -481,7 +555,11 @@ def stats_table(data: CheckedData, count: Tokenize, max_length: int) -> dict[str
     training.append(stats_row("dialogue set", sets.dialogue, count, max_length))
 
     prompts = []
-    for name, items in ((OPENERS_FILE, data.openers), (DEV_FILE, data.dev)):
+    prompt_sets = [(OPENERS_FILE, data.openers), (DEV_FILE, data.dev), (TEST_FILE, data.test)]
+    prompt_sets.append((SENSITIVE_FILE, data.sensitive))
+    if data.lima_test:  # a row only where the user has LIMA's test prompts
+        prompt_sets.append((f"LIMA {LIMA_TEST_FILE}", data.lima_test))
+    for name, items in prompt_sets:
         lengths = count([p.prompt for p in items])
         prompts.append(
             {
