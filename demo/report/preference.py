@@ -40,6 +40,7 @@ def logistic(features: np.ndarray, outcomes: np.ndarray, weights: np.ndarray, st
     """The coefficients of ``logit P = features @ beta`` for outcomes in [0, 1], by penalised Newton steps, once per
     row of ``weights`` (how often each judgment is counted: all ones, or a bootstrap resample's multiplicities),
     all rows at once: (resamples, judgments) -> (resamples, coefficients)."""
+    weights = np.atleast_2d(np.asarray(weights, dtype=float))
     beta = np.zeros((len(weights), features.shape[1]))
     ridge = RIDGE * np.eye(features.shape[1])
     for _ in range(steps):

@@ -70,11 +70,12 @@ def _mean(values: Iterable[float]) -> float | None:
 
 
 def _by_prompt(rows: list) -> list[list]:
-    """The rows grouped by prompt: the units every interval resamples."""
+    """The rows grouped by prompt, in the prompts' order (not the store's, so the same records always give the
+    same resamples): the units every interval resamples."""
     groups: dict[str, list] = defaultdict(list)
     for row in rows:
         groups[row.prompt_id].append(row)
-    return list(groups.values())
+    return [groups[prompt] for prompt in sorted(groups)]
 
 
 def _flatten(units: list[list]) -> tuple[list, np.ndarray]:
