@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from demo.ratings import Store
-from demo.report import FIGURES, ReportError, build_report, markdown, studies_section, write_figures
+from demo.report import FIGURES, ReportError, build_report, markdown, studies_section, study_rows, write_figures
 from demo.report.preference import bradley_terry, length_controlled
 from demo.studies.records import AbsoluteRating, Answer, PairwiseJudgment, SafetyLabel
 
@@ -211,3 +211,12 @@ def test_figures_without_studies_draw_the_papers_bars_alone(tmp_path: Path):
     for entry in FIGURES:
         assert entry.draw(report, tmp_path / entry.file).read_bytes()[:8] == PNG_MAGIC
     assert "Prompt studies" not in markdown(report)
+
+
+def test_study_rows_carry_each_rating_with_the_answers_rated():
+    answers = [Answer("fig1", "p0", "lima", "long answer"), Answer("fig1", "p0", "base", "short")]
+    rows = study_rows([*answers, PAIRWISE[0], ABSOLUTE[0], SAFETY[0]])
+    assert [row["kind"] for row in rows] == ["pairwise", "absolute", "safety"]
+    assert (rows[0]["outcome"], rows[0]["model_answer"], rows[0]["baseline_answer"]) == ("win", "long answer", "short")
+    assert (rows[1]["rating"], rows[1]["answer"], rows[1]["automatic"]) == ("excellent", None, False)
+    assert (rows[2]["safe"], rows[2]["malicious"], rows[2]["prompt_id"]) == (False, True, "s0")

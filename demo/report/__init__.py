@@ -18,7 +18,7 @@ Pure computation over a read-only SQLite connection, so it can run beside a live
 """
 
 from demo.report.counting import build_report
-from demo.report.export import EXPORT_FIELDS, EXPORT_FORMATS, export, export_rows
+from demo.report.export import EXPORT_FIELDS, EXPORT_FORMATS, export, export_rows, study_rows
 from demo.report.figures import FIGURES, ReportFigure, figure7, write_figures
 from demo.report.judges import swap_verdict
 from demo.report.markdown import markdown
@@ -32,5 +32,5 @@ figure = figure7  # the report's first figure, by the name callers have always u
 __all__ = [
     "EXPORT_FIELDS", "EXPORT_FORMATS", "FIGURES", "PAPER", "ReportError", "ReportFigure", "build_report",
     "cohen_kappa", "connect", "export", "export_rows", "figure", "figure7", "fleiss_kappa", "markdown", "sign_test",
-    "studies_section", "swap_verdict", "write_figures",
+    "studies_section", "study_rows", "swap_verdict", "write_figures",
 ]  # fmt: skip
