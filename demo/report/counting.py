@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections import Counter, defaultdict
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from demo.report import judges
 from demo.report.paper import PAPER
 from demo.report.reading import ReportError, Tables, decoding_mismatch, read_all
 from demo.report.stats import LEVEL, difference, fleiss_kappa, rounded, share_intervals, shares, sign_test
+from demo.report.studies import Record, studies_section
 
 COUNTING = (
     "each (conversation, side, turn) of a blind conversation once: its latest attempt rated by the"
@@ -28,8 +30,15 @@ COUNTING = (
 )
 
 
-def build_report(db_path: str | Path, a_model: str | None = None, resamples: int = 2000, seed: int = 0) -> dict:
-    """Everything the summary, the figures and ``--json`` show, as one JSON-ready dict."""
+def build_report(
+    db_path: str | Path,
+    a_model: str | None = None,
+    resamples: int = 2000,
+    seed: int = 0,
+    studies: Iterable[Record] = (),
+) -> dict:
+    """Everything the summary, the figures and ``--json`` show, as one JSON-ready dict; ``studies``: the prompt
+    studies' records (``demo.studies.records``), summed up under ``studies`` (``studies_section``)."""
     if resamples < 1:
         raise ReportError(f"resamples must be at least 1, got {resamples}")
     tables = read_all(db_path)
@@ -81,6 +90,7 @@ def build_report(db_path: str | Path, a_model: str | None = None, resamples: int
             "ratings": "counted, under a pseudonym per rater; texts and typed names withheld",
         },
         "paper": PAPER,
+        "studies": studies_section(studies, resamples, seed),
     }
 
 

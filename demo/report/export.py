@@ -8,9 +8,13 @@ import json
 import os
 import sqlite3
 from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import asdict
 from pathlib import Path
 
 from demo.report.reading import ReportError, connect
+from demo.report.studies import KIND_OF
+from demo.studies.records import Answer, PairwiseJudgment
 
 EXPORT_FORMATS = ("jsonl", "csv", "hf")
 EXPORT_FIELDS = (
@@ -48,6 +52,26 @@ def export_rows(db_path: str | Path) -> list[dict]:
         context = _context(latest[r["conversation_id"], r["side"]], r["turn_index"])
         row.update(rated_at=row.pop("updated_at"), context=context, decoding=json.loads(row["decoding"] or "{}"))
         rows.append({field: row[field] for field in EXPORT_FIELDS})
+    return rows
+
+
+def study_rows(records: Iterable[object]) -> list[dict]:
+    """The prompt studies as a dataset: one row per rating record (``demo.studies.records``) with its kind and,
+    where the records include the answers, the texts rated (``answer`` for one source, ``model_answer`` and
+    ``baseline_answer`` for a pair)."""
+    records = list(records)
+    texts = {(r.study, r.prompt_id, r.source): r.text for r in records if isinstance(r, Answer)}
+    rows = []
+    for record in records:
+        if isinstance(record, Answer):
+            continue
+        row = {"kind": KIND_OF[type(record)], **asdict(record)}
+        if isinstance(record, PairwiseJudgment):
+            row["model_answer"] = texts.get((record.study, record.prompt_id, record.model))
+            row["baseline_answer"] = texts.get((record.study, record.prompt_id, record.baseline))
+        else:
+            row["answer"] = texts.get((record.study, record.prompt_id, record.source))
+        rows.append(row)
     return rows
 
 

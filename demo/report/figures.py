@@ -6,9 +6,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from demo.protocol import BEST_FIRST, COLOURS
+from demo.report import drawing, study_figures
+from demo.report.drawing import Bar
 from demo.report.paper import PAPER_BARS
 
 
@@ -21,66 +22,40 @@ class ReportFigure:
 
 
 def figure7(report: dict, path: str | Path) -> Path:
-    """Figure 7 redrawn: a stacked horizontal bar per model of ours, then the paper's two bars, as a PNG."""
-    # The object API with an explicit Agg canvas: no pyplot global state, no display needed.
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    from matplotlib.patches import Patch
-
-    bars = _bars(report)
-    fig = Figure(figsize=(10, 1.4 + 0.9 * len(bars)), layout="constrained")
-    FigureCanvasAgg(fig)
-    ax = fig.subplots()
-    rows = range(len(bars))[::-1]  # ours on top, the paper's at the bottom
-    for row, (_label, shares, is_paper) in zip(rows, bars, strict=True):
-        _stack(ax, row, shares, is_paper)
-    ax.set_yticks(list(rows), [label for label, _, _ in bars], fontsize=8)
-    ax.set_xlim(0, 100)
-    ax.set_xlabel("share of rated turns (%)")
-    ax.set_title(_figure7_title(report), pad=24)
-    legend = [Patch(color=COLOURS[name], label=name) for name in BEST_FIRST]
-    legend.append(Patch(facecolor="white", edgecolor="grey", hatch="//", label="paper"))
-    ax.legend(handles=legend, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncols=4, frameon=False, fontsize=8)
-    for side in ("top", "right"):
-        ax.spines[side].set_visible(False)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    return path
+    """Figure 7 redrawn from people's ratings: a stacked horizontal bar per model of ours, then the paper's two
+    bars, as a PNG."""
+    return _turns(report["models"], report["paper"], _figure7_title(report), path)
 
 
-def _bars(report: dict) -> list[tuple[str, dict[str, Any], bool]]:
-    """(label, shares, from the paper) per bar: each model of ours, then the paper's two."""
+def figure7_automatic(report: dict, path: str | Path) -> Path:
+    """Figure 7 redrawn from a model judge's ratings (autoplay): labelled automatic, beside the paper's bars."""
+    auto = report.get("automatic") or {}
+    title = "Automatic turn ratings (autoplay, a model judge), cf. LIMA Figure 7"
+    if not auto.get("models"):
+        title += " (none yet: only the paper's bars)"
+    return _turns(auto.get("models") or {}, report["paper"], title, path)
+
+
+def _turns(models: dict, paper: dict, title: str, path: str | Path) -> Path:
+    bars = _bars(models, paper)
+    fig, axes = drawing.canvas(1, 1, 10, 1.4 + 0.9 * len(bars))
+    drawing.panel(axes[0, 0], bars, title, "share of rated turns (%)", {name: COLOURS[name] for name in BEST_FIRST})
+    return drawing.save(fig, path)
+
+
+def _bars(models: dict, paper: dict) -> list[Bar]:
+    """Each model of ours, then the paper's two bars."""
     bars = []
-    for name, m in report["models"].items():
+    for name, m in models.items():
         label = f"{name}\n{m['turns']} turns, {m['conversations']} conversations"
         if m["excellent_ci"]:
             label += f"\nCI excellent {m['excellent_ci'][0]:.0f}–{m['excellent_ci'][1]:.0f}"
             label += f", fail {m['fail_ci'][0]:.0f}–{m['fail_ci'][1]:.0f}"
-        bars.append((label, m, False))
+        bars.append(drawing.level_bar(label, m, {"excellent": m["excellent_ci"], "fail": m["fail_ci"]}))
     for key, label in PAPER_BARS.items():
-        turns = report["paper"][key]["fails_per_turns"].split(" in ")[-1]
-        bars.append((f"{label}\n{turns} turns", report["paper"][key], True))
+        turns = paper[key]["fails_per_turns"].split(" in ")[-1]
+        bars.append(drawing.level_bar(f"{label}\n{turns} turns", paper[key], None, paper=True))
     return bars
-
-
-def _stack(ax: Any, row: int, shares: dict[str, Any], is_paper: bool) -> None:
-    """One bar: the levels best first, each labelled with its share, and ours with their 95 % intervals."""
-    style = {"alpha": 0.55, "hatch": "//"} if is_paper else {}
-    left = 0.0
-    for name in BEST_FIRST:
-        width = shares.get(name) or 0.0  # the paper's bars have no share for a level the paper did not use
-        ax.barh(row, width, left=left, color=COLOURS[name], edgecolor="white", **style)
-        if width >= 5:
-            ax.text(left + width / 2, row, f"{width:.1f}%", ha="center", va="center", fontsize=9)
-        elif width > 0:  # too narrow to hold its label: write it just above the bar
-            ax.text(left + width / 2, row + 0.42, f"{width:.1f}%", ha="center", va="bottom", fontsize=7)
-        left += width
-    if not is_paper and shares.get("excellent_ci"):  # the intervals, drawn where the segments meet
-        ex, (ex_lo, ex_hi) = shares["excellent"], shares["excellent_ci"]
-        edge, (fail_lo, fail_hi) = 100 - shares["fail"], shares["fail_ci"]
-        for x, low, high in ((ex, ex_lo, ex_hi), (edge, 100 - fail_hi, 100 - fail_lo)):
-            ax.errorbar(x, row, xerr=[[x - low], [high - x]], fmt="none", ecolor="black", capsize=4, lw=1)
 
 
 def _figure7_title(report: dict) -> str:
@@ -93,7 +68,13 @@ def _figure7_title(report: dict) -> str:
     return title + " (no ratings yet: only the paper's bars)"
 
 
-FIGURES = (ReportFigure("figure7", "figure7.png", "Figure 7 for these models", figure7),)
+FIGURES = (
+    ReportFigure("figure7", "figure7.png", "Figure 7 for these models", figure7),
+    ReportFigure("figure7_automatic", "figure7-automatic.png", "Figure 7, automatic (model judge)", figure7_automatic),
+    ReportFigure("figure1", "figure1.png", "Figure 1: pairwise preference per baseline", study_figures.figure1),
+    ReportFigure("figure3", "figure3.png", "Figure 3: fail / pass / excellent", study_figures.figure3),
+    ReportFigure("safety", "safety.png", "Safety: answers to sensitive prompts", study_figures.safety),
+)
 
 
 def write_figures(report: dict, folder: str | Path) -> dict[str, Path]:

@@ -16,7 +16,7 @@ _MARKUP = re.compile(r"([\\`*\[\]|!])")
 def markdown(report: dict) -> str:
     """A readable summary: Figure 7 beside the paper's bars, verdicts, turn depth, raters, agreement."""
     sections = (
-        _intro, _turn_ratings, _verdicts, _by_turn, _unblinded, _automatic, _raters, _decoding, _agreement,
+        _intro, _turn_ratings, _verdicts, _by_turn, _unblinded, _automatic, _studies, _raters, _decoding, _agreement,
         _after_reveal, _taken_down,
     )  # fmt: skip
     return "\n".join(line for section in sections for line in section(report)) + "\n"
@@ -188,6 +188,12 @@ def _automatic(report: dict) -> list[str]:
     if auto["unparsable"]:
         lines += ["", f"{auto['unparsable']} judge answer(s) had no rating or verdict line: stored, not counted."]
     return lines
+
+
+def _studies(report: dict) -> list[str]:
+    from demo.report.study_markdown import studies  # it writes with this module's cells
+
+    return studies(report)
 
 
 def _raters(report: dict) -> list[str]:

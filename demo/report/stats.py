@@ -42,28 +42,64 @@ def _difference_of(*counts: np.ndarray, axis: int = -1) -> np.ndarray:
     return _shares_of(*counts[:half], axis=axis) - _shares_of(*counts[half:], axis=axis)
 
 
-def _intervals(counts: np.ndarray, statistic: Callable, resamples: int, seed: int) -> dict[str, list[float] | None]:
-    """Percentile intervals of ``statistic`` for the INTERVALS levels, resampling the rows of ``counts`` (one
-    conversation each) whole, with replacement; none from fewer than two conversations."""
-    if len(counts) < 2:
-        return dict.fromkeys(INTERVALS)
+def _percentile(data: tuple, statistic: Callable, vectorized: bool, resamples: int, seed: int) -> Any:
+    """scipy's percentile bootstrap at LEVEL, seeded, the arrays of ``data`` resampled together: the one bootstrap
+    every interval of the report comes from."""
     from scipy import stats  # a second or more to import: not for `--help`, nor for demo.judge's start
 
-    found = stats.bootstrap(
-        tuple(counts.T),
+    return stats.bootstrap(
+        data,
         statistic,
-        paired=True,  # a conversation is resampled with all its columns
-        vectorized=True,
+        paired=True,  # a unit is resampled with all its columns
+        vectorized=vectorized,
         n_resamples=resamples,
         confidence_level=LEVEL / 100,
         method="percentile",
         rng=np.random.default_rng(seed),  # seeded: the same database gives the same report
     ).confidence_interval
-    return {
-        name: [round(float(found.low[column]), 1), round(float(found.high[column]), 1)]
-        for column, name in enumerate(BEST_FIRST)
-        if name in INTERVALS
-    }
+
+
+def _columns(counts: np.ndarray, statistic: Callable, resamples: int, seed: int) -> list[list[float]] | None:
+    """Percentile intervals of each of ``statistic``'s outputs, resampling the rows of ``counts`` (one unit each:
+    a conversation, a prompt) whole, with replacement; none from fewer than two units."""
+    if len(counts) < 2:
+        return None
+    found = _percentile(tuple(counts.T), statistic, True, resamples, seed)
+    return [[round(float(low), 1), round(float(high), 1)] for low, high in zip(found.low, found.high, strict=True)]
+
+
+def _intervals(counts: np.ndarray, statistic: Callable, resamples: int, seed: int) -> dict[str, list[float] | None]:
+    """Intervals of ``statistic`` (one output per level, BEST_FIRST) for the INTERVALS levels."""
+    found = _columns(counts, statistic, resamples, seed)
+    if found is None:
+        return dict.fromkeys(INTERVALS)
+    return {name: found[column] for column, name in enumerate(BEST_FIRST) if name in INTERVALS}
+
+
+def level_intervals(per_unit: list[Counter], levels: tuple[str, ...], resamples: int, seed: int) -> dict[str, Any]:
+    """Each level's share (per cent of all counts) with its interval, resampling the units (``per_unit``: the
+    counts of one prompt or conversation each): ``{level: [low, high] or None}``."""
+    counts = np.array([[unit[name] for name in levels] for unit in per_unit], dtype=float)
+    found = _columns(counts, _shares_of, resamples, seed)
+    return {name: None if found is None else found[column] for column, name in enumerate(levels)}
+
+
+def unit_intervals(units: int, statistic: Callable[[np.ndarray], np.ndarray], resamples: int, seed: int):
+    """Intervals of each output of a fitted ``statistic`` over resamples of ``units`` units, each kept whole.
+    ``statistic`` takes each unit's multiplicity, one row per resample (a fit weighted by them is the fit on the
+    resample), and gives (outputs, resamples). None from fewer than two units."""
+    if units < 2:
+        return None
+
+    def of_indices(index: np.ndarray, axis: int = -1) -> np.ndarray:
+        rows = np.atleast_2d(index).astype(int)  # scipy asks for the sample itself (1-D) and the resamples (2-D)
+        offsets = units * np.arange(len(rows))[:, None]  # one bincount for every resample at once
+        counts = np.bincount((rows + offsets).ravel(), minlength=units * len(rows)).reshape(len(rows), units)
+        found = statistic(counts.astype(float))
+        return found[:, 0] if np.ndim(index) == 1 else found
+
+    found = _percentile((np.arange(units),), of_indices, True, resamples, seed)
+    return [[round(float(a), 1), round(float(b), 1)] for a, b in zip(found.low, found.high, strict=True)]
 
 
 def share_intervals(per_conversation: list[Counter], resamples: int, seed: int) -> dict[str, list[float] | None]:
