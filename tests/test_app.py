@@ -256,7 +256,7 @@ def test_review_second_opinions_feed_agreement_and_results_and_export_work_throu
     bob.predict(turns["a"], "excellent", "bob", api_name="/rate")
     bob.predict(turns["b"], "pass", "bob", api_name="/rate")
 
-    _, summary, report = bob.predict("", api_name="/results")  # open locally: no admin token configured
+    *_, summary, report = bob.predict("", api_name="/results")  # open locally: no admin token configured
     assert report["models"] == {} and report["comparison"] is None  # rated with the names shown: apart
     shown = report["unblinded"]
     assert shown["models"]["zero"]["excellent"] == 100.0 and shown["models"]["dialogue"]["fail"] == 100.0
