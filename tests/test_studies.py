@@ -198,3 +198,71 @@ def studies_answers(event: dict) -> list[str]:
     from demo.studies import tables
 
     return tables.answers_of(event)
+
+
+# -- python -m demo.studies generate --------------------------------------------------------------------------
+def write_study(folder: Path, body: str, prompts: list[dict]) -> Path:
+    (folder / "prompts.jsonl").write_text("".join(json.dumps(p) + "\n" for p in prompts), encoding="utf-8")
+    spec = folder / "study.yaml"
+    spec.write_text(body, encoding="utf-8")
+    return spec
+
+
+def test_a_bad_study_file_is_one_line_naming_the_field(tmp_path, capsys):
+    from demo.studies.__main__ import main
+
+    cases = {
+        "name: x\nkind: ranking\nprompts: prompts.jsonl\nmodel: m\n": "kind: one of pairwise, absolute, safety",
+        "name: x\nkind: pairwise\nprompts: prompts.jsonl\nmodel: m\n": "baselines: a pairwise study compares",
+        "name: x\nkind: absolute\nprompts: prompts.jsonl\nmodel: m\ndecoding: {top_k: 3}\n": "decoding.top_k",
+        "name: x\nkind: absolute\nprompts: prompts.jsonl\n": "model: missing field",
+        "name: x\nkind: [absolute\n": "study.yaml:3: not valid YAML",
+    }
+    for body, expected in cases.items():
+        spec = write_study(tmp_path, body, [{"id": "p1"}])
+        assert main(["generate", "--db", str(tmp_path / "r.db"), "--study", str(spec)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and expected in err, err
+    spec = write_study(tmp_path, "name: x\nkind: absolute\nprompts: prompts.jsonl\nmodel: m\n", [{"id": "p1"}])
+    assert main(["generate", "--db", str(tmp_path / "r.db"), "--study", str(spec), "--concurrency", "0"]) == 2
+    assert "--concurrency: must be a whole number of at least 1" in capsys.readouterr().err
+    assert main(["generate", "--db", str(tmp_path / "r.db"), "--study", str(spec)]) == 2
+    assert "prompts.jsonl:1: prompt: missing field" in capsys.readouterr().err
+
+
+def test_generate_stores_each_answer_once_resumably_and_concurrently(trained, tmp_path):
+    from conftest import run_cli
+    from tgi_server import Behaviour, TGIServer
+
+    prompts = [prompt(1), prompt(2, out_of_distribution=True), prompt(3)]
+    with TGIServer(Behaviour(reply="A served answer.", token_delay_s=0.05, status=500)) as server:
+        body = (
+            "name: fig1\nkind: pairwise\nprompts: prompts.jsonl\n"
+            f"model: lima={trained / 'lima-1000' / 'epoch-3'}\n"
+            f"baselines: [more={trained / 'lima-1030' / 'epoch-3'}, 'tgi={server.url}']\n"
+            "decoding: {max_new_tokens: 8}\n"
+        )
+        spec = write_study(tmp_path, body, prompts)
+        args = ("-m", "demo.studies", "generate", "--db", str(tmp_path / "r.db"), "--study", str(spec))
+        failing = run_cli(*args)  # the server fails every request: the folders' answers are stored, its are not
+        assert failing.returncode == 1, failing.stderr
+        assert failing.stdout.strip() == "fig1: 6/9 answers stored, 3 failed (asked again next run)"
+        server.behaviour.status = 200
+        resumed = run_cli(*args)
+        again = run_cli(*args)
+        peak = server.peak_in_flight
+    assert resumed.returncode == 0 and resumed.stdout.strip() == "fig1: 3/3 answers stored", resumed.stderr
+    assert again.returncode == 0 and again.stdout.strip() == "fig1: 0/0 answers stored"
+    assert peak == 3  # the three prompts asked at once
+    store = Store(tmp_path / "r.db")
+    answers = [r for r in studies.records(store) if isinstance(r, Answer)]
+    (study,) = studies.studies(store)
+    store.close()
+    assert study == Study("fig1", "pairwise", "lima", ("lima", "more", "tgi"))
+    assert len(answers) == 9 and {a.text for a in answers if a.source == "tgi"} == {"A served answer."}
+    servers = {a.source: a.decoding["server"].split()[0] for a in answers}  # as an arena turn records it
+    assert servers == {"lima": "in-process", "more": "in-process", "tgi": "tgi"}
+    assert {a.decoding["max_new_tokens"] for a in answers} == {8}
+    with sqlite3.connect(tmp_path / "r.db") as conn:
+        marks = dict(conn.execute("SELECT prompt_id, out_of_distribution FROM study_answers WHERE source = 'tgi'"))
+    assert marks == {"p1": 0, "p2": 1, "p3": 0}
