@@ -30,15 +30,17 @@ def _positive(text: str) -> int:
     return int(text)
 
 
+DESCRIPTION = (
+    "Generate a prompt study's answers once per (source, prompt) with its decoding, into the ratings database, "
+    "before raters arrive. Run it again to go on where it stopped: nothing is stored twice."
+)
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(
-        prog="python -m demo.studies generate",
-        description="Generate a prompt study's answers once per (source, prompt) with its decoding, into the "
-        "ratings database, before raters arrive. Run it again to go on where it stopped: nothing is stored twice.",
-    )
+    parser = _Parser(prog="python -m demo.studies generate", description=DESCRIPTION)
     parser.add_argument("--db", type=Path, required=True, help="the arena's SQLite ratings database")
     parser.add_argument("--study", type=Path, required=True, metavar="SPEC", help="the study's YAML file")
-    parser.add_argument("--concurrency", type=_positive, default=8, help="answers asked at once from each source (8)")
+    parser.add_argument("--concurrency", type=_positive, default=8, help="answers asked at once of each source (8)")
     return parser
 
 
