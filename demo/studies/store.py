@@ -251,6 +251,18 @@ def _outcome(choice: str, model_first: bool) -> str:
     return OUTCOMES[0] if (choice == "a") == model_first else OUTCOMES[2]
 
 
+def item_texts(store: Store, item: Item) -> tuple[str, list[str]]:
+    """An item's prompt and its answers' texts (pairwise: the model's, then the baseline's)."""
+    rows = {
+        row["id"]: row
+        for row in store._all(
+            f"SELECT id, prompt, answer_text FROM study_answers WHERE id IN ({','.join('?' * len(item.answer_ids))})",
+            item.answer_ids,
+        )
+    }
+    return rows[item.answer_ids[0]]["prompt"], [rows[answer]["answer_text"] for answer in item.answer_ids]
+
+
 def unjudged_items(store: Store, name: str, judge: str) -> list[Item]:
     """The items this judge has not been asked about yet (an unparsable answer counts as asked)."""
     with store._lock:
