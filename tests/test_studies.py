@@ -266,3 +266,25 @@ def test_generate_stores_each_answer_once_resumably_and_concurrently(trained, tm
     with sqlite3.connect(tmp_path / "r.db") as conn:
         marks = dict(conn.execute("SELECT prompt_id, out_of_distribution FROM study_answers WHERE source = 'tgi'"))
     assert marks == {"p1": 0, "p2": 1, "p3": 0}
+
+
+# -- the api a study's page calls -----------------------------------------------------------------------------
+def test_the_api_hands_out_items_until_every_one_is_rated(store):
+    from demo.studies import api
+
+    study = Study("fig3", "absolute", "lima", ("lima",))
+    answered(store, study, [prompt(1), prompt(2)])
+    first = api.next_item(store, "fig3", "s1", "ann")
+    assert first["kind"] == "absolute" and first["choices"] == ["fail", "pass", "excellent"]
+    assert (first["rated"], first["total"]) == (0, 2) and len(first["item"]["answers"]) == 1
+    assert api.next_item(store, "fig3", "s1", "ann") == first  # a reload: the same item
+    with pytest.raises(NotAllowed, match="not handed to your session"):
+        api.rate_item(store, "fig3", "s2", "bob", first["item"]["id"], "pass")
+    with pytest.raises(ValueError, match="one of fail, pass, excellent"):
+        api.rate_item(store, "fig3", "s1", "ann", first["item"]["id"], "a")
+    second = api.rate_item(store, "fig3", "s1", "ann", first["item"]["id"], "pass")
+    assert second["rated"] == 1 and second["item"]["id"] != first["item"]["id"]
+    done = api.rate_item(store, "fig3", "s1", "ann", second["item"]["id"], "excellent")
+    assert done["item"] is None and (done["rated"], done["total"]) == (2, 2)
+    with pytest.raises(NotAllowed, match="no study 'nope'"):
+        api.next_item(store, "nope", "s1", "ann")
