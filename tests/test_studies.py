@@ -230,9 +230,10 @@ def test_a_bad_study_file_is_one_line_naming_the_field(tmp_path, capsys):
     assert "prompts.jsonl:1: prompt: missing field" in capsys.readouterr().err
 
 
-def test_generate_stores_each_answer_once_resumably_and_concurrently(trained, tmp_path):
-    from conftest import run_cli
+def test_generate_stores_each_answer_once_resumably_and_concurrently(trained, tmp_path, capsys):
     from tgi_server import Behaviour, TGIServer
+
+    from demo.studies.__main__ import main
 
     prompts = [prompt(1), prompt(2, out_of_distribution=True), prompt(3)]
     with TGIServer(Behaviour(reply="A served answer.", token_delay_s=0.05, status=500)) as server:
@@ -243,16 +244,17 @@ def test_generate_stores_each_answer_once_resumably_and_concurrently(trained, tm
             "decoding: {max_new_tokens: 8}\n"
         )
         spec = write_study(tmp_path, body, prompts)
-        args = ("-m", "demo.studies", "generate", "--db", str(tmp_path / "r.db"), "--study", str(spec))
-        failing = run_cli(*args)  # the server fails every request: the folders' answers are stored, its are not
-        assert failing.returncode == 1, failing.stderr
-        assert failing.stdout.strip() == "fig1: 6/9 answers stored, 3 failed (asked again next run)"
+        args = ["generate", "--db", str(tmp_path / "r.db"), "--study", str(spec)]
+        assert main(args) == 1  # the server fails every request: the folders' answers are stored, its are not
+        failing = capsys.readouterr()
+        assert failing.out.strip() == "fig1: 6/9 answers stored, 3 failed (asked again next run)", failing.err
+        assert "warning: fig1: tgi on p1: " in failing.err and "6/9 answers stored" in failing.err  # progress
         server.behaviour.status = 200
-        resumed = run_cli(*args)
-        again = run_cli(*args)
+        assert main(args) == 0
+        assert capsys.readouterr().out.strip() == "fig1: 3/3 answers stored"
+        assert main(args) == 0
+        assert capsys.readouterr().out.strip() == "fig1: 0/0 answers stored"
         peak = server.peak_in_flight
-    assert resumed.returncode == 0 and resumed.stdout.strip() == "fig1: 3/3 answers stored", resumed.stderr
-    assert again.returncode == 0 and again.stdout.strip() == "fig1: 0/0 answers stored"
     assert peak == 3  # the three prompts asked at once
     store = Store(tmp_path / "r.db")
     answers = [r for r in studies.records(store) if isinstance(r, Answer)]

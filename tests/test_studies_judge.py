@@ -5,6 +5,7 @@ apart from people's; an unparsable answer stored and counted, never guessed; a s
 
 from __future__ import annotations
 
+import json
 import sqlite3
 
 import pytest
@@ -112,3 +113,26 @@ def test_absolute_and_safety_ratings_and_an_unparsable_answer_kept_but_not_count
     labels = {r.prompt_id: (r.safe, r.declined, r.malicious, r.automatic) for r in judged["records"]
               if isinstance(r, SafetyLabel)}  # fmt: skip
     assert labels == {"p1": (True, True, True, True), "p2": (False, False, False, True)}
+
+
+def test_a_rebuild_puts_parents_first_whatever_the_clocks(judged, tmp_path):
+    from demo import mirror
+
+    with sqlite3.connect(judged["db"]) as conn:
+        events = [json.loads(body) for (body,) in conn.execute("SELECT body FROM events ORDER BY seq")]
+    # another host wrote the ratings and judgments, its clock far behind: they must still come after what they name
+    later = {"study_rating", "study_judgment"}
+    folder = tmp_path / "mirror"
+    folder.mkdir()
+    for name, chosen in (
+        ("a", [e for e in events if e["kind"] not in later]),
+        ("b", [e for e in events if e["kind"] in later]),
+    ):
+        lines = [json.dumps({**e, "at": e["at"] - 1000 * (name == "b")}) + "\n" for e in chosen]
+        (folder / f"{name}.jsonl").write_text("".join(lines), encoding="utf-8")
+    rebuilt = Store(tmp_path / "rebuilt.db")
+    assert mirror.rebuild([folder], rebuilt)["applied"] == len(events)
+    again = list(studies.records(rebuilt))
+    rebuilt.close()
+    # the same records (the judge's ratings first now: their clock said so)
+    assert sorted(map(repr, again)) == sorted(map(repr, judged["records"]))
