@@ -108,8 +108,9 @@ def read_prompts(spec: Spec) -> list[dict]:
     rows = {str(obj.get("id")): obj for _, obj in jsonl.read_jsonl(spec.prompts)[0]}
     chosen = []
     for one in found[: spec.limit]:
-        # the loader's own fields where it has them (common.prompts.Prompt), else the line's
-        marks = {key: getattr(one, key, rows.get(one.id, {}).get(key)) for key in MARKS}
+        # the loader's own fields where it reads them (common.prompts.Prompt), else the line's
+        line = rows.get(one.id, {})
+        marks = {key: value if (value := getattr(one, key, None)) is not None else line.get(key) for key in MARKS}
         marks["kind"] = marks["kind"] or one.category
         chosen.append({"id": one.id, "prompt": one.prompt, **marks})
     return chosen
