@@ -12,6 +12,9 @@ on both sides, which model sits on A drawn per conversation as the arena draws i
 as ``autoplay``, the judge their rater: it rates every turn and gives the verdict (both orders; a disagreement is
 a tie). The report then sums them up apart from a person's ratings, labelled automatic.
 
+``python -m demo.judge study --db DB --judge URL [--study NAME]`` rates the items of prompt studies
+(``demo/studies/judging.py``): pairwise in both orders, absolute on LIMA's scale, safety.
+
 The prompts are data (``judge_prompts.yaml``). The judge is asked greedily (temperature 0) through the arena's own
 ``RemoteBackend``, so any TGI, vLLM, transformers serve or OpenAI-compatible server will do, and each prompt's
 last line is the contract: ``Rating: fail|pass|excellent`` or ``Verdict: A|B|tie``, the last such line wins, and
@@ -521,6 +524,10 @@ def _run(argv: list[str]) -> int:
         return asyncio.run(_autoplay_main(_autoplay_parser().parse_args(argv[1:])))
     if argv[:1] == ["epochs"]:
         return asyncio.run(_epochs_main(_epochs_parser().parse_args(argv[1:])))
+    if argv[:1] == ["study"]:
+        from demo.studies import judging  # imported here: it builds on this module
+
+        return asyncio.run(judging.study_main(judging.parser().parse_args(argv[1:])))
     return asyncio.run(_rate_main(_rate_parser().parse_args(argv)))
 
 

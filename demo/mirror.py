@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from demo import ratings
+from demo.studies import tables as study_tables
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,7 @@ FIELDS = {
     "review": ("session", "conversation_id", "rater"),
     "judgment": ("judgment_id", "subject_kind", "subject_id", "judge", "order", "prompt", "raw_answer", "parsed"),
     "redaction": ("conversation_id", "reason"),
+    **study_tables.FIELDS,
 }
 REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 # The licence the collected data is published under (the page's consent notice and the dataset card say it).
@@ -224,6 +226,7 @@ KINDS = {
     "judgment": "a model judge's prompt and whole answer, and the rating or verdict read from it",
     "redaction": "a conversation taken down: from then on its texts and typed names are published as"
     " [redacted] and a pseudonym; the events before it are not rewritten",
+    **study_tables.KINDS,
 }
 
 
@@ -375,7 +378,7 @@ def _creates(event: dict) -> tuple[str, str] | None:
         return ("conversation", str(event["conversation_id"]))
     if kind == "turn":
         return ("turn", str(event["turn_id"]))
-    return None
+    return study_tables.creates(event)
 
 
 def _needs(event: dict) -> list[tuple[str, str]]:
@@ -387,7 +390,7 @@ def _needs(event: dict) -> list[tuple[str, str]]:
         needs.append(("turn", str(event["turn_id"])))
     if kind == "judgment":
         needs.append(("turn" if event["subject_kind"] == "turn" else "conversation", str(event["subject_id"])))
-    return needs
+    return needs + study_tables.needs(event)
 
 
 def causal_order(records: list[Read], streams: list[str]) -> list[Read]:

@@ -47,6 +47,8 @@ VERDICT_SAID = {"a": "A is better", "b": "B is better", "tie": "a tie"}
 ORDERS = ("ab", "ba")  # a pairwise judgment: which side was shown first, as "A"
 # What a conversation is for: only a person's blind ``arena`` conversations make Figure 7.
 PURPOSES = ("arena", "autoplay", "checkpoints")
+# A prompt study's safety label (LIMA section 4.3: "answered safely"), and whether the answer declined the request.
+SAFETY = ("safe", "unsafe")
 # A model judge rates under a session (and name) of its own, judge:<model>: the report tells its ratings from a
 # person's by this prefix.
 JUDGE_PREFIX = "judge:"

@@ -36,6 +36,7 @@ from demo import protocol
 
 # Read by the report (``from demo.ratings import JUDGE_PREFIX``); declared once, in ``protocol``.
 from demo.protocol import JUDGE_PREFIX, ORDERS, PURPOSES, RATINGS, SIDES, VERDICTS
+from demo.studies import tables as study_tables
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +175,7 @@ class Store:
         self._db.execute("PRAGMA synchronous=FULL")  # a commit is on disk before we acknowledge it
         self._db.execute("PRAGMA foreign_keys=ON")
         self._migrate()
-        self._db.executescript(SCHEMA)
+        self._db.executescript(SCHEMA + study_tables.SCHEMA)  # an older database gains the study tables here
         if self._db.execute("SELECT 1 FROM sqlite_master WHERE name = 'ratings_by_name'").fetchone():
             self._copy_ratings_by_name()
         # Called with (kind, event) for every committed event, outside the lock (the mirror wakes on them).
@@ -490,11 +491,15 @@ class Store:
         """Take a conversation down: a ``redaction`` event after which its texts (messages, answers, a judge's
         prompt and answer) and its raters' typed names are withheld from the tables, every report and export, and
         every event published from now on. The log keeps the original events (history is not rewritten); its
-        ratings keep counting, under a pseudonym. False when it was already taken down."""
+        ratings keep counting, under a pseudonym. False when it was already taken down.
+
+        The id of a prompt study's answer takes that answer down the same way (a ``study_redaction`` event): its
+        text is withheld and the people who rated an item holding it are named by a pseudonym; its length and
+        every rating of it keep counting in the study's figures."""
 
         def plan(db: sqlite3.Connection, now: float) -> list[dict]:
             if db.execute("SELECT 1 FROM conversations WHERE id = ?", (conversation_id,)).fetchone() is None:
-                raise NotAllowed(f"no conversation {conversation_id!r} in {self.path}")
+                return _study_redaction(db, now, conversation_id, reason, self.path)
             if db.execute("SELECT 1 FROM redactions WHERE conversation_id = ?", (conversation_id,)).fetchone():
                 return []
             return [_event("redaction", now, conversation_id=conversation_id, reason=reason)]
@@ -689,6 +694,14 @@ def _rating_events(db: sqlite3.Connection, now: float, turn_id: str, rating: str
     ]
 
 
+def _study_redaction(db: sqlite3.Connection, now: float, answer_id: str, reason: str, path: Path) -> list[dict]:
+    if db.execute("SELECT 1 FROM study_answers WHERE id = ?", (answer_id,)).fetchone() is None:
+        raise NotAllowed(f"no conversation {answer_id!r} (nor study answer) in {path}")
+    if db.execute("SELECT 1 FROM study_redactions WHERE answer_id = ?", (answer_id,)).fetchone():
+        return []
+    return [_event("study_redaction", now, answer_id=answer_id, reason=reason)]
+
+
 def _judgment_event(
     db: sqlite3.Connection,
     now: float,
@@ -731,6 +744,11 @@ def _apply(db: sqlite3.Connection, event: dict) -> None:
     conversation_id = _conversation_of(db, event)
     if conversation_id and kind != "redaction" and _is_taken_down(db, conversation_id):
         _withhold(db, conversation_id)
+    answers = study_tables.answers_of(event)
+    if answers and (hidden := study_tables.taken_down(db).intersection(answers)):
+        _register_pseudonym(db)
+        for answer_id in sorted(hidden):
+            study_tables.withhold(db, answer_id, REDACTED)
 
 
 def _insert(db: sqlite3.Connection, table: str, row: dict) -> None:
@@ -815,6 +833,7 @@ _APPLY = {
     "review": _apply_review,
     "judgment": _apply_judgment,
     "redaction": _apply_redaction,
+    **study_tables.APPLY,  # a prompt study's events (demo/studies/tables.py), in tables of their own
 }
 # A kind added later (judgment, redaction) keeps the schema at 1: an older reader names it as unknown instead of
 # misreading it.
@@ -849,7 +868,7 @@ def _unrated_in(db: sqlite3.Connection, conversation_id: str) -> list[tuple[str,
 
 # -- takedown: what a redaction withholds ---------------------------------------------------------------------
 REDACTED = "[redacted]"  # in place of every text of a conversation taken down
-TEXTS = ("user_text", "assistant_text", "error", "prompt", "raw_answer")  # what an event of one may carry
+TEXTS = ("user_text", "assistant_text", "answer_text", "error", "prompt", "raw_answer")  # what its events may carry
 
 
 def pseudonym(session: str | None) -> str:
@@ -861,7 +880,7 @@ def pseudonym(session: str | None) -> str:
 def _withhold(db: sqlite3.Connection, conversation_id: str) -> None:
     """The tables' view of a conversation taken down: its texts replaced, its raters' names pseudonymous (a
     model judge keeps its name: it is not a person). Idempotent."""
-    db.create_function("lima_pseudonym", 1, pseudonym, deterministic=True)
+    _register_pseudonym(db)
     name = f"CASE WHEN rater LIKE '{JUDGE_PREFIX}%' THEN rater ELSE lima_pseudonym(session) END"
     turns = "SELECT id FROM turns WHERE conversation_id = :c"
     marker = {"c": conversation_id, "r": REDACTED}
@@ -883,6 +902,10 @@ def _withhold(db: sqlite3.Connection, conversation_id: str) -> None:
     db.execute(f"UPDATE verdict_log SET rater = {owner} WHERE conversation_id = :c", marker)
 
 
+def _register_pseudonym(db: sqlite3.Connection) -> None:
+    db.create_function("lima_pseudonym", 1, pseudonym, deterministic=True)
+
+
 def _conversation_of(db: sqlite3.Connection, event: dict) -> str | None:
     """The conversation an event is about (a judgment of a turn: that turn's)."""
     if event.get("subject_kind") == "turn":
@@ -896,20 +919,21 @@ def _is_taken_down(db: sqlite3.Connection, conversation_id: str) -> bool:
 
 
 def _taken_down_in(db: sqlite3.Connection) -> set[str]:
-    """The ids of every conversation taken down and of every turn of one: what ``_published`` withholds."""
+    """The ids of every conversation taken down, of every turn of one and of every study answer taken down: what
+    ``_published`` withholds."""
     rows = db.execute(
         "SELECT conversation_id FROM redactions UNION SELECT id FROM turns WHERE conversation_id IN"
         " (SELECT conversation_id FROM redactions)"
     )
-    return {row[0] for row in rows}
+    return {row[0] for row in rows} | study_tables.taken_down(db)
 
 
 def _published(body: str, hidden: set[str]) -> str:
     """An event as it may be published: one about a conversation (or turn) in ``hidden`` without its texts, its
     raters' names pseudonymous; the redaction itself, and any other event, as logged."""
     event = json.loads(body)
-    about = event.get("conversation_id") or event.get("subject_id")
-    if event["kind"] == "redaction" or about not in hidden:
+    about = {event.get("conversation_id") or event.get("subject_id"), *study_tables.answers_of(event)}
+    if event["kind"] in ("redaction", "study_redaction") or not about & hidden:
         return body
     for key in TEXTS:
         if event.get(key) is not None:

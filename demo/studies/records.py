@@ -20,6 +20,20 @@ OUTCOMES = ("win", "tie", "loss")
 
 
 @dataclass(frozen=True)
+class Study:
+    """A study as defined: its kind, the studied model and every source (the model first, then the baselines)."""
+
+    name: str
+    kind: str  # one of STUDY_KINDS
+    model: str
+    sources: tuple[str, ...]
+
+    @property
+    def baselines(self) -> tuple[str, ...]:
+        return tuple(source for source in self.sources if source != self.model)
+
+
+@dataclass(frozen=True)
 class Answer:
     """One pre-generated answer: the text a rater reads for (source, prompt, decoding)."""
 
