@@ -17,6 +17,7 @@ Gradio's own drop of a session's events when its stream disconnects. ``tests/tes
 
 from __future__ import annotations
 
+import logging
 import time
 import urllib.parse
 from collections import Counter
@@ -27,6 +28,10 @@ import gradio as gr
 
 from demo import clients, limits
 
+log = logging.getLogger("demo.app")
+
+# What of Gradio's queue the guard uses (``gradio/queueing.py``, 6.x).
+PINNED = ("push", "pending_event_ids_session", "pending_messages_per_session", "clean_events", "server_app")
 SWEEP_EVERY_S = 1.0  # how often a join looks for sessions to drop (one pass is O(sessions held))
 STREAM_SUFFIX = "/queue/data"
 CALL = "/call/"
@@ -60,6 +65,10 @@ class QueueGuard:
     def attach(self, queue: Any) -> None:
         """Guard ``queue``'s joins (once; ``demo.queue()`` makes a new queue, so this is asked per request)."""
         if getattr(queue, "_lima_guard", None) is self:
+            return
+        if not all(hasattr(queue, name) for name in PINNED):
+            queue._lima_guard = self  # warned once; the queue runs unguarded rather than break every join
+            log.warning("Gradio's queue lacks %s: its joins are not capped (demo.queue_guard)", ", ".join(PINNED))
             return
         push = queue.push
 
@@ -146,10 +155,10 @@ class QueueGuard:
         the largest part of an abandoned join, ~0.2 MB on the arena's page, else kept until 2,000 newer sessions
         push it out."""
         holder = getattr(queue.server_app, "state_holder", None)
-        if holder is not None:
+        if holder is not None and hasattr(holder, "session_data"):
             with holder.lock:
                 holder.session_data.pop(session, None)
-                holder.time_last_used.pop(session, None)
+                getattr(holder, "time_last_used", {}).pop(session, None)
 
     def stream_session(self, scope: dict) -> str | None:
         """The session a request's result stream reads, or None when it is not a stream."""
