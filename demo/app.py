@@ -25,7 +25,7 @@ from starlette.middleware import Middleware
 
 from common import cli, prompts
 from common.cli import UserError
-from demo import checkpoints, clients, limits, mirror, protocol, ratings, results, settings, timings, ui
+from demo import checkpoints, clients, limits, mirror, protocol, queue_guard, ratings, results, settings, timings, ui
 from serving import backends
 
 log = logging.getLogger("demo.app")
@@ -86,7 +86,7 @@ def _run(argv: list[str] | None) -> int:
             server_port=config.port,
             share=config.share,
             footer_links=["api"],
-            app_kwargs=app_kwargs(demo),
+            app_kwargs=app_kwargs(demo, queue_guard.QueueGuard(gate_for(config))),
             state_session_capacity=STATE_SESSIONS,
         )
     except OSError as err:  # the port is taken, or the address is not this machine's
@@ -105,10 +105,7 @@ def _build_for(config: settings.Settings, models: list, store: ratings.Store, ma
     if config.dataset_repo or config.mirror_dir:
         open_mirror(config, store)
     public = is_public(config)
-    try:
-        gate = clients.Gate(public=public, proxies=config.trusted_proxies or clients.LOOPBACK)
-    except ValueError as err:
-        raise UserError(f"--trusted-proxies: {err}") from None
+    gate = gate_for(config)
     checkpoint_runs = None
     if config.checkpoints:
         try:
@@ -129,6 +126,14 @@ def _build_for(config: settings.Settings, models: list, store: ratings.Store, ma
     )
 
 
+def gate_for(config: settings.Settings) -> clients.Gate:
+    """Who a request comes from and whether it is public, as configured (``--trusted-proxies``)."""
+    try:
+        return clients.Gate(public=is_public(config), proxies=config.trusted_proxies or clients.LOOPBACK)
+    except ValueError as err:
+        raise UserError(f"--trusted-proxies: {err}") from None
+
+
 def caps_pair(config: settings.Settings, public: bool) -> dict[str, limits.Limits]:
     """``build``'s caps (as configured) and public_caps (a request through a proxy or a tunnel): one token
     budget for the whole app, whoever asks."""
@@ -138,12 +143,16 @@ def caps_pair(config: settings.Settings, public: bool) -> dict[str, limits.Limit
     return {"caps": caps, "public_caps": public_caps}
 
 
-def app_kwargs(demo: gr.Blocks) -> dict:
+def app_kwargs(demo: gr.Blocks, guard: queue_guard.QueueGuard | None = None) -> dict:
     """The server's own latency per direct API route, at GET /lima-arena/timings (bench/ratings_load.py): one
-    histogram per route of this page, one for every other name."""
+    histogram per route of this page, one for every other name; and ``guard`` on Gradio's queue (joins capped
+    per client and in all, unread events dropped: ``demo.queue_guard``)."""
     names = {fn.api_name for fn in demo.fns.values() if isinstance(getattr(fn, "api_name", None), str)}
     registry = timings.Registry(known=[timings.TIMED + name for name in names])
-    return {"middleware": [Middleware(timings.Timings, registry=registry)]}
+    middleware = [Middleware(timings.Timings, registry=registry)]
+    if guard is not None:
+        middleware.append(Middleware(queue_guard.Guarded, guard=guard))
+    return {"middleware": middleware}
 
 
 def start_models(models: list[backends.LocalBackend | backends.RemoteBackend]) -> None:

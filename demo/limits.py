@@ -25,6 +25,17 @@ HOUR, MINUTE = 3600.0, 60.0
 PUBLIC_DEFAULTS = {"turns_per_hour": 120, "ratings_per_minute": 60, "tokens_per_hour": None}
 # Keys a window remembers at most (sessions, users, addresses): ~100 bytes each beside their uses.
 MAX_KEYS = 50_000
+# Gradio's queue (demo.queue_guard). Events joined and not yet read that one public client may have: a rater has
+# a handful (the page's four loads, two sides streaming, a rating), a few tabs or raters behind one address more.
+QUEUE_PER_CLIENT = 32
+# ... that all clients together may have: below the 2,000 sessions whose messages Gradio keeps, so it never drops
+# a live one.
+QUEUE_PENDING = 1000
+# Events waiting for a worker, all clients (Gradio's ``queue(max_size=...)``): each waiting event is sent an estimate
+# at every other event's start (~0.5 KB each, unread ones kept), so n waiting cost up to n * n / 2 messages.
+QUEUE_WAITING = 200
+# Seconds an event may go unread with no stream open before it is dropped (a page opens its stream at once).
+QUEUE_ABANDON_S = 30.0
 
 
 class LimitReached(Exception):

@@ -19,9 +19,10 @@ import httpx
 import pytest
 from conftest import run_cli
 from gradio_client import Client
+from gradio_client.utils import QueueError
 from tgi_server import Behaviour, TGIServer, free_port
 
-from demo import app, arena, clients, limits, ratings, results, settings, timings
+from demo import app, arena, clients, limits, queue_guard, ratings, results, settings, timings
 from serving import backends
 
 DECODING = (0.7, 0.9, 1.2, 64)
@@ -92,8 +93,8 @@ def sides() -> Iterator[list]:
 
 @pytest.fixture
 def arena_for(sides, tmp_path: Path, monkeypatch):
-    """The app as ``python demo/app.py ARGS`` builds it (``app._build_for``), launched on loopback; yields a
-    function of the arguments that answers (url, port, db)."""
+    """The app as ``python demo/app.py ARGS`` builds it (``app._build_for``, ``app.app_kwargs`` with the queue's
+    guard), launched on loopback; yields a function of the arguments that answers (url, port, db)."""
     monkeypatch.delenv("SPACE_ID", raising=False)
     opened = []
 
@@ -104,10 +105,11 @@ def arena_for(sides, tmp_path: Path, monkeypatch):
         config = settings.parse(["--db", str(db), "--no-blind", *argv], environ={})
         store = ratings.Store(db)
         demo = app._build_for(config, sides, store, 64)
-        url, port = start(demo)
+        url, port = start(demo, app_kwargs=app.app_kwargs(demo, queue_guard.QueueGuard(app.gate_for(config))))
         opened.append((demo, store))
         return url, port, db
 
+    build.opened = opened  # the apps, for a test that reads Gradio's own state
     yield build
     for demo, store in opened:
         demo.close()
@@ -376,6 +378,48 @@ def test_ten_thousand_hostile_requests_leave_memory_and_the_timings_bounded(side
     assert summary["routes"][timings.OTHER]["count"] >= HOSTILE // 2
     demo.close()
     store.close()
+
+
+def test_abandoned_queue_joins_leave_gradio_bounded_and_a_rater_is_still_served(arena_for, monkeypatch):
+    """Joins with fresh sessions whose results nobody reads (``tests/hostile.py --join``), from one address and
+    from several, as the proxy forwards them. On main Gradio kept each with no cap (about 0.25 MB a join), and
+    past 2,000 such sessions its message cache dropped a live session's queue, whose next message stopped the
+    queue for everyone. Here a client has at most ``QUEUE_PER_CLIENT`` unread events and the rest are refused
+    with Gradio's own "queue full" (503, which gradio_client raises as QueueError); what nobody reads is dropped,
+    page state included, ``QUEUE_ABANDON_S`` after it joined; another client's turn goes through all along."""
+    monkeypatch.setattr(limits, "QUEUE_ABANDON_S", 8.0)
+    url, port, _ = arena_for("--host", "0.0.0.0")  # public, as on a Space
+    demo = arena_for.opened[-1][0]
+    queue, holder = demo._queue, demo.server_app.state_holder
+    new, _ = fn_index(url, "new_conversation")
+    mallory = {"X-Forwarded-For": "203.0.113.4"}  # one of the flood's addresses
+    scripted = Client(url, verbose=False, headers=mallory)
+    ann = Client(Proxy(port).url, verbose=False, headers={"X-Test-Client": "198.51.100.9"})
+    hostile, rss, started = str(Path(__file__).with_name("hostile.py")), [_rss_mb()], time.perf_counter()
+    for seed, addresses in ((1, 1), (2, 4)):
+        result = run_cli(hostile, url, str(HOSTILE // 10), str(seed), "--join", str(new), "--addresses", str(addresses))
+        assert result.returncode == 0, result.stderr[-2000:]
+        statuses = json.loads(result.stdout)
+        assert statuses["503"] > statuses.get("200", 0) and set(statuses) <= {"200", "503"}, statuses
+        unread = sum(map(len, queue.pending_event_ids_session.values()))
+        assert unread <= limits.QUEUE_PER_CLIENT * addresses and len(holder.session_data) <= unread + 10
+        rss.append(_rss_mb())
+    forgotten = time.monotonic() + limits.QUEUE_ABANDON_S + 0.5  # every abandoned join is older by then
+    # its last joins are still unread: refused as Gradio refuses, to a script and to gradio_client
+    body = {"data": [], "fn_index": new, "session_hash": "mallory0001"}
+    refused = httpx.post(url + "gradio_api/queue/join", json=body, headers=mallory)
+    assert refused.status_code == 503 and refused.json()["detail"].startswith("Queue is full."), refused.text
+    with pytest.raises(QueueError):
+        scripted.predict(api_name="/new_conversation")
+
+    ann.predict(api_name="/new_conversation")
+    accept_notice(ann)
+    assert "Answer from zero." in str(send(ann, "a", "hello")[-1]["content"])
+    time.sleep(max(0.0, forgotten - time.monotonic()))
+    assert call(url, new, [], "mallory0002", mallory)["success"]  # its quota came back: nothing is held for it
+    assert sum(map(len, queue.pending_event_ids_session.values())) <= 1 and len(holder.session_data) <= 5
+    print(json.dumps({"abandoned_joins": 2 * (HOSTILE // 10), "rss_mb": rss, "s": time.perf_counter() - started}))
+    assert rss[2] - rss[1] < 40, rss
 
 
 def _rss_mb() -> float:
