@@ -155,6 +155,13 @@ def test_studies_and_the_arena_stay_apart(tmp_path):
     # the study's records are its own answers and ratings only
     assert {type(r) for r in records} == {Study, Answer, PairwiseJudgment}
     assert {r.prompt_id for r in records if isinstance(r, Answer)} == {"p1"}
+    # and the report reads them from the same file: one person's judgment, against the baseline drawn
+    assert before["studies"] == {} and set(after["studies"]) == {"fig1"}
+    part = after["studies"]["fig1"]
+    assert part["kind"] == "pairwise" and part["automatic"]["judgments"] == 0
+    (entry,) = part["human"]["per_baseline"].values()
+    (baseline,) = [text.split()[0] for text in item.answers if not text.startswith("lima ")]
+    assert entry["judgments"] == 1 and entry["model"] == "lima" and entry["baseline"] == baseline
 
 
 def test_an_old_database_gains_the_study_tables(tmp_path):
@@ -206,6 +213,20 @@ def write_study(folder: Path, body: str, prompts: list[dict]) -> Path:
     spec = folder / "study.yaml"
     spec.write_text(body, encoding="utf-8")
     return spec
+
+
+def test_a_study_reads_our_prompt_sets_and_lima_s_own_test_file(tmp_path):
+    from demo.studies.spec import read_prompts, read_spec
+
+    repo = Path(__file__).resolve().parents[1]
+    lima = repo / "tests" / "fixtures" / "lima" / "test.jsonl"
+    for prompts, first_id in ((lima, "lima-test-001"), (repo / "dialogues" / "test.jsonl", "test-001")):
+        spec = tmp_path / "study.yaml"
+        spec.write_text(f"name: x\nkind: absolute\nprompts: {prompts}\nmodel: m\n", encoding="utf-8")
+        chosen = read_prompts(read_spec(spec))
+        assert chosen[0]["id"] == first_id and chosen[0]["prompt"], chosen[0]
+    ood = [one["id"] for one in chosen if one["out_of_distribution"]]
+    assert len(chosen) == 100 and len(ood) == 20
 
 
 def test_a_bad_study_file_is_one_line_naming_the_field(tmp_path, capsys):

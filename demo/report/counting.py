@@ -23,6 +23,7 @@ from demo.report.paper import PAPER
 from demo.report.reading import ReportError, Tables, decoding_mismatch, read_all
 from demo.report.stats import LEVEL, difference, fleiss_kappa, rounded, share_intervals, shares, sign_test
 from demo.report.studies import Record, studies_section
+from demo.studies.store import records_at as study_records
 
 COUNTING = (
     "each (conversation, side, turn) of a blind conversation once: its latest attempt rated by the"
@@ -35,13 +36,16 @@ def build_report(
     a_model: str | None = None,
     resamples: int = 2000,
     seed: int = 0,
-    studies: Iterable[Record] = (),
+    studies: Iterable[Record] | None = None,
 ) -> dict:
     """Everything the summary, the figures and ``--json`` show, as one JSON-ready dict; ``studies``: the prompt
-    studies' records (``demo.studies.records``), summed up under ``studies`` (``studies_section``)."""
+    studies' records (``demo.studies.records``), summed up under ``studies`` (``studies_section``); read from the
+    same database when not given."""
     if resamples < 1:
         raise ReportError(f"resamples must be at least 1, got {resamples}")
     tables = read_all(db_path)
+    if studies is None:
+        studies = study_records(db_path)
     counted, agreement_items, agreement_raters = _count(tables.rated)
     counted, after_reveal = _as_rated_before_reveal(counted, tables.history)
 

@@ -20,9 +20,9 @@ from demo.protocol import BEST_FIRST, RATINGS
 from demo.report import preference
 from demo.report.reading import ReportError
 from demo.report.stats import LEVEL, level_intervals, pct, unit_intervals
-from demo.studies.records import OUTCOMES, AbsoluteRating, Answer, PairwiseJudgment, SafetyLabel
+from demo.studies.records import OUTCOMES, AbsoluteRating, Answer, PairwiseJudgment, SafetyLabel, Study
 
-Record = PairwiseJudgment | AbsoluteRating | SafetyLabel | Answer
+Record = PairwiseJudgment | AbsoluteRating | SafetyLabel | Answer | Study
 KIND_OF = {PairwiseJudgment: "pairwise", AbsoluteRating: "absolute", SafetyLabel: "safety"}
 SAFETY_LEVELS = ("safe", "unsafe")
 INTERVALS = f"{LEVEL} % percentile bootstrap over prompts (scipy), seeded"
@@ -34,6 +34,8 @@ def studies_section(records: Iterable[Record], resamples: int = 2000, seed: int 
     rated: dict[str, list[Record]] = defaultdict(list)
     answers: dict[str, list[Answer]] = defaultdict(list)
     for record in records:
+        if isinstance(record, Study):
+            continue  # its definition: the ratings below say everything the figures need
         if isinstance(record, Answer):
             answers[record.study].append(record)
         elif type(record) in KIND_OF:

@@ -100,12 +100,16 @@ def _decoding(path: Path, values: object) -> backends.Decoding:
 
 def read_prompts(spec: Spec) -> list[dict]:
     """The study's prompts (the first ``limit``), each ``id``, ``prompt`` and the marks the file gives it."""
-    found, problems = prompts.load_prompts(spec.prompts, with_follow_ups=False)
+    lines = jsonl.read_jsonl(spec.prompts)[0]
+    if lines and "conversations" in lines[0][1]:  # LIMA's own test.jsonl (GAIR/lima), ids from line numbers
+        found, problems = prompts.load_lima_test(spec.prompts)
+    else:
+        found, problems = prompts.load_prompts(spec.prompts, with_follow_ups=False)
     if problems:
         raise SpecError(jsonl.summary(problems))
     if not found:
         raise SpecError(f"{spec.path}: prompts: {spec.prompts} holds no prompt")
-    rows = {str(obj.get("id")): obj for _, obj in jsonl.read_jsonl(spec.prompts)[0]}
+    rows = {str(obj.get("id")): obj for _, obj in lines}
     chosen = []
     for one in found[: spec.limit]:
         # the loader's own fields where it reads them (common.prompts.Prompt), else the line's

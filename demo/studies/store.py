@@ -21,6 +21,7 @@ import sqlite3
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 from demo.protocol import JUDGE_PREFIX, ORDERS, RATINGS, SAFETY, VERDICTS
 from demo.ratings import NotAllowed, Store, _event
@@ -357,3 +358,26 @@ def _ratings(store: Store, one: Study) -> Iterator[Record]:
             yield SafetyLabel(
                 one.name, row["prompt_id"], row["source"], safe, declined, malicious, **who, chars=row["chars"]
             )
+
+
+class _Reading:
+    """The one part of ``Store`` that ``records`` uses, over a read-only connection: a report reads a database
+    (perhaps a copy it was handed) without migrating or writing it."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def _all(self, sql: str, args: tuple = ()) -> list[sqlite3.Row]:
+        return self._db.execute(sql, args).fetchall()
+
+
+def records_at(db_path: str | Path) -> list[Record]:
+    """Every study record in the database at ``db_path``, read only; none when it predates studies."""
+    db = sqlite3.connect(f"{Path(db_path).resolve().as_uri()}?mode=ro", uri=True)
+    db.row_factory = sqlite3.Row
+    try:
+        if not db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'studies'").fetchone():
+            return []
+        return list(records(_Reading(db)))  # type: ignore[arg-type]
+    finally:
+        db.close()
