@@ -148,6 +148,7 @@ class JsonlMirror:
         """Copy every event past the bookmark; False (and ``failing`` says why) if the folder refused them."""
         with self._flushing:
             while batch := self.store.events_after(self.cursor):
+                batch = self._fitting(batch)
                 text = "".join(body + "\n" for _, body in batch)
                 try:
                     with self.lock, self.path.open("a+b") as out:
@@ -174,6 +175,19 @@ class JsonlMirror:
                 self.store.set_mirror_cursor(self.key, self.cursor)
                 self._next_part()
             return True
+
+    def _fitting(self, batch: list[tuple[int, str]]) -> list[tuple[int, str]]:
+        """The head of ``batch`` that fits in this part (one event at least): parts end where the size says, not
+        where a busy copier happened to wake, so a copy's files are the same however fast it ran."""
+        try:
+            room = PART_BYTES - self.path.stat().st_size
+        except OSError:
+            room = PART_BYTES
+        for count, (_, body) in enumerate(batch):
+            room -= len(body.encode("utf-8")) + 1
+            if room < 0:
+                return batch[: max(count, 1)]
+        return batch
 
     def _next_part(self) -> None:
         """Begin a new part once this one is full; parts sort after the first file and in order."""
