@@ -311,3 +311,26 @@ def test_the_api_hands_out_items_until_every_one_is_rated(store):
     assert done["item"] is None and (done["rated"], done["total"]) == (2, 2)
     with pytest.raises(NotAllowed, match="no study 'nope'"):
         api.next_item(store, "nope", "s1", "ann")
+
+
+def test_an_export_writes_the_studies_beside_the_arena_inert_in_a_spreadsheet(tmp_path, capsys):
+    import csv
+
+    from demo.report.__main__ import main
+
+    store = Store(tmp_path / "ratings.db")
+    study = Study("fig3", "absolute", "lima", ("lima",))
+    studies.define(store, study, DECODING, "dialogues/test.jsonl")
+    timing = {"decoding": DECODING, "started_at": 1.0, "first_token_s": 0.1}
+    studies.add_answer(store, "fig3", prompt(1), "lima", '=HYPERLINK("http://x")', timing)
+    item = studies.next_item(store, "fig3", "s1", "ann")
+    studies.rate(store, item.id, "s1", "ann", "pass")
+    store.close()
+    for fmt in ("csv", "jsonl"):
+        out = tmp_path / f"ratings.{fmt}"
+        assert main(["export", "--db", str(tmp_path / "ratings.db"), "--format", fmt, "--out", str(out)]) == 0
+        assert f"and {tmp_path / f'ratings-studies.{fmt}'}" in capsys.readouterr().out
+    (row,) = csv.DictReader((tmp_path / "ratings-studies.csv").open(encoding="utf-8"))
+    assert row["kind"] == "absolute" and row["rating"] == "pass" and row["answer"].startswith("'=HYPERLINK")
+    (line,) = (tmp_path / "ratings-studies.jsonl").read_text(encoding="utf-8").splitlines()
+    assert json.loads(line)["answer"] == '=HYPERLINK("http://x")'

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from common import cli
 from demo.report.counting import build_report
-from demo.report.export import export
+from demo.report.export import export, studies_path
 from demo.report.figures import FIGURES, write_figures
 from demo.report.markdown import markdown
 from demo.report.reading import ReportError
@@ -98,7 +98,9 @@ def _redact(argv: list[str]) -> None:
 def _export(argv: list[str]) -> None:
     args = _export_parser().parse_args(argv)
     out = export(args.db, args.format, args.out, args.push_to_hub)
-    print(f"wrote {out}" + (f" and pushed {args.push_to_hub}" if args.push_to_hub else ""))
+    studies = studies_path(out)
+    also = f" and {studies}" if args.format != "hf" and studies.exists() else ""
+    print(f"wrote {out}{also}" + (f" and pushed {args.push_to_hub}" if args.push_to_hub else ""))
 
 
 def _rebuild(db: Path, sources: list[str]) -> None:

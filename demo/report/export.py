@@ -15,6 +15,7 @@ from pathlib import Path
 from demo.report.reading import ReportError, connect
 from demo.report.studies import KIND_OF
 from demo.studies.records import Answer, PairwiseJudgment
+from demo.studies.store import records_at
 
 EXPORT_FORMATS = ("jsonl", "csv", "hf")
 EXPORT_FIELDS = (
@@ -63,7 +64,7 @@ def study_rows(records: Iterable[object]) -> list[dict]:
     texts = {(r.study, r.prompt_id, r.source): r.text for r in records if isinstance(r, Answer)}
     rows = []
     for record in records:
-        if isinstance(record, Answer):
+        if type(record) not in KIND_OF:  # a study's definition or an answer: the texts above, not a rating
             continue
         row = {"kind": KIND_OF[type(record)], **asdict(record)}
         if isinstance(record, PairwiseJudgment):
@@ -105,7 +106,15 @@ def export(db_path: str | Path, fmt: str, out: str | Path, push_to_hub: str | No
         _write_csv(rows, out)
     else:
         _write_dataset(rows, out, push_to_hub, token)
+    studied = study_rows(records_at(db_path))
+    if studied and fmt != "hf":  # another shape of row: a file of its own beside the ratings
+        (_write_jsonl if fmt == "jsonl" else _write_study_csv)(studied, studies_path(out))
     return out
+
+
+def studies_path(out: Path) -> Path:
+    """Where an export writes the prompt studies' ratings: beside the arena's, ``NAME-studies.EXT``."""
+    return out.with_name(f"{out.stem}-studies{out.suffix}")
 
 
 def _write_jsonl(rows: list[dict], out: Path) -> None:
@@ -135,6 +144,15 @@ def _write_csv(rows: list[dict], out: Path) -> None:
             cells = {**row, "context": json.dumps(row["context"], ensure_ascii=False)}
             cells["decoding"] = json.dumps(row["decoding"], sort_keys=True)
             writer.writerow({field: inert(value) for field, value in cells.items()})
+
+
+def _write_study_csv(rows: list[dict], out: Path) -> None:
+    fields = list(dict.fromkeys(field for row in rows for field in row))  # pairwise and single-answer rows differ
+    with out.open("w", encoding="utf-8", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({field: inert(value) for field, value in row.items()})
 
 
 def _write_dataset(rows: list[dict], out: Path, push_to_hub: str | None, token: str | None) -> None:
