@@ -33,7 +33,7 @@ BUTTONS = {
     "safety": tuple((label, label) for label in protocol.SAFETY),
 }
 DECLINED = {"yes": True, "no": False, "": None}  # the "model declined" answer as the page and the API send it
-MAX_ID_CHARS = 64
+MAX_ID_CHARS = 256  # a study name or an item id; a longer text is no study of this arena
 ALL_RATED = "You have rated every item of this study: thank you."
 
 
