@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Sequence
 import gradio as gr
 
 from demo import arena, checkpoints, clients, limits, mirror, protocol, ratings, results, review
+from demo.studies.ui import StudiesTab
 from serving import backends
 
 log = logging.getLogger("demo.app")
@@ -532,7 +533,8 @@ def build(
     dataset_repo: str | None = None,
     public_caps: limits.Limits | None = None,
 ) -> gr.Blocks:
-    """The whole page: the arena, Review, Results and (given runs) Checkpoints tabs, and the admin unlock.
+    """The whole page: the arena, Review, Results, (given runs) Checkpoints and (given studies) Studies tabs, and
+    the admin unlock.
     ``caps``: the limits as configured; ``public_caps``: those of a request that came through a proxy or a
     tunnel to an arena configured as private (default: the public defaults). ``review_open`` None: Review is on
     for local requests only."""
@@ -563,6 +565,10 @@ def build(
                         store, checkpoint_runs, page.rater, page.admin, admin_token
                     )
                 demo.load(refresh, inputs=[which], outputs=[summary, epoch_box], api_visibility="private")
+            studies_tab = StudiesTab(store, page)
+            if studies_tab.names:  # the database holds a study (``python -m demo.studies generate``)
+                with gr.Tab("Studies", id="studies", elem_id="tab-studies") as study_tab:
+                    studies_tab.layout()
         if page.admin.open or reviews.shown:  # what this request may see: a proxied one sees less
             demo.load(page.tabs_for, outputs=[results_tab, review_tab], api_visibility="private")
         if page.admin.open:  # results are open to whoever runs the app: no token to ask for
@@ -578,4 +584,6 @@ def build(
             )
         page.wire(demo)
         page.wire_api()
+        if studies_tab.names:
+            studies_tab.wire(study_tab)
     return demo
