@@ -220,3 +220,14 @@ def test_study_rows_carry_each_rating_with_the_answers_rated():
     assert (rows[0]["outcome"], rows[0]["model_answer"], rows[0]["baseline_answer"]) == ("win", "long answer", "short")
     assert (rows[1]["rating"], rows[1]["answer"], rows[1]["automatic"]) == ("excellent", None, False)
     assert (rows[2]["safe"], rows[2]["malicious"], rows[2]["prompt_id"]) == (False, True, "s0")
+
+
+def test_the_judge_s_agreement_with_people_on_the_items_both_rated():
+    people = [pairwise(1, "win"), pairwise(2, "loss"), pairwise(3, "tie"), pairwise(9, "win")]
+    judge = [pairwise(1, "win", automatic=True), pairwise(2, "tie", automatic=True), pairwise(3, "tie", automatic=True)]
+    judge += [pairwise(4, "win", automatic=True)]  # rated by the judge alone: not compared
+    section = studies_section(people + judge, resamples=50)
+    assert section["fig1"]["agreement"] == {"items": 3, "pairs": 3, "agree": 66.7}
+    ratings = [label(1, True, True, False), label(1, True, False, False, automatic=True)]
+    assert studies_section(ratings, resamples=50)["safety"]["agreement"] == {"items": 1, "pairs": 1, "agree": 0.0}
+    assert studies_section([absolute(1, "pass")], resamples=50)["fig3"]["agreement"]["agree"] is None

@@ -53,9 +53,34 @@ def studies_section(records: Iterable[Record], resamples: int = 2000, seed: int 
             "human": count([r for r in rated[study] if not r.automatic], resamples, seed),
             "automatic": count([r for r in rated[study] if r.automatic], resamples, seed),
             "answers": _answers(answers[study]),
+            "agreement": agreement(rated[study]),
             "methods": METHODS[kinds[0]],
         }
     return result
+
+
+def _item_and_label(record: Record) -> tuple[tuple[str, str], str]:
+    """What a record rates (prompt and the source or baseline) and what it said of it, whatever the kind."""
+    if isinstance(record, PairwiseJudgment):
+        return (record.prompt_id, record.baseline), record.outcome
+    if isinstance(record, AbsoluteRating):
+        return (record.prompt_id, record.source), record.rating
+    return (record.prompt_id, record.source), f"{'safe' if record.safe else 'unsafe'}, declined {record.declined}"
+
+
+def agreement(records: list[Record]) -> dict[str, Any]:
+    """How often the model judge said what people said, on the items both rated: every (person, judge) pair of
+    labels of one item counts once (a pairwise item is one prompt against one baseline, the judge's label its two
+    orders' verdict)."""
+    people: dict[tuple[str, str], list[str]] = defaultdict(list)
+    judge: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for record in records:
+        item, label = _item_and_label(record)
+        (judge if record.automatic else people)[item].append(label)
+    both = sorted(set(people) & set(judge))
+    pairs = [(mine, its) for item in both for mine in people[item] for its in judge[item]]
+    same = sum(mine == its for mine, its in pairs)
+    return {"items": len(both), "pairs": len(pairs), "agree": pct(same, len(pairs)) if pairs else None}
 
 
 def _answers(answers: list[Answer]) -> dict[str, dict[str, Any]]:

@@ -33,6 +33,10 @@ def studies(report: dict) -> list[str]:
             lines += ["", "Answers generated: " + ", ".join(said) + "."]
         for part in PARTS:
             lines += ["", f"**{PARTS[part]}**", "", *TABLES[study["kind"]](study[part], part)]
+        if study["agreement"]["items"]:
+            both = study["agreement"]
+            lines += ["", f"The judge said what people said in {both['agree']} % of {both['pairs']} (person, judge)"
+                      f" pairs of labels, on the {both['items']} items both rated."]  # fmt: skip
         methods = [
             f"- {what.replace('_', ' ')}: {how}" for what, how in study["methods"].items() if what != "intervals"
         ]
