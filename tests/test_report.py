@@ -178,6 +178,8 @@ def test_shares_count_the_latest_attempt_rated_by_the_own_rater(report):
     assert (new["fails"], new["fails_per_turns"], new["conversations"]) == (1, "1 in 7", 4)
     assert (report["conversations"], report["turns"]) == (4, 14)
     assert list(report["models"]) == [OLD, NEW]
+    # beside the shares, the answers' mean length: "cN sideK answer", " vA" on a regenerated attempt, "" on an error
+    assert all(0 < report["models"][model]["chars"] <= len("c1 a1 answer v2") for model in (OLD, NEW))
 
 
 def test_by_turn_index(report):

@@ -170,6 +170,8 @@ def _models(counted: list[dict], resamples: int, seed: int) -> dict[str, dict[st
             "fails_per_turns": f"{fails} in {overall['turns']}",
             "conversations": len(per_conversation),
             "by_turn": {str(index): shares(by_turn[index]) for index in sorted(by_turn)},
+            # people and judges favour longer answers: a model's shares are read beside its answers' length
+            "chars": round(sum(row["chars"] for row in mine) / len(mine), 1),
         }
     return models
 

@@ -9,7 +9,7 @@ from demo.protocol import BEST_FIRST, SIDES
 from demo.report.paper import PAPER_BARS
 
 SHARE_COLUMNS = " | ".join(BEST_FIRST)  # the scale, best first, as Figure 7 stacks it
-MODEL_COLUMNS = f"| conversations | {SHARE_COLUMNS} | fails |"
+MODEL_COLUMNS = f"| conversations | {SHARE_COLUMNS} | fails | mean length (chars) |"
 _MARKUP = re.compile(r"([\\`*\[\]|!])")
 
 
@@ -65,8 +65,9 @@ def _model_table(models: dict, heading: str = "model", intervals: bool = True) -
     def ci(interval: list[float] | None) -> str:
         return _ci(interval) if intervals else ""
 
-    return [f"| {heading} {MODEL_COLUMNS}", "|---" + "|---:" * (len(BEST_FIRST) + 2) + "|"] + [
-        f"| {_cell(name)} | {m['conversations']} | {_shares(m, intervals)} | {m['fails_per_turns']} |"
+    return [f"| {heading} {MODEL_COLUMNS}", "|---" + "|---:" * (len(BEST_FIRST) + 3) + "|"] + [
+        f"| {_cell(name)} | {m['conversations']} | {_shares(m, intervals)} | {m['fails_per_turns']}"
+        f" | {m['chars']:.0f} |"
         for name, m in models.items()
     ]
 
@@ -100,7 +101,7 @@ def _turn_ratings(report: dict) -> list[str]:
     lines = ["", "## Turn ratings (the paper's Figure 7)", "", *_model_table(report["models"])]
     for key, label in PAPER_BARS.items():
         bar = paper[key]
-        lines.append(f"| {label} | {paper['verdicts']['of']} | {_shares(bar)} | {bar['fails_per_turns']} |")
+        lines.append(f"| {label} | {paper['verdicts']['of']} | {_shares(bar)} | {bar['fails_per_turns']} | – |")
     return lines
 
 

@@ -82,7 +82,8 @@ def _read(db: sqlite3.Connection) -> Tables:
     who = "r.session" if "session" in columns else "r.rater"
     rated = db.execute(
         "SELECT t.conversation_id, t.side, t.turn_index, t.attempt, t.model, r.turn_id, r.rater, r.rating,"
-        f" {who} AS who, {by_owner} AS by_owner, r.updated_at, c.verdict_at FROM ratings r"
+        f" length(t.assistant_text) AS chars, {who} AS who, {by_owner} AS by_owner, r.updated_at, c.verdict_at"
+        " FROM ratings r"
         " JOIN turns t ON t.id = r.turn_id JOIN conversations c ON c.id = t.conversation_id"
     ).fetchall()
     history: dict[tuple[str, str], list[tuple[float, str]]] = defaultdict(list)
