@@ -2,11 +2,16 @@
 choosing each reply from the messages it was sent. Judge ratings are second opinions that move none of the human
 figures; the position swap turns a judge that always prefers "A" into ties; an unparsable answer is stored and
 counted, never guessed; a rebuilt database holds the same judgments; bad input is one line and exit 2; autoplay
-with the tiny trained pair stores conversations the report counts apart, as automatic."""
+with the tiny trained pair stores conversations the report counts apart, as automatic.
+
+At the server's speed: judging many requests at once stores exactly what judging one at a time stores, never
+more at once than the judge's /info says it takes; a run cut short and run again stores every judgment once;
+autoplay plays its conversations at once, each side's turns in order."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sqlite3
 from collections.abc import Callable
@@ -56,19 +61,34 @@ def one_line_error(result, *parts: str) -> None:
         assert part in err, err
 
 
+def copy_db(source: Path, target: Path) -> Path:
+    with contextlib.closing(sqlite3.connect(source)) as old, contextlib.closing(sqlite3.connect(target)) as new:
+        old.backup(new)
+    return target
+
+
 @pytest.fixture(scope="module")
 def judged(tmp_path_factory):
     """test_report's scenario (4 judged conversations, one never judged), before and after a judge that rates
-    every answer "pass" and always prefers the conversation shown first; the requests it was sent."""
-    db = build_scenario(tmp_path_factory.mktemp("judge") / "ratings.db")
+    every answer "pass" and always prefers the conversation shown first, asked at once by as many requests as
+    its /info says it takes (4; each answer takes 20 ms); the requests it was sent. Beside it, a copy of the
+    scenario judged one request at a time (--concurrency 1)."""
+    folder = tmp_path_factory.mktemp("judge")
+    db = build_scenario(folder / "ratings.db")
+    sequential = copy_db(db, folder / "sequential.db")
     before = build_report(db)
-    with TGIServer(Behaviour(reply_for=scripted())) as server:
+    with TGIServer(Behaviour(reply_for=scripted(), first_token_delay_s=0.02, max_concurrent_requests=4)) as server:
         result = run_judge(db, server.url)
+        peak = server.peak_in_flight
         again = run_judge(db, server.url)  # resumable: nothing is left to ask
         requests, applied = list(server.requests), list(server.applied)
+        server.peak_in_flight = 0
+        one_at_a_time = run_judge(sequential, server.url, "--concurrency", "1")
+        sequential_peak = server.peak_in_flight
     assert result.returncode == 0, result.stderr
     return {"db": db, "before": before, "after": build_report(db), "result": result, "again": again,
-            "requests": requests, "applied": applied}  # fmt: skip
+            "requests": requests, "applied": applied, "peak": peak, "sequential": sequential,
+            "one_at_a_time": one_at_a_time, "sequential_peak": sequential_peak}  # fmt: skip
 
 
 def test_judge_ratings_are_second_opinions_that_never_move_the_human_figures(judged):
@@ -129,10 +149,67 @@ def test_the_turn_prompt_holds_the_conversation_up_to_the_judged_answer(judged):
     pairwise = [m[-1]["content"] for m in asked if "<<<conversation A>>>" in m[-1]["content"]]
     shown_first = [p.split("<<<conversation A>>>\n", 1)[1].split("\n", 2)[1] for p in pairwise if "c5 " in p]
     assert shown_first == ["c5 a1 ask", "c5 b1 ask"]  # both orders
-    # what the store keeps is exactly what the judge was sent
+    # what the store keeps is exactly what the judge was sent (asked at once: in the order the answers came)
     stored = rows(judged["db"], f"SELECT prompt, raw_answer FROM judgments WHERE judge = '{JUDGE}' ORDER BY rowid")
-    assert [json.loads(prompt) for prompt, _ in stored] == asked
-    assert stored[0][1] == "The answer was read.\nRating: pass"
+    assert sorted(prompt for prompt, _ in stored) == sorted(json.dumps(m, ensure_ascii=False) for m in asked)
+    assert "The answer was read.\nRating: pass" in {answer for _, answer in stored}
+
+
+# What a judge's run leaves in the store, without the ids and times that differ from run to run.
+STORED = {
+    "judgments": 'SELECT subject_kind, subject_id, judge, "order", prompt, raw_answer, parsed FROM judgments'
+    ' ORDER BY subject_id, "order"',
+    "ratings": "SELECT turn_id, session, rater, rating, by_owner FROM ratings ORDER BY turn_id, session",
+    "rating_log": "SELECT turn_id, rater, rating, session FROM rating_log ORDER BY turn_id, session, rater, rating",
+    "review_grants": "SELECT session, conversation_id, rater FROM review_grants ORDER BY session, conversation_id",
+    "events": "SELECT kind, COUNT(*) FROM events GROUP BY kind ORDER BY kind",
+}
+
+
+def test_judging_at_once_stores_exactly_what_judging_one_at_a_time_stores(judged):
+    """Asked at once, never more than the judge's /info takes (a fifth request would be its 429, and the run
+    would fail); asked one at a time, one. The stores then hold the same judgments, ratings and events."""
+    assert (judged["peak"], judged["sequential_peak"]) == (4, 1)
+    assert judged["one_at_a_time"].returncode == 0, judged["one_at_a_time"].stderr
+    assert judged["one_at_a_time"].stdout == judged["result"].stdout
+    for table, sql in STORED.items():
+        assert rows(judged["db"], sql) == rows(judged["sequential"], sql), table
+    assert len(rows(judged["db"], STORED["judgments"])) == 15 + 8
+
+
+def test_a_run_cut_short_and_run_again_stores_every_judgment_once(tmp_path: Path, judged):
+    """The run is cancelled while requests are in flight and answers are being written (as a kill or a failed
+    request cuts it short); run again, it asks only what is missing, and the store ends as a run that was never
+    cut short leaves it."""
+    db = build_scenario(tmp_path / "ratings.db")
+    with TGIServer(Behaviour(reply_for=scripted(), first_token_delay_s=0.05, max_concurrent_requests=6)) as server:
+
+        async def cut_short() -> int:
+            store = Store(db)
+            asker = judge.Judge(server.url)
+            await asker.start()
+            run = asyncio.create_task(judge.rate_stored(store, asker, judge.load_prompts(), judge.Tally()))
+            # cut when five are stored and more have reached the server than are stored: some are in flight
+            while len(store.judgments()) < 5 or len(server.requests) <= len(store.judgments()):
+                await asyncio.sleep(0.005)
+            run.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await run
+            stored = len(store.judgments())
+            store.close()
+            return stored
+
+        stored = asyncio.run(cut_short())
+        asked_first = len(server.requests)
+        again = run_judge(db, server.url)
+    assert again.returncode == 0, again.stderr
+    assert 5 <= stored < 23 and asked_first > stored  # some requests were in flight when it stopped
+    assert len(server.requests) - asked_first == 23 - stored  # the second run asked only what was missing
+    same = {"judgments": 'SELECT subject_kind, judge, "order", prompt, raw_answer, parsed FROM judgments'
+            ' ORDER BY prompt, "order"', "events": STORED["events"]}  # fmt: skip
+    for table, sql in same.items():  # the ids of this scenario's turns are its own: compare by content
+        assert rows(db, sql) == rows(judged["sequential"], sql), table
+    assert rows(db, f"SELECT COUNT(*), COUNT(DISTINCT turn_id) FROM rating_log WHERE session = '{JUDGE}'") == [(15, 15)]
 
 
 def one_conversation(db: Path) -> list:
@@ -197,8 +274,8 @@ def test_a_request_the_judge_refuses_is_skipped_and_asked_again_next_run(tmp_pat
         server.behaviour = Behaviour(reply_for=scripted())
         again = run_judge(db, server.url)
     assert refused.returncode == 0, refused.stderr
-    assert refused.stdout.strip().endswith("; 3 requests refused by the judge (asked again next run)")
-    assert refused.stderr.count("warning: ") == 3  # both turns, then the first order of the verdict
+    assert refused.stdout.strip().endswith("; 4 requests refused by the judge (asked again next run)")
+    assert refused.stderr.count("warning: ") == 4  # both turns, both orders of the verdict (asked at once)
     assert again.stdout.strip() == f"{JUDGE}: rated 2 turns, 0 unparsable, 1 verdicts, of which 1 position-swap ties"
 
 
@@ -240,7 +317,7 @@ def test_bad_input_is_one_line_exit_2_and_loses_nothing(tmp_path: Path):
         return scripted()(messages)
 
     with TGIServer(Behaviour(reply_for=failing)) as server:
-        broken = run_judge(db, server.url)
+        broken = run_judge(db, server.url, "--concurrency", "1")  # one at a time: it breaks after five exactly
         one_line_error(broken, JUDGE, "424", "run again to go on")
         assert broken.stdout.startswith(f"{JUDGE}: rated 5 turns")
         assert rows(db, "SELECT COUNT(*) FROM judgments") == [(5,)]
