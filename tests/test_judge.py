@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import itertools
 import json
 import sqlite3
 from collections.abc import Callable
@@ -403,3 +405,44 @@ def test_epochs_are_ranked_by_the_judge_on_their_dev_answers(tmp_path: Path):
         assert len(server.requests) == asked  # the kept answers are not asked again
     kept = [json.loads(line) for line in (run / "dev" / "judge-judge_j.jsonl").read_text().splitlines()]
     assert len(kept) == 4 and {k["parsed"] for k in kept} == {"excellent", "fail"}
+
+
+def echo(messages: list[dict]) -> str:
+    """A player whose answer names the message it answers (so a request shows which history it was sent)."""
+    return "Reply " + hashlib.sha256(messages[-1]["content"].encode()).hexdigest()[:12]
+
+
+def test_autoplay_plays_its_conversations_at_once_each_sides_turns_in_order(tmp_path: Path):
+    """The ten openers against two players on a TGI look-alike (every answer 50 ms) and a judge that takes 4
+    requests at once: 4 conversations are played at once, so more requests reach the players than one
+    conversation's two sides; yet every request a side sends holds that side's own earlier turns, in order, each
+    answered before the next was asked; and the judge is never sent more than its /info takes."""
+    db = tmp_path / "autoplay.db"
+    players = Behaviour(reply_for=echo, first_token_delay_s=0.05)
+    referee = Behaviour(reply_for=scripted(), first_token_delay_s=0.02, max_concurrent_requests=4)
+    with TGIServer(players) as sides, TGIServer(referee) as server:
+        result = run_cli(
+            "-m", "demo.judge", "autoplay", "--left", f"left={sides.url}", "--right", f"right={sides.url}",
+            "--judge", server.url, "--db", str(db), "--seed", "1",
+        )  # fmt: skip
+        played, peaks = list(sides.requests), (sides.peak_in_flight, server.peak_in_flight)
+    assert result.returncode == 0, result.stderr[-3000:]
+    openers = judge.load_openers(judge.OPENERS_FILE)
+    turns = sum(1 + len(o["follow_ups"]) for o in openers)
+    assert result.stdout.startswith(f"{JUDGE}: rated {2 * turns} turns, 0 unparsable, 10 verdicts")
+    assert len(played) == 2 * turns and peaks[1] == 4 and peaks[0] > 2
+    for request in played:  # user, its answer, user, ...: each earlier message answered before this one was sent
+        sent = request["messages"]
+        assert [m["role"] for m in sent] == ["user", "assistant"] * (len(sent) // 2) + ["user"]
+        assert all(sent[i]["content"] == echo(sent[:i]) for i in range(1, len(sent), 2))
+    by_conversation: dict[tuple[str, str], list[tuple]] = {}
+    sql = "SELECT c.opener_id, t.side, t.turn_index, t.user_text, t.assistant_text, t.started_at, t.finished_at"
+    stored = rows(db, sql + " FROM turns t JOIN conversations c ON c.id = t.conversation_id ORDER BY t.rowid")
+    for opener, side, *turn in stored:
+        by_conversation.setdefault((opener, side), []).append(turn)
+    assert len(by_conversation) == 20
+    messages = {o["id"]: [o["prompt"], *o["follow_ups"]] for o in openers}
+    for (opener, _), side_turns in by_conversation.items():
+        assert [(index, user) for index, user, *_ in side_turns] == list(enumerate(messages[opener], 1))
+        assert all(turn[2] == echo([{"content": turn[1]}]) for turn in side_turns)
+        assert all(later[3] >= earlier[4] for earlier, later in itertools.pairwise(side_turns))
