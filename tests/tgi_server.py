@@ -141,6 +141,9 @@ class Behaviour:
 class _HTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False
+    # listen()'s backlog: socketserver's 5 drops the SYNs of a burst of new connections (16 requests at once), and
+    # each dropped one waits a second for the kernel to send it again. A real server (tokio) listens with 1024.
+    request_queue_size = 1024
     tgi: TGIServer
 
 
