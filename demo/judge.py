@@ -211,13 +211,22 @@ async def _asked(judge: Judge, messages: list[dict], what: str, tally: Tally) ->
 
 
 async def rate_turn(
-    store: ratings.Store, judge: Judge, prompts: Prompts, turn: ratings.Turn, shown: list[ratings.Turn], tally: Tally
+    store: ratings.Store,
+    judge: Judge,
+    prompts: Prompts,
+    turn: ratings.Turn,
+    shown: list[ratings.Turn],
+    tally: Tally,
+    granted: asyncio.Event | None = None,
 ) -> None:
-    """Ask the judge about one turn (the conversation up to it as context) and store its answer and rating."""
+    """Ask the judge about one turn (the conversation up to it as context) and store its answer and rating, once
+    ``granted`` is set (the review grant its rating needs, committed meanwhile)."""
     messages = turn_request(prompts, _exchanges(shown, turn.side, upto=turn.turn_index))
     answer = await _asked(judge, messages, f"turn {turn.id}", tally)
     if answer is None:
         return
+    if granted is not None:
+        await granted.wait()
     rating, prompt = parse_rating(answer), json.dumps(messages, ensure_ascii=False)
     await concurrency.settled(
         lambda: store.judge_turn(turn.id, judge.name, prompt, answer, rating), lambda _: tally.count(rating)
@@ -271,19 +280,27 @@ async def _compare_once(
 
 async def rate_stored(store: ratings.Store, judge: Judge, prompts: Prompts, tally: Tally) -> None:
     """Every turn and conversation of the judged arena conversations that this judge has not judged yet, asked
-    at once (the judge's pool keeps as many in flight as its server takes). Each answer is committed with what
-    it judged before the next question about it, so a run cut short and run again asks only what is missing."""
+    at once (the judge's pool keeps as many in flight as its server takes). Each answer is committed whole with
+    what was read from it, so a run cut short and run again asks only what is missing."""
     turns = store.unjudged_turns(judge.name)
     pending = store.unjudged_conversations(judge.name)
-    shown: dict[str, list[ratings.Turn]] = {}
-    for cid in dict.fromkeys(turn.conversation_id for turn in turns):
-        # the judge's ratings are second opinions, as a reviewer's are
-        await concurrency.settled(lambda cid=cid: store.grant_review(judge.name, cid, judge.name))
-        shown[cid] = store.shown_turns(cid)
+    granted = {cid: asyncio.Event() for cid in dict.fromkeys(turn.conversation_id for turn in turns)}
+    shown = {cid: store.shown_turns(cid) for cid in granted}
+
+    async def grant(cid: str) -> None:
+        # The judge's ratings are second opinions, as a reviewer's are. Committed while the first questions are
+        # in flight: one commit a conversation before them kept the judge's server waiting.
+        await concurrency.settled(lambda: store.grant_review(judge.name, cid, judge.name))
+        granted[cid].set()
+
     judge.pool.expect(len(turns) + sum(len(orders) for _, orders in pending))
     await concurrency.run_all(
         [
-            *(rate_turn(store, judge, prompts, turn, shown[turn.conversation_id], tally) for turn in turns),
+            *(grant(cid) for cid in granted),
+            *(
+                rate_turn(store, judge, prompts, t, shown[t.conversation_id], tally, granted[t.conversation_id])
+                for t in turns
+            ),
             *(compare(store, judge, prompts, cid, orders, tally) for cid, orders in pending),
         ]
     )
