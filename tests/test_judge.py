@@ -27,6 +27,7 @@ from tgi_server import Behaviour, TGIServer, free_port
 from demo import judge, mirror, retry
 from demo.ratings import Store
 from demo.report import build_report, cohen_kappa, markdown
+from serving import concurrency
 
 JUDGE = "judge:test/model"  # the rater name: judge: and the model the look-alike serves
 HUMAN = ("conversations", "turns", "models", "verdicts", "verdict_pairs", "comparison", "unblinded", "after_reveal")
@@ -446,3 +447,17 @@ def test_autoplay_plays_its_conversations_at_once_each_sides_turns_in_order(tmp_
         assert [(index, user) for index, user, *_ in side_turns] == list(enumerate(messages[opener], 1))
         assert all(turn[2] == echo([{"content": turn[1]}]) for turn in side_turns)
         assert all(later[3] >= earlier[4] for earlier, later in itertools.pairwise(side_turns))
+
+
+@pytest.mark.parametrize(
+    ("server", "setting", "expected"),
+    [("tgi", None, 4), ("tgi", 2, 2), ("tgi", 9, 4), ("openai", None, 8), ("openai", 3, 3)],
+)
+def test_requests_in_flight_are_what_the_server_takes_else_the_setting_else_8(server, setting, expected):
+    """A TGI judge says in /info how many it takes (4 here) and is never sent more, a lower --concurrency wins;
+    a server that does not say gets --concurrency, else serving.concurrency's default."""
+    with TGIServer(Behaviour(server=server, max_concurrent_requests=4)) as tgi:
+        asker = judge.Judge(tgi.url, requests=setting)
+        asyncio.run(asker.start())
+    assert asker.pool.limit == expected == asker.backend.max_concurrent
+    assert concurrency.DEFAULT_IN_FLIGHT == 8
