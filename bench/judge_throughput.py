@@ -155,13 +155,19 @@ def main(argv: list[str] | None = None) -> dict:
             "judge_16": round(1000 * many["cpu_s"] / many["requests"], 2),
             "autoplay_concurrent": round(1000 * concurrent["cpu_s"] / concurrent["requests"], 2),
         },
-        "peak_in_flight": {"judge_1": one["peak_in_flight"], "judge_16": many["peak_in_flight"],
-                           "autoplay_sequential": sequential["peak_in_flight"],
-                           "autoplay_concurrent": concurrent["peak_in_flight"]},  # fmt: skip
+        "peak_in_flight": {
+            "judge_1": one["peak_in_flight"],
+            "judge_16": many["peak_in_flight"],
+            "autoplay_sequential": sequential["peak_in_flight"],
+            "autoplay_concurrent": concurrent["peak_in_flight"],
+        },
         "overloaded": sum(run["overloaded"] for run in (one, many, sequential, concurrent)),
         "judged": {"turns": many["turns"], "verdicts": many["verdicts"], "requests": many["requests"]},
-        "autoplayed": {"turns": concurrent["turns"], "verdicts": concurrent["verdicts"],
-                       "requests": concurrent["requests"]},  # fmt: skip
+        "autoplayed": {
+            "turns": concurrent["turns"],
+            "verdicts": concurrent["verdicts"],
+            "requests": concurrent["requests"],
+        },
         "delay_s": args.delay,
         "cap": args.cap,
         "targets": {"judge_speedup_16": 10, "autoplay_speedup": 5},
