@@ -37,7 +37,7 @@ from pathlib import Path
 from common import cli, jsonl, prompts
 from common.cli import UserError
 from demo import arena, checkpoints, protocol, ratings, report, retry
-from serving import backends
+from serving import backends, concurrency
 
 PROMPTS_FILE = Path(__file__).with_name("judge_prompts.yaml")
 OPENERS_FILE = Path(__file__).resolve().parents[1] / "dialogues" / "eval_openers.jsonl"
@@ -135,7 +135,12 @@ class Judge:
     """A judge model behind a TGI or OpenAI-compatible URL (``NAME=`` in front names it), asked greedily."""
 
     def __init__(
-        self, source: str, max_tokens: int = 1024, timeout: float = 300.0, warmup: retry.WarmUp = retry.WARMUP
+        self,
+        source: str,
+        max_tokens: int = 1024,
+        timeout: float = 300.0,
+        warmup: retry.WarmUp = retry.WARMUP,
+        requests: int | None = None,
     ) -> None:
         self.given_name, url = backends.parse_source(source)
         if not url.startswith(("http://", "https://")):
@@ -148,6 +153,8 @@ class Judge:
         self.decoding = backends.Decoding(temperature=0.0, top_p=1.0, repetition_penalty=1.0, max_new_tokens=max_tokens)
         self.name = ""
         self.warmup = warmup  # a judge scaled to zero wakes as the arena's models do
+        self.requests = requests  # --concurrency: requests in flight at once (None: what the server takes)
+        self.pool = concurrency.Pool(concurrency.in_flight(None, requests))
 
     async def start(self) -> None:
         status = await self.backend.probe()
@@ -155,13 +162,17 @@ class Judge:
             raise JudgeError(f"judge {self.backend.source}: {status.detail}")
         model = self.given_name or self.backend.model or self.backend.model_id or self.backend.url
         self.name = protocol.JUDGE_PREFIX + model
+        limit = concurrency.in_flight(self.backend.server_cap, self.requests)
+        self.backend.max_concurrent = limit  # the backend's own gate then never holds a request the pool let go
+        self.pool = concurrency.Pool(limit, desc=self.name)
 
     async def ask(self, messages: list[dict]) -> str:
         async def once() -> str:
             stream = self.backend.stream(messages, self.decoding)
             return "".join([chunk async for chunk in stream if not isinstance(chunk, backends.Waiting)])
 
-        return await self.warmup.call(once)
+        async with self.pool.slot():
+            return await self.warmup.call(once)
 
 
 @dataclass
@@ -171,6 +182,11 @@ class Tally:
     verdicts: int = 0  # conversations given a verdict (both orders read)
     swap_ties: int = 0  # of those, ties because the two orders disagreed
     refused: int = 0  # requests the judge refused (asked again next run)
+
+    def count(self, parsed: str | None, rated: bool = True) -> None:
+        """One answer stored: a rating (``rated``) or a verdict of one order, None when unparsable."""
+        self.unparsable += parsed is None
+        self.turns += rated and parsed is not None
 
     def line(self, judge: str) -> str:
         text = (
@@ -198,42 +214,40 @@ async def _asked(judge: Judge, messages: list[dict], what: str, tally: Tally) ->
 
 
 async def rate_turn(
-    store: ratings.Store, judge: Judge, prompts: Prompts, turn: ratings.Turn, shown: list[ratings.Turn], tally: Tally
+    store: ratings.Store,
+    judge: Judge,
+    prompts: Prompts,
+    turn: ratings.Turn,
+    shown: list[ratings.Turn],
+    tally: Tally,
+    granted: asyncio.Event | None = None,
 ) -> None:
-    """Ask the judge about one turn (the conversation up to it as context) and store its answer and rating."""
+    """Ask the judge about one turn (the conversation up to it as context) and store its answer and rating, once
+    ``granted`` is set (the review grant its rating needs, committed meanwhile)."""
     messages = turn_request(prompts, _exchanges(shown, turn.side, upto=turn.turn_index))
     answer = await _asked(judge, messages, f"turn {turn.id}", tally)
     if answer is None:
         return
-    rating = parse_rating(answer)
-    await asyncio.to_thread(
-        store.judge_turn, turn.id, judge.name, json.dumps(messages, ensure_ascii=False), answer, rating
+    if granted is not None:
+        await granted.wait()
+    rating, prompt = parse_rating(answer), json.dumps(messages, ensure_ascii=False)
+    await concurrency.settled(
+        lambda: store.judge_turn(turn.id, judge.name, prompt, answer, rating), lambda _: tally.count(rating)
     )
-    if rating is None:
-        tally.unparsable += 1
-    else:
-        tally.turns += 1
 
 
 async def compare(
     store: ratings.Store, judge: Judge, prompts: Prompts, conversation_id: str, orders: list[str], tally: Tally
 ) -> str | None:
-    """Ask the judge which side did better, in each order still missing; the verdict of both orders (None if
-    either answer was unparsable or refused)."""
+    """Ask the judge which side did better, in each order still missing (at once); the verdict of both orders
+    (None if either answer was unparsable or refused)."""
     shown = store.shown_turns(conversation_id)
     sides = {side: _exchanges(shown, side) for side in protocol.SIDES}
-    for order in orders:
-        first, second = order  # "ba": side b is shown as A
-        messages = pairwise_request(prompts, sides[first], sides[second])
-        answer = await _asked(judge, messages, f"conversation {conversation_id} ({order})", tally)
-        if answer is None:
-            return None
-        letter = parse_verdict(answer)
-        verdict = {"a": first, "b": second, "tie": "tie"}.get(letter)  # back to the conversation's own sides
-        prompt = json.dumps(messages, ensure_ascii=False)
-        await asyncio.to_thread(store.record_judgment, conversation_id, judge.name, order, prompt, answer, verdict)
-        if verdict is None:
-            tally.unparsable += 1
+    asked = await concurrency.run_all(
+        _compare_once(store, judge, prompts, conversation_id, sides, order, tally) for order in orders
+    )
+    if not all(asked):
+        return None
     latest = {j["order"]: j["parsed"] for j in store.judgments(judge.name, conversation_id)}
     verdict, swapped = report.swap_verdict(latest.get("ab"), latest.get("ba"))
     if verdict is not None:
@@ -242,19 +256,57 @@ async def compare(
     return verdict
 
 
+async def _compare_once(
+    store: ratings.Store,
+    judge: Judge,
+    prompts: Prompts,
+    conversation_id: str,
+    sides: dict[str, list[tuple[str, str]]],
+    order: str,
+    tally: Tally,
+) -> bool:
+    """The judge's answer about one order, stored; False when it refused to answer."""
+    first, second = order  # "ba": side b is shown as A
+    messages = pairwise_request(prompts, sides[first], sides[second])
+    answer = await _asked(judge, messages, f"conversation {conversation_id} ({order})", tally)
+    if answer is None:
+        return False
+    letter = parse_verdict(answer)
+    verdict = {"a": first, "b": second, "tie": "tie"}.get(letter)  # back to the conversation's own sides
+    prompt = json.dumps(messages, ensure_ascii=False)
+    await concurrency.settled(
+        lambda: store.record_judgment(conversation_id, judge.name, order, prompt, answer, verdict),
+        lambda _: tally.count(verdict, rated=False),
+    )
+    return True
+
+
 async def rate_stored(store: ratings.Store, judge: Judge, prompts: Prompts, tally: Tally) -> None:
-    """Every turn and conversation of the judged arena conversations that this judge has not judged yet."""
-    granted: set[str] = set()
-    shown: dict[str, list[ratings.Turn]] = {}
-    for turn in store.unjudged_turns(judge.name):
-        cid = turn.conversation_id
-        if cid not in granted:  # the judge's ratings are second opinions, as a reviewer's are
-            await asyncio.to_thread(store.grant_review, judge.name, cid, judge.name)
-            granted.add(cid)
-            shown[cid] = store.shown_turns(cid)
-        await rate_turn(store, judge, prompts, turn, shown[cid], tally)
-    for cid, orders in store.unjudged_conversations(judge.name):
-        await compare(store, judge, prompts, cid, orders, tally)
+    """Every turn and conversation of the judged arena conversations that this judge has not judged yet, asked
+    at once (the judge's pool keeps as many in flight as its server takes). Each answer is committed whole with
+    what was read from it, so a run cut short and run again asks only what is missing."""
+    turns = store.unjudged_turns(judge.name)
+    pending = store.unjudged_conversations(judge.name)
+    granted = {cid: asyncio.Event() for cid in dict.fromkeys(turn.conversation_id for turn in turns)}
+    shown = {cid: store.shown_turns(cid) for cid in granted}
+
+    async def grant(cid: str) -> None:
+        # The judge's ratings are second opinions, as a reviewer's are. Committed while the first questions are
+        # in flight: one commit a conversation before them kept the judge's server waiting.
+        await concurrency.settled(lambda: store.grant_review(judge.name, cid, judge.name))
+        granted[cid].set()
+
+    judge.pool.expect(len(turns) + sum(len(orders) for _, orders in pending))
+    await concurrency.run_all(
+        [
+            *(grant(cid) for cid in granted),
+            *(
+                rate_turn(store, judge, prompts, t, shown[t.conversation_id], tally, granted[t.conversation_id])
+                for t in turns
+            ),
+            *(compare(store, judge, prompts, cid, orders, tally) for cid, orders in pending),
+        ]
+    )
 
 
 # -- autoplay ------------------------------------------------------------------------------------------------
@@ -296,38 +348,65 @@ async def autoplay(
     rng: random.Random,
     tally: Tally,
 ) -> list[str]:
-    """Play, rate and judge one conversation per opener; the ids of the conversations stored."""
-    played = []
-    for opener in openers:
-        # which model sits on A, drawn as the arena draws it
+    """Play, rate and judge one conversation per opener, as many at once as the judge takes requests; the ids of
+    the conversations stored, in the openers' order."""
+    conversations = []
+    for opener in openers:  # drawn in the openers' order: a seed seats the same models at any concurrency
         conv = arena.new_conversation(True, rng, [p.name for p in players], purpose="autoplay")
         conv.opener_id = opener["id"]
-        seats = [players[index] for index in conv.models]
-        played.append(conv.id)
-        for message in [opener["prompt"], *opener["follow_ups"]]:
-            await asyncio.gather(
-                *(
-                    _answer(store, conv, key, backend, message, judge, decoding)
-                    for key, backend in zip(protocol.SIDES, seats, strict=True)
-                )
+        conversations.append(conv)
+    tables = asyncio.Semaphore(judge.pool.limit)
+
+    async def seated(conv: arena.Conversation, opener: dict) -> None:
+        async with tables:
+            await play_one(store, judge, prompts, [players[index] for index in conv.models], conv, opener, decoding,
+                           tally)  # fmt: skip
+
+    await concurrency.run_all(seated(conv, opener) for conv, opener in zip(conversations, openers, strict=True))
+    return [conv.id for conv in conversations]
+
+
+async def play_one(
+    store: ratings.Store,
+    judge: Judge,
+    prompts: Prompts,
+    seats: list,
+    conv: arena.Conversation,
+    opener: dict,
+    decoding: backends.Decoding,
+    tally: Tally,
+) -> None:
+    """One conversation: each message answered by both sides at once, the next only after both (each side's
+    turns in order, each answer seeing its own history); then every turn rated and both orders compared at
+    once, and the verdict given after all of them are stored."""
+    for message in [opener["prompt"], *opener["follow_ups"]]:
+        await asyncio.gather(
+            *(
+                _answer(store, conv, key, backend, message, judge, decoding)
+                for key, backend in zip(protocol.SIDES, seats, strict=True)
             )
-        shown = store.shown_turns(conv.id)
-        for turn in shown:
-            await rate_turn(store, judge, prompts, turn, shown, tally)
-        verdict = await compare(store, judge, prompts, conv.id, list(protocol.ORDERS), tally)
-        if verdict is not None:
-            try:
-                await asyncio.to_thread(store.set_verdict, conv.id, verdict, judge.name, judge.name)
-            except ratings.NotAllowed as err:  # e.g. a side whose every answer failed: nothing of it was rated
-                print(f"warning: autoplay {conv.id} ({opener['id']}) has no verdict: {err}", file=sys.stderr)
-    return played
+        )
+    shown = store.shown_turns(conv.id)
+    judge.pool.expect(len(shown) + len(protocol.ORDERS))
+    *_, verdict = await concurrency.run_all(
+        [
+            *(rate_turn(store, judge, prompts, turn, shown, tally) for turn in shown),
+            compare(store, judge, prompts, conv.id, list(protocol.ORDERS), tally),
+        ]
+    )
+    if verdict is not None:
+        try:
+            await concurrency.settled(lambda: store.set_verdict(conv.id, verdict, judge.name, judge.name))
+        except ratings.NotAllowed as err:  # e.g. a side whose every answer failed: nothing of it was rated
+            print(f"warning: autoplay {conv.id} ({opener['id']}) has no verdict: {err}", file=sys.stderr)
 
 
 # -- command line --------------------------------------------------------------------------------------------
 # -- ranking epochs on the dev prompts -------------------------------------------------------------------------
 async def rank_epochs(run: checkpoints.Run, judge: Judge, prompts: Prompts, tally: Tally) -> list[dict]:
-    """Rate every kept epoch's dev answers (``finetune dev``) with the turn prompt; the judge's answers go to
-    ``RUN_DIR/dev/judge-<name>.jsonl`` (a rerun asks only what is missing). Per epoch, best first: its shares."""
+    """Rate every kept epoch's dev answers (``finetune dev``) with the turn prompt, all asked at once; the judge's
+    answers go to ``RUN_DIR/dev/judge-<name>.jsonl`` as they come (a rerun asks only what is missing). Per
+    epoch, best first: its shares."""
     out = run.path / "dev" / f"judge-{re.sub(r'[^A-Za-z0-9._-]+', '_', judge.name)}.jsonl"
     done: dict[tuple[int, str], str | None] = {}
     if out.is_file():
@@ -337,19 +416,23 @@ async def rank_epochs(run: checkpoints.Run, judge: Judge, prompts: Prompts, tall
                 done[(int(record["epoch"]), str(record["id"]))] = record["parsed"]
             except (ValueError, KeyError, TypeError):  # a torn last line: that answer is asked again
                 continue
+    todo = [(e, pid, a) for e in run.epochs() for pid, a in run.answers[e].items() if (e, pid) not in done]
+    judge.pool.expect(len(todo))
     with out.open("a", encoding="utf-8") as log:
-        for epoch in run.epochs():
-            for pid, answer in run.answers[epoch].items():
-                if (epoch, pid) in done:
-                    continue
-                raw = await judge.ask(turn_request(prompts, [(answer["prompt"], answer["answer"])]))
-                parsed = parse_rating(raw)
-                tally.turns += parsed is not None
-                tally.unparsable += parsed is None
-                done[(epoch, pid)] = parsed
-                record = {"epoch": epoch, "id": pid, "judge": judge.name, "raw_answer": raw, "parsed": parsed}
-                log.write(json.dumps(record, ensure_ascii=False) + "\n")
-                log.flush()
+
+        async def rate(epoch: int, pid: str, answer: dict) -> None:
+            raw = await judge.ask(turn_request(prompts, [(answer["prompt"], answer["answer"])]))
+            parsed = done[(epoch, pid)] = parse_rating(raw)
+            tally.count(parsed)
+            record = {"epoch": epoch, "id": pid, "judge": judge.name, "raw_answer": raw, "parsed": parsed}
+            log.write(json.dumps(record, ensure_ascii=False) + "\n")  # one line, written whole from the loop
+            log.flush()
+
+        await concurrency.run_all(rate(*item) for item in todo)
+    return _epoch_table(run, done)
+
+
+def _epoch_table(run: checkpoints.Run, done: dict[tuple[int, str], str | None]) -> list[dict]:
     table = []
     for epoch in run.epochs():
         parsed = [done.get((epoch, pid)) for pid in run.answers[epoch]]
@@ -366,7 +449,7 @@ async def _epochs_main(args: argparse.Namespace) -> int:
     except checkpoints.CheckpointError as err:
         raise JudgeError(str(err).removeprefix("--checkpoints ")) from None
     prompts = load_prompts(args.prompts)
-    judge = Judge(args.judge, args.judge_max_tokens, args.timeout)
+    judge = Judge(args.judge, args.judge_max_tokens, args.timeout, requests=args.concurrency)
     await judge.start()
     for run in runs:
         tally = Tally()
@@ -374,6 +457,8 @@ async def _epochs_main(args: argparse.Namespace) -> int:
             table = await rank_epochs(run, judge, prompts, tally)
         except backends.BackendError as err:
             raise JudgeError(f"{judge.name} failed: {err} (its answers so far are kept; run again to go on)") from None
+        finally:
+            judge.pool.close()
         print(f"AUTOMATIC: {run.name}'s epochs ranked by {judge.name}, a model, not a person (read them too):")
         for row in table:
             shares = " ".join(f"{name} {row[name]}%" for name in protocol.RATINGS if row[name] is not None)
@@ -410,6 +495,14 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--judge-max-tokens", type=_positive, default=1024, help="the judge's answer cap (1024)")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for one judge answer (300)")
     parser.add_argument("--prompts", type=Path, default=PROMPTS_FILE, help="judge prompts (demo/judge_prompts.yaml)")
+    parser.add_argument(
+        "--concurrency",
+        type=_positive,
+        metavar="N",
+        help="requests in flight at the judge at once, and autoplay's conversations played at once (default: what "
+        f"a TGI judge's /info says it takes, max_concurrent_requests, else {concurrency.DEFAULT_IN_FLIGHT}; a TGI "
+        "judge is never sent more than it takes)",
+    )
 
 
 def _rate_parser() -> argparse.ArgumentParser:
@@ -466,7 +559,7 @@ def _open_store(path: Path, existing: bool) -> ratings.Store:
 
 async def _rate_main(args: argparse.Namespace) -> int:
     prompts = load_prompts(args.prompts)
-    judge = Judge(args.judge, args.judge_max_tokens, args.timeout)
+    judge = Judge(args.judge, args.judge_max_tokens, args.timeout, requests=args.concurrency)
     store = _open_store(args.db, existing=True)
     tally = Tally()
     try:
@@ -476,6 +569,7 @@ async def _rate_main(args: argparse.Namespace) -> int:
         print(tally.line(judge.name))
         raise JudgeError(f"{judge.name} failed: {err} (what it judged is stored; run again to go on)") from None
     finally:
+        judge.pool.close()
         store.close()
     print(tally.line(judge.name))
     return 0
@@ -484,7 +578,7 @@ async def _rate_main(args: argparse.Namespace) -> int:
 async def _autoplay_main(args: argparse.Namespace) -> int:
     prompts = load_prompts(args.prompts)
     openers = load_openers(args.openers)[: args.limit]
-    judge = Judge(args.judge, args.judge_max_tokens, args.timeout)
+    judge = Judge(args.judge, args.judge_max_tokens, args.timeout, requests=args.concurrency)
     players = [backends.make_backend(source) for source in (args.left, args.right)]
     store = _open_store(args.db, existing=False)
     tally = Tally()
@@ -504,6 +598,7 @@ async def _autoplay_main(args: argparse.Namespace) -> int:
         print(tally.line(judge.name))
         raise JudgeError(f"{judge.name} failed: {err} (what was played and judged is stored)") from None
     finally:
+        judge.pool.close()
         store.close()
     print(tally.line(judge.name))
     names = " vs ".join(p.name for p in players)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import threading
 from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
@@ -28,6 +29,26 @@ _STATUS_MESSAGES = {
     503: "the server is warming up or unavailable (503)",
 }
 credentials.redact_client_logs()  # a URL's query may hold a token, and httpx logs every request's URL
+
+
+@functools.cache
+def _share_tls() -> None:
+    """Every request opens a client (``RemoteBackend._session``), and huggingface_hub's factory builds a new TLS
+    context for each, loading the CA bundle: 60-100 ms of CPU a request here, which made the client, not the
+    server, the bottleneck of a judge with 16 requests in flight. Its clients are made as before (its event
+    hooks, redirects, timeout: copied from one it made), with one TLS context for the process."""
+    import httpx2
+    from huggingface_hub import get_async_session, set_async_client_factory
+
+    made = get_async_session()
+    set_async_client_factory(
+        functools.partial(
+            httpx2.AsyncClient, event_hooks=made.event_hooks, follow_redirects=made.follow_redirects,
+            timeout=made.timeout, verify=httpx2.create_ssl_context(),
+        )
+    )  # fmt: skip
+
+
 # Fields ``chat_completion`` takes by name; any other field a kind's terms hold goes in ``extra_body``.
 _NAMED_FIELDS = ("model", "max_tokens", "temperature", "top_p", "presence_penalty", "frequency_penalty")
 
@@ -85,6 +106,7 @@ class RemoteBackend:
         says."""
         from huggingface_hub import AsyncInferenceClient
 
+        _share_tls()
         # provider="hf-inference": the provider under which the client speaks to a URL.
         async with AsyncInferenceClient(base_url=self._url, timeout=self.timeout, provider="hf-inference") as client:
             # The client's own httpx2 session. huggingface_hub's public get_async_session() builds a new client

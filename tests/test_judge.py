@@ -2,11 +2,18 @@
 choosing each reply from the messages it was sent. Judge ratings are second opinions that move none of the human
 figures; the position swap turns a judge that always prefers "A" into ties; an unparsable answer is stored and
 counted, never guessed; a rebuilt database holds the same judgments; bad input is one line and exit 2; autoplay
-with the tiny trained pair stores conversations the report counts apart, as automatic."""
+with the tiny trained pair stores conversations the report counts apart, as automatic.
+
+At the server's speed: judging many requests at once stores exactly what judging one at a time stores, never
+more at once than the judge's /info says it takes; a run cut short and run again stores every judgment once;
+autoplay plays its conversations at once, each side's turns in order."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
+import itertools
 import json
 import sqlite3
 from collections.abc import Callable
@@ -20,6 +27,7 @@ from tgi_server import Behaviour, TGIServer, free_port
 from demo import judge, mirror, retry
 from demo.ratings import Store
 from demo.report import build_report, cohen_kappa, markdown
+from serving import concurrency
 
 JUDGE = "judge:test/model"  # the rater name: judge: and the model the look-alike serves
 HUMAN = ("conversations", "turns", "models", "verdicts", "verdict_pairs", "comparison", "unblinded", "after_reveal")
@@ -56,19 +64,34 @@ def one_line_error(result, *parts: str) -> None:
         assert part in err, err
 
 
+def copy_db(source: Path, target: Path) -> Path:
+    with contextlib.closing(sqlite3.connect(source)) as old, contextlib.closing(sqlite3.connect(target)) as new:
+        old.backup(new)
+    return target
+
+
 @pytest.fixture(scope="module")
 def judged(tmp_path_factory):
     """test_report's scenario (4 judged conversations, one never judged), before and after a judge that rates
-    every answer "pass" and always prefers the conversation shown first; the requests it was sent."""
-    db = build_scenario(tmp_path_factory.mktemp("judge") / "ratings.db")
+    every answer "pass" and always prefers the conversation shown first, asked at once by as many requests as
+    its /info says it takes (4; each answer takes 20 ms); the requests it was sent. Beside it, a copy of the
+    scenario judged one request at a time (--concurrency 1)."""
+    folder = tmp_path_factory.mktemp("judge")
+    db = build_scenario(folder / "ratings.db")
+    sequential = copy_db(db, folder / "sequential.db")
     before = build_report(db)
-    with TGIServer(Behaviour(reply_for=scripted())) as server:
+    with TGIServer(Behaviour(reply_for=scripted(), first_token_delay_s=0.02, max_concurrent_requests=4)) as server:
         result = run_judge(db, server.url)
+        peak = server.peak_in_flight
         again = run_judge(db, server.url)  # resumable: nothing is left to ask
         requests, applied = list(server.requests), list(server.applied)
+        server.peak_in_flight = 0
+        one_at_a_time = run_judge(sequential, server.url, "--concurrency", "1")
+        sequential_peak = server.peak_in_flight
     assert result.returncode == 0, result.stderr
     return {"db": db, "before": before, "after": build_report(db), "result": result, "again": again,
-            "requests": requests, "applied": applied}  # fmt: skip
+            "requests": requests, "applied": applied, "peak": peak, "sequential": sequential,
+            "one_at_a_time": one_at_a_time, "sequential_peak": sequential_peak}  # fmt: skip
 
 
 def test_judge_ratings_are_second_opinions_that_never_move_the_human_figures(judged):
@@ -128,11 +151,68 @@ def test_the_turn_prompt_holds_the_conversation_up_to_the_judged_answer(judged):
     assert third[0]["role"] == "system" and "Rating: excellent" in text  # the rubric and the line it must end with
     pairwise = [m[-1]["content"] for m in asked if "<<<conversation A>>>" in m[-1]["content"]]
     shown_first = [p.split("<<<conversation A>>>\n", 1)[1].split("\n", 2)[1] for p in pairwise if "c5 " in p]
-    assert shown_first == ["c5 a1 ask", "c5 b1 ask"]  # both orders
-    # what the store keeps is exactly what the judge was sent
+    assert sorted(shown_first) == ["c5 a1 ask", "c5 b1 ask"]  # both orders (asked at once: in either order)
+    # what the store keeps is exactly what the judge was sent (asked at once: in the order the answers came)
     stored = rows(judged["db"], f"SELECT prompt, raw_answer FROM judgments WHERE judge = '{JUDGE}' ORDER BY rowid")
-    assert [json.loads(prompt) for prompt, _ in stored] == asked
-    assert stored[0][1] == "The answer was read.\nRating: pass"
+    assert sorted(prompt for prompt, _ in stored) == sorted(json.dumps(m, ensure_ascii=False) for m in asked)
+    assert "The answer was read.\nRating: pass" in {answer for _, answer in stored}
+
+
+# What a judge's run leaves in the store, without the ids and times that differ from run to run.
+STORED = {
+    "judgments": 'SELECT subject_kind, subject_id, judge, "order", prompt, raw_answer, parsed FROM judgments'
+    ' ORDER BY subject_id, "order"',
+    "ratings": "SELECT turn_id, session, rater, rating, by_owner FROM ratings ORDER BY turn_id, session",
+    "rating_log": "SELECT turn_id, rater, rating, session FROM rating_log ORDER BY turn_id, session, rater, rating",
+    "review_grants": "SELECT session, conversation_id, rater FROM review_grants ORDER BY session, conversation_id",
+    "events": "SELECT kind, COUNT(*) FROM events GROUP BY kind ORDER BY kind",
+}
+
+
+def test_judging_at_once_stores_exactly_what_judging_one_at_a_time_stores(judged):
+    """Asked at once, never more than the judge's /info takes (a fifth request would be its 429, and the run
+    would fail); asked one at a time, one. The stores then hold the same judgments, ratings and events."""
+    assert (judged["peak"], judged["sequential_peak"]) == (4, 1)
+    assert judged["one_at_a_time"].returncode == 0, judged["one_at_a_time"].stderr
+    assert judged["one_at_a_time"].stdout == judged["result"].stdout
+    for table, sql in STORED.items():
+        assert rows(judged["db"], sql) == rows(judged["sequential"], sql), table
+    assert len(rows(judged["db"], STORED["judgments"])) == 15 + 8
+
+
+def test_a_run_cut_short_and_run_again_stores_every_judgment_once(tmp_path: Path, judged):
+    """The run is cancelled while requests are in flight and answers are being written (as a kill or a failed
+    request cuts it short); run again, it asks only what is missing, and the store ends as a run that was never
+    cut short leaves it."""
+    db = build_scenario(tmp_path / "ratings.db")
+    with TGIServer(Behaviour(reply_for=scripted(), first_token_delay_s=0.05, max_concurrent_requests=6)) as server:
+
+        async def cut_short() -> int:
+            store = Store(db)
+            asker = judge.Judge(server.url)
+            await asker.start()
+            run = asyncio.create_task(judge.rate_stored(store, asker, judge.load_prompts(), judge.Tally()))
+            # cut when five are stored and more have reached the server than are stored: some are in flight
+            while len(store.judgments()) < 5 or len(server.requests) <= len(store.judgments()):
+                await asyncio.sleep(0.005)
+            run.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await run
+            stored = len(store.judgments())
+            store.close()
+            return stored
+
+        stored = asyncio.run(cut_short())
+        asked_first = len(server.requests)
+        again = run_judge(db, server.url)
+    assert again.returncode == 0, again.stderr
+    assert 5 <= stored < 23 and asked_first > stored  # some requests were in flight when it stopped
+    assert len(server.requests) - asked_first == 23 - stored  # the second run asked only what was missing
+    same = {"judgments": 'SELECT subject_kind, judge, "order", prompt, raw_answer, parsed FROM judgments'
+            ' ORDER BY prompt, "order"', "events": STORED["events"]}  # fmt: skip
+    for table, sql in same.items():  # the ids of this scenario's turns are its own: compare by content
+        assert rows(db, sql) == rows(judged["sequential"], sql), table
+    assert rows(db, f"SELECT COUNT(*), COUNT(DISTINCT turn_id) FROM rating_log WHERE session = '{JUDGE}'") == [(15, 15)]
 
 
 def one_conversation(db: Path) -> list:
@@ -197,8 +277,8 @@ def test_a_request_the_judge_refuses_is_skipped_and_asked_again_next_run(tmp_pat
         server.behaviour = Behaviour(reply_for=scripted())
         again = run_judge(db, server.url)
     assert refused.returncode == 0, refused.stderr
-    assert refused.stdout.strip().endswith("; 3 requests refused by the judge (asked again next run)")
-    assert refused.stderr.count("warning: ") == 3  # both turns, then the first order of the verdict
+    assert refused.stdout.strip().endswith("; 4 requests refused by the judge (asked again next run)")
+    assert refused.stderr.count("warning: ") == 4  # both turns, both orders of the verdict (asked at once)
     assert again.stdout.strip() == f"{JUDGE}: rated 2 turns, 0 unparsable, 1 verdicts, of which 1 position-swap ties"
 
 
@@ -240,7 +320,7 @@ def test_bad_input_is_one_line_exit_2_and_loses_nothing(tmp_path: Path):
         return scripted()(messages)
 
     with TGIServer(Behaviour(reply_for=failing)) as server:
-        broken = run_judge(db, server.url)
+        broken = run_judge(db, server.url, "--concurrency", "1")  # one at a time: it breaks after five exactly
         one_line_error(broken, JUDGE, "424", "run again to go on")
         assert broken.stdout.startswith(f"{JUDGE}: rated 5 turns")
         assert rows(db, "SELECT COUNT(*) FROM judgments") == [(5,)]
@@ -326,3 +406,58 @@ def test_epochs_are_ranked_by_the_judge_on_their_dev_answers(tmp_path: Path):
         assert len(server.requests) == asked  # the kept answers are not asked again
     kept = [json.loads(line) for line in (run / "dev" / "judge-judge_j.jsonl").read_text().splitlines()]
     assert len(kept) == 4 and {k["parsed"] for k in kept} == {"excellent", "fail"}
+
+
+def echo(messages: list[dict]) -> str:
+    """A player whose answer names the message it answers (so a request shows which history it was sent)."""
+    return "Reply " + hashlib.sha256(messages[-1]["content"].encode()).hexdigest()[:12]
+
+
+def test_autoplay_plays_its_conversations_at_once_each_sides_turns_in_order(tmp_path: Path):
+    """The ten openers against two players on a TGI look-alike (every answer 50 ms) and a judge that takes 4
+    requests at once: 4 conversations are played at once, so more requests reach the players than one
+    conversation's two sides; yet every request a side sends holds that side's own earlier turns, in order, each
+    answered before the next was asked; and the judge is never sent more than its /info takes."""
+    db = tmp_path / "autoplay.db"
+    players = Behaviour(reply_for=echo, first_token_delay_s=0.05)
+    referee = Behaviour(reply_for=scripted(), first_token_delay_s=0.02, max_concurrent_requests=4)
+    with TGIServer(players) as sides, TGIServer(referee) as server:
+        result = run_cli(
+            "-m", "demo.judge", "autoplay", "--left", f"left={sides.url}", "--right", f"right={sides.url}",
+            "--judge", server.url, "--db", str(db), "--seed", "1",
+        )  # fmt: skip
+        played, peaks = list(sides.requests), (sides.peak_in_flight, server.peak_in_flight)
+    assert result.returncode == 0, result.stderr[-3000:]
+    openers = judge.load_openers(judge.OPENERS_FILE)
+    turns = sum(1 + len(o["follow_ups"]) for o in openers)
+    assert result.stdout.startswith(f"{JUDGE}: rated {2 * turns} turns, 0 unparsable, 10 verdicts")
+    assert len(played) == 2 * turns and peaks[1] == 4 and peaks[0] > 2
+    for request in played:  # user, its answer, user, ...: each earlier message answered before this one was sent
+        sent = request["messages"]
+        assert [m["role"] for m in sent] == ["user", "assistant"] * (len(sent) // 2) + ["user"]
+        assert all(sent[i]["content"] == echo(sent[:i]) for i in range(1, len(sent), 2))
+    by_conversation: dict[tuple[str, str], list[tuple]] = {}
+    sql = "SELECT c.opener_id, t.side, t.turn_index, t.user_text, t.assistant_text, t.started_at, t.finished_at"
+    stored = rows(db, sql + " FROM turns t JOIN conversations c ON c.id = t.conversation_id ORDER BY t.rowid")
+    for opener, side, *turn in stored:
+        by_conversation.setdefault((opener, side), []).append(turn)
+    assert len(by_conversation) == 20
+    messages = {o["id"]: [o["prompt"], *o["follow_ups"]] for o in openers}
+    for (opener, _), side_turns in by_conversation.items():
+        assert [(index, user) for index, user, *_ in side_turns] == list(enumerate(messages[opener], 1))
+        assert all(turn[2] == echo([{"content": turn[1]}]) for turn in side_turns)
+        assert all(later[3] >= earlier[4] for earlier, later in itertools.pairwise(side_turns))
+
+
+@pytest.mark.parametrize(
+    ("server", "setting", "expected"),
+    [("tgi", None, 4), ("tgi", 2, 2), ("tgi", 9, 4), ("openai", None, 8), ("openai", 3, 3)],
+)
+def test_requests_in_flight_are_what_the_server_takes_else_the_setting_else_8(server, setting, expected):
+    """A TGI judge says in /info how many it takes (4 here) and is never sent more, a lower --concurrency wins;
+    a server that does not say gets --concurrency, else serving.concurrency's default."""
+    with TGIServer(Behaviour(server=server, max_concurrent_requests=4)) as tgi:
+        asker = judge.Judge(tgi.url, requests=setting)
+        asyncio.run(asker.start())
+    assert asker.pool.limit == expected == asker.backend.max_concurrent
+    assert concurrency.DEFAULT_IN_FLIGHT == 8

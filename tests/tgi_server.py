@@ -95,7 +95,9 @@ class Behaviour:
     # Chooses each request's reply from its messages instead (a scripted judge reads what it was asked).
     reply_for: Callable[[list[dict]], str] | None = None
     token_delay_s: float = 0.0  # pause before each token of the reply
-    first_token_delay_s: float = 0.0  # extra pause before the first token (time to first token)
+    # extra pause before the first token (time to first token): with token_delay_s 0, a fixed time per answer,
+    # the same for every request in flight at once (a batching server's step time, as benchmarks want it)
+    first_token_delay_s: float = 0.0
     status: int = 200  # not 200: generation routes answer this status with TGI's error JSON (503: /health too)
     error_message: str | None = None  # message of that error (and of the mid-stream error); None: one like TGI's
     die_after_tokens: int | None = None  # close the TCP connection abruptly after N tokens (a killed server)
@@ -110,7 +112,11 @@ class Behaviour:
     server: str = "tgi"
     # Cross-request order without timing: ``arrived`` is set when a generation request reaches the server;
     # ``hold`` (event, n) waits, before the n-th token, until that event is set (at most 5 s, then a stream error).
-    # What /info reports; like TGI's router (its semaphore in infer.rs), a request beyond it is refused with 429.
+    # What /info reports (router/src/lib.rs ``Info``, TGI's --max-concurrent-requests, default 128), and what
+    # the router holds to: router/src/infer/mod.rs makes ``Semaphore::new(max_concurrent_requests)`` (line 84)
+    # and every request takes a permit with ``try_acquire_owned`` (lines 111-120), kept until its answer ends
+    # (line 251); without one it is ``InferError::Overloaded``, answered 429 (server.rs line 2408). Counted in
+    # ``TGIServer.peak_in_flight`` and ``TGIServer.overloaded``.
     max_concurrent_requests: int = 128
     arrived: threading.Event | None = None
     hold: tuple[threading.Event, int] | None = None
@@ -135,6 +141,9 @@ class Behaviour:
 class _HTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False
+    # listen()'s backlog: socketserver's 5 drops the SYNs of a burst of new connections (16 requests at once), and
+    # each dropped one waits a second for the kernel to send it again. A real server (tokio) listens with 1024.
+    request_queue_size = 1024
     tgi: TGIServer
 
 
@@ -242,6 +251,8 @@ class _Handler(BaseHTTPRequestHandler):
                 tgi.in_flight += 1
                 tgi.peak_in_flight = max(tgi.peak_in_flight, tgi.in_flight)
         if full:
+            with tgi._lock:
+                tgi.overloaded += 1
             self._send_error(429, *behaviour.error(429))
             return
         try:
@@ -489,6 +500,7 @@ class TGIServer:
         self.received: list[tuple[str, str, dict[str, str]]] = []
         self.in_flight = 0  # generation requests being answered now, and the most at once
         self.peak_in_flight = 0
+        self.overloaded = 0  # requests refused with 429: beyond max_concurrent_requests
         self._lock = threading.Lock()
         self._connections: set[socket.socket] = set()
         self._stopping = threading.Event()
@@ -634,12 +646,36 @@ class TGIServer:
                 self._connections.discard(conn)
 
 
-if __name__ == "__main__":  # a manual server: python tests/tgi_server.py [PORT] [TOKEN_DELAY_S]
+def main(argv: list[str] | None = None) -> None:
+    """A server in a process of its own (a benchmark's, or to try a client by hand): it prints its URL, and on
+    SIGTERM one JSON line of what it served, then exits."""
+    import argparse
+    import signal
     import sys
 
-    port = int(sys.argv[1]) if len(sys.argv) > 1 else 8080
-    delay = float(sys.argv[2]) if len(sys.argv) > 2 else 0.05
-    with TGIServer(Behaviour(token_delay_s=delay), port=port) as server:
+    parser = argparse.ArgumentParser(description="A loopback TGI look-alike (tests/tgi_server.py).")
+    parser.add_argument("port", nargs="?", type=int, default=8080, help="0: any free port (8080)")
+    parser.add_argument("token_delay_s", nargs="?", type=float, default=0.05, help="pause before each token (0.05)")
+    parser.add_argument("--delay", type=float, default=0.0, help="pause before the first token of every answer")
+    parser.add_argument("--max-concurrent-requests", type=int, default=128, help="as TGI's flag (128)")
+    parser.add_argument("--reply", default=Behaviour.reply, help="every answer's text")
+    args = parser.parse_args(argv)
+    behaviour = Behaviour(
+        reply=args.reply,
+        token_delay_s=args.token_delay_s,
+        first_token_delay_s=args.delay,
+        max_concurrent_requests=args.max_concurrent_requests,
+    )
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    with TGIServer(behaviour, port=args.port) as server:
         print(f"TGI test server on {server.url}", flush=True)
         with contextlib.suppress(KeyboardInterrupt):
-            threading.Event().wait()
+            done.wait()
+        served = {"requests": len(server.requests), "peak_in_flight": server.peak_in_flight}
+        print(json.dumps({**served, "overloaded": server.overloaded}), flush=True)
+    sys.exit(0)
+
+
+if __name__ == "__main__":  # python tests/tgi_server.py [PORT] [TOKEN_DELAY_S] [--delay S] ...
+    main()
