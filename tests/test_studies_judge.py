@@ -61,15 +61,23 @@ def judged(tmp_path_factory):
     item = studies.next_item(store, "fig1", "person", "ann")  # a person's rating, counted apart
     studies.rate(store, item.id, "person", "ann", "tie")
     store.close()
-    with TGIServer(Behaviour(reply_for=reply)) as server:
+    with TGIServer(Behaviour(reply_for=reply, first_token_delay_s=0.4)) as server:  # long enough to overlap
         first = run_cli("-m", "demo.judge", "study", "--db", str(db), "--judge", server.url)
         again = run_cli("-m", "demo.judge", "study", "--db", str(db), "--judge", server.url, "--study", "fig1")
         unknown = run_cli("-m", "demo.judge", "study", "--db", str(db), "--judge", server.url, "--study", "nope")
-        requests = len(server.requests)
+        requests, peak = len(server.requests), server.peak_in_flight
     store = Store(db)
     records = list(studies.records(store))
     store.close()
-    return {"db": db, "first": first, "again": again, "unknown": unknown, "requests": requests, "records": records}
+    return {
+        "db": db,
+        "first": first,
+        "again": again,
+        "unknown": unknown,
+        "requests": requests,
+        "records": records,
+        "peak": peak,
+    }
 
 
 def test_each_study_is_judged_once_and_said_in_a_line(judged):
@@ -81,6 +89,7 @@ def test_each_study_is_judged_once_and_said_in_a_line(judged):
     ]
     assert judged["again"].stdout.strip() == f"{JUDGE}: study fig1: rated 0 items, 0 unparsable"
     assert judged["requests"] == 4 * 2 + 2 + 2  # pairwise items twice, the others once; the second run asked nothing
+    assert judged["peak"] >= 4  # several items, each in both orders, in flight at once (at most fig1's 4 x 2)
     one_line_error(judged["unknown"], "no study 'nope'", "fig1, fig3, safe")
 
 

@@ -26,6 +26,7 @@ from demo.protocol import ORDERS, SAFETY
 from demo.ratings import NotAllowed, Store
 from demo.studies import store as studies
 from demo.studies.records import Study
+from serving import concurrency
 
 # Each study kind's section of the prompts file and the ${fields} its user prompt must hold.
 SECTIONS = {
@@ -80,15 +81,25 @@ class StudyTally:
 async def _pairwise(asker: judge.Judge, prompts: dict, item: studies.Item, texts: tuple, tally: StudyTally) -> tuple:
     """Both orders' judgments and the outcome of both (None: one unparsable); () when the judge refused one."""
     prompt, (model, baseline) = texts
-    judgments = []
-    for order in ORDERS:
-        first, second = (model, baseline) if order == "ab" else (baseline, model)
-        messages = request(prompts, "pairwise", prompt=prompt, a=first, b=second)
-        answer = await judge._asked(asker, messages, f"study item {item.id} ({order})", tally)
-        if answer is None:
-            return ()
-        parsed = OUTCOME[order].get(judge.parse_verdict(answer) or "")
-        judgments.append(studies.Judgment(order, json.dumps(messages, ensure_ascii=False), answer, parsed))
+    asked = [
+        request(prompts, "pairwise", prompt=prompt, a=first, b=second)
+        for first, second in ((model, baseline), (baseline, model))  # ORDERS: "ab", then "ba"
+    ]
+    answers = await concurrency.run_all(  # both orders in flight at once
+        judge._asked(asker, messages, f"study item {item.id} ({order})", tally)
+        for order, messages in zip(ORDERS, asked, strict=True)
+    )
+    if None in answers:
+        return ()
+    judgments = [
+        studies.Judgment(
+            order,
+            json.dumps(messages, ensure_ascii=False),
+            answer,
+            OUTCOME[order].get(judge.parse_verdict(answer) or ""),
+        )
+        for order, messages, answer in zip(ORDERS, asked, answers, strict=True)
+    ]
     value, swapped = report.swap_verdict(judgments[0].parsed, judgments[1].parsed)
     tally.swap_ties += swapped
     return judgments, value, None
@@ -108,21 +119,30 @@ async def _single(asker: judge.Judge, prompts: dict, kind: str, item: studies.It
 
 
 async def judge_study(store: Store, asker: judge.Judge, prompts: dict, study: Study, tally: StudyTally) -> None:
-    """Every item of ``study`` this judge has not been asked about, each stored in one commit."""
-    for item in await asyncio.to_thread(studies.unjudged_items, store, study.name, asker.name):
-        texts = await asyncio.to_thread(studies.item_texts, store, item)
-        if study.kind == "pairwise":
-            asked = await _pairwise(asker, prompts, item, texts, tally)
-        else:
-            asked = await _single(asker, prompts, study.kind, item, texts, tally)
-        if not asked:
-            continue
-        judgments, value, declined = asked
-        await asyncio.to_thread(studies.judge_item, store, study.name, item, asker.name, judgments, value, declined)
-        if value is None:
-            tally.unparsable += 1
-        else:
-            tally.items += 1
+    """Every item of ``study`` this judge has not been asked about, asked at once (the judge's pool keeps as many
+    requests in flight as its server takes), each item stored in one commit when its answers are in."""
+    items = await asyncio.to_thread(studies.unjudged_items, store, study.name, asker.name)
+    asker.pool.expect(len(items) * (len(ORDERS) if study.kind == "pairwise" else 1))
+    await concurrency.run_all(_judge_item(store, asker, prompts, study, item, tally) for item in items)
+
+
+async def _judge_item(store: Store, asker: judge.Judge, prompts: dict, study: Study, item, tally: StudyTally) -> None:
+    texts = await asyncio.to_thread(studies.item_texts, store, item)
+    if study.kind == "pairwise":
+        asked = await _pairwise(asker, prompts, item, texts, tally)
+    else:
+        asked = await _single(asker, prompts, study.kind, item, texts, tally)
+    if not asked:
+        return
+    judgments, value, declined = asked
+
+    def counted(_: object) -> None:
+        tally.unparsable += value is None
+        tally.items += value is not None
+
+    await concurrency.settled(
+        lambda: studies.judge_item(store, study.name, item, asker.name, judgments, value, declined), counted
+    )
 
 
 def parser() -> argparse.ArgumentParser:
@@ -139,7 +159,7 @@ def parser() -> argparse.ArgumentParser:
 
 async def study_main(args: argparse.Namespace) -> int:
     prompts = load_study_prompts(args.prompts)
-    asker = judge.Judge(args.judge, args.judge_max_tokens, args.timeout)
+    asker = judge.Judge(args.judge, args.judge_max_tokens, args.timeout, requests=args.concurrency)
     store = judge._open_store(args.db, existing=True)
     try:
         try:
@@ -156,6 +176,7 @@ async def study_main(args: argparse.Namespace) -> int:
     except judge.backends.BackendError as err:
         raise judge.JudgeError(f"{asker.name} failed: {err} (what it judged is stored; run again to go on)") from None
     finally:
+        asker.pool.close()
         store.close()
     if not chosen:
         print(f"no study in {args.db} yet: python -m demo.studies generate stores one", file=sys.stderr)
