@@ -37,11 +37,20 @@ class LocalBackend:
 
     waiting_note_s = 1.0  # a request with no token for this long is told it waits in line
 
-    def __init__(self, source: str, name: str | None = None, device: str | None = None, max_batch: int = 8) -> None:
+    def __init__(
+        self,
+        source: str,
+        name: str | None = None,
+        device: str | None = None,
+        max_batch: int = 8,
+        precision: str | None = None,
+    ) -> None:
         self.source = source
         self.name = credentials.redact(name or _local_name(source))  # shown, stored and logged
         self.device = device
         self.max_batch = max_batch
+        self.asked = precision  # auto, bf16 or fp32; None: LIMA_ARENA_PRECISION, else auto (serving/precision.py)
+        self.precision: str | None = None  # what it serves in, once loaded
         self.batcher = None
         self._load_lock = threading.Lock()
         self.model = None
@@ -57,14 +66,18 @@ class LocalBackend:
                 import torch
                 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+            from serving import precision
+
             try:
+                asked = precision.requested(self.asked)
                 device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
-                # bf16 where the hardware computes in it; on CPU fp32 generates faster than bf16.
-                dtype = torch.bfloat16 if device.startswith("cuda") and torch.cuda.is_bf16_supported() else None
-                dtype = dtype or torch.float32
                 started = time.perf_counter()
                 tokenizer = AutoTokenizer.from_pretrained(self.source)
-                model = AutoModelForCausalLM.from_pretrained(self.source, dtype=dtype).to(device).eval()
+                # Loaded in fp32 so the choice can weigh the model itself; bf16 then halves it in place.
+                model = AutoModelForCausalLM.from_pretrained(self.source, dtype=torch.float32).to(device).eval()
+                chosen, why = precision.choose(model, device, self.max_batch, asked)
+                if chosen == "bf16":
+                    model = model.to(torch.bfloat16)
             except Exception as err:
                 self.load_error = f"cannot load {self.source}: {str(err).splitlines()[0] if str(err) else err!r}"
                 log.error(self.load_error)
@@ -81,8 +94,10 @@ class LocalBackend:
                 return
             if device == "cpu":
                 fast_cpu_head(model)
-            self.model, self.tokenizer, self.device = model, tokenizer, device
-            log.info("loaded %s on %s in %.1f s", self.source, device, time.perf_counter() - started)
+            self.model, self.tokenizer, self.device, self.precision = model, tokenizer, device, chosen
+            log.info(
+                "loaded %s on %s in %s (%s) in %.1f s", self.source, device, chosen, why, time.perf_counter() - started
+            )
 
     @property
     def settled(self) -> bool:
@@ -93,7 +108,7 @@ class LocalBackend:
         await asyncio.to_thread(self.load)
         if self.load_error:
             return Status(False, self.name, self.load_error)
-        return Status(True, self.name, f"in-process on {self.device}")
+        return Status(True, self.name, f"in-process on {self.device}, {self.precision}")
 
     @staticmethod
     def generate_kwargs(decoding: Decoding, room: int = TOTAL_TOKEN_BUDGET) -> dict:
