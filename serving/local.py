@@ -64,7 +64,7 @@ class LocalBackend:
                 return
             with _IMPORT_LOCK:  # transformers' lazy module is not thread-safe: two sides load at once at start
                 import torch
-                from transformers import AutoModelForCausalLM, AutoTokenizer
+                from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
             from serving import precision
 
@@ -73,11 +73,10 @@ class LocalBackend:
                 device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
                 started = time.perf_counter()
                 tokenizer = AutoTokenizer.from_pretrained(self.source)
-                # Loaded in fp32 so the choice can weigh the model itself; bf16 then halves it in place.
-                model = AutoModelForCausalLM.from_pretrained(self.source, dtype=torch.float32).to(device).eval()
-                chosen, why = precision.choose(model, device, self.max_batch, asked)
-                if chosen == "bf16":
-                    model = model.to(torch.bfloat16)
+                config = AutoConfig.from_pretrained(self.source)
+                chosen, why = precision.choose(config, device, self.max_batch, asked)
+                dtype = torch.bfloat16 if chosen == "bf16" else torch.float32
+                model = AutoModelForCausalLM.from_pretrained(self.source, dtype=dtype).to(device).eval()
             except Exception as err:
                 self.load_error = f"cannot load {self.source}: {str(err).splitlines()[0] if str(err) else err!r}"
                 log.error(self.load_error)

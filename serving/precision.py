@@ -7,8 +7,8 @@ slower than fp32. Serving asks one thing more, because what pays depends on the 
 times the model's own output-head shape (its largest product) at the served batch size, in fp32 (both layouts the
 batcher may use, ``serving.batching.fast_cpu_head``) and in bf16, and keeps bf16 only where it is clearly faster.
 Measured on a 2-core AMD EPYC with AVX512-BF16 (no AMX), 8 rows of Gemma 3's head on one thread: fp32 325-430 ms,
-bf16 140-175 ms; one row: 130 ms against 110 ms. Models too small for arithmetic to matter (the tests' tiny ones)
-stay in fp32, whose numbers the tests pin down exactly.
+bf16 140-175 ms; one row: 130 ms against 110 ms. Models too small for arithmetic to matter (the tests' tiny ones,
+a 1,024 x 64 head) stay in fp32, whose numbers the tests pin down exactly.
 
 ``LIMA_ARENA_PRECISION`` (``auto``, ``bf16`` or ``fp32``; default ``auto``) forces a choice for in-process serving.
 """
@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 ENV = "LIMA_ARENA_PRECISION"
 CHOICES = ("auto", "bf16", "fp32")
-SMALL_MODEL = 2**24  # parameters; below this a decoding step is Python's overhead, not arithmetic
+SMALL_HEAD = 2**22  # output-head weights (vocabulary x width); below this a step is Python's overhead, not arithmetic
 PROBE_ROWS = 16_384  # head rows timed: past a CPU's cache, as the whole head is, yet a few tens of ms
 BF16_GAIN = 0.85  # bf16 is chosen when its product takes at most this share of fp32's best
 
@@ -78,21 +78,22 @@ def bf16_faster(device: str, rows: int, width: int, threads: int) -> bool:
     return best["bf16"] <= BF16_GAIN * fp32
 
 
-def choose(model: Any, device: str, rows: int, asked: str = "auto") -> tuple[str, str]:
-    """The precision to serve ``model`` in on ``device`` at up to ``rows`` answers at once, and why."""
+def choose(config: Any, device: str, rows: int, asked: str = "auto") -> tuple[str, str]:
+    """The precision to serve a model of this ``config`` in on ``device`` at up to ``rows`` answers at once, and
+    why. Decided from the config, before the weights load, so a large model never loads in fp32 first."""
     if asked != "auto":
         if asked == "bf16" and not native_bf16():
             log.warning("%s=bf16 on a machine without native bf16: expect it slower than fp32", ENV)
         return asked, f"asked for {asked}"
     if not native_bf16():
         return "fp32", "no native bf16 here"
-    if model.num_parameters() < SMALL_MODEL:
+    text = config.get_text_config()
+    if text.vocab_size * text.hidden_size < SMALL_HEAD:
         return "fp32", "too small a model to gain from bf16"
     if not device.startswith("cpu"):
         return "bf16", "native bf16 on the GPU"
     import torch
 
-    width = model.config.get_text_config().hidden_size
-    if bf16_faster(device, rows, width, torch.get_num_threads()):
+    if bf16_faster(device, rows, text.hidden_size, torch.get_num_threads()):
         return "bf16", f"native bf16, faster at {rows} rows"
     return "fp32", f"native bf16, but not faster at {rows} rows"

@@ -39,7 +39,7 @@ def test_the_precision_asked_for_comes_from_the_argument_then_the_environment(mo
 
 
 def test_auto_serves_bf16_only_where_it_is_native_faster_at_the_served_batch_and_the_model_is_not_tiny(monkeypatch):
-    model = tiny_llama()
+    config = tiny_llama().config
     machine = {"native": True, "faster": True}
     probes = []
 
@@ -50,18 +50,18 @@ def test_auto_serves_bf16_only_where_it_is_native_faster_at_the_served_batch_and
     monkeypatch.setattr(precision, "bf16_faster", probe)
     monkeypatch.setattr(precision, "native_bf16", lambda: machine["native"])
     for machine["native"] in (True, False):  # asked for, it is what is served, native or not
-        assert precision.choose(model, "cpu", 8, "fp32") == ("fp32", "asked for fp32")
-        assert precision.choose(model, "cpu", 8, "bf16") == ("bf16", "asked for bf16")
+        assert precision.choose(config, "cpu", 8, "fp32") == ("fp32", "asked for fp32")
+        assert precision.choose(config, "cpu", 8, "bf16") == ("bf16", "asked for bf16")
     machine["native"] = True
-    assert precision.choose(model, "cpu", 8) == ("fp32", "too small a model to gain from bf16")
-    monkeypatch.setattr(precision, "SMALL_MODEL", 0)  # this model now counts as a real one
-    assert precision.choose(model, "cpu", 8) == ("bf16", "native bf16, faster at 8 rows")
+    assert precision.choose(config, "cpu", 8) == ("fp32", "too small a model to gain from bf16")
+    monkeypatch.setattr(precision, "SMALL_HEAD", 0)  # this model now counts as a real one
+    assert precision.choose(config, "cpu", 8) == ("bf16", "native bf16, faster at 8 rows")
     assert probes == [("cpu", 8, 32)]  # timed at the served batch, on the model's width
     machine["faster"] = False
-    assert precision.choose(model, "cpu", 1) == ("fp32", "native bf16, but not faster at 1 rows")
-    assert precision.choose(model, "cuda:0", 8) == ("bf16", "native bf16 on the GPU")  # no probe there
+    assert precision.choose(config, "cpu", 1) == ("fp32", "native bf16, but not faster at 1 rows")
+    assert precision.choose(config, "cuda:0", 8) == ("bf16", "native bf16 on the GPU")  # no probe there
     machine["native"] = False
-    assert precision.choose(model, "cpu", 8) == ("fp32", "no native bf16 here")
+    assert precision.choose(config, "cpu", 8) == ("fp32", "no native bf16 here")
     assert len(probes) == 2
 
 
