@@ -15,7 +15,7 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from serving import credentials
+from serving import credentials, precision
 from serving.decoding import PENALTY_SCOPE, TOTAL_TOKEN_BUDGET, BackendError, Decoding, Status, Waiting, decoding_record
 
 _IMPORT_LOCK = threading.Lock()
@@ -65,8 +65,6 @@ class LocalBackend:
             with _IMPORT_LOCK:  # transformers' lazy module is not thread-safe: two sides load at once at start
                 import torch
                 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-            from serving import precision
 
             try:
                 asked = precision.requested(self.asked)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import threading
 import time
 from typing import Any
 
@@ -28,6 +29,7 @@ CHOICES = ("auto", "bf16", "fp32")
 SMALL_HEAD = 2**22  # output-head weights (vocabulary x width); below this a step is Python's overhead, not arithmetic
 PROBE_ROWS = 16_384  # head rows timed: past a CPU's cache, as the whole head is, yet a few tens of ms
 BF16_GAIN = 0.85  # bf16 is chosen when its product takes at most this share of fp32's best
+_PROBING = threading.Lock()  # both sides load at once at start: one probe, not two timing each other
 
 
 def native_bf16() -> bool:
@@ -94,6 +96,8 @@ def choose(config: Any, device: str, rows: int, asked: str = "auto") -> tuple[st
         return "bf16", "native bf16 on the GPU"
     import torch
 
-    if bf16_faster(device, rows, text.hidden_size, torch.get_num_threads()):
+    with _PROBING:
+        faster = bf16_faster(device, rows, text.hidden_size, torch.get_num_threads())
+    if faster:
         return "bf16", f"native bf16, faster at {rows} rows"
     return "fp32", f"native bf16, but not faster at {rows} rows"
