@@ -12,6 +12,11 @@ arena did before) on the same loaded models.
   first_token_p95_s   95th percentile of the time to an answer's first text
   unbatched           the same three with batching off; ratio_8 = aggregate_tok_s["8"] / unbatched's "8"
                       (target >= 2.5), and first_token_p95_s["8"] < 5 s
+  precision           what in-process serving chose here (``LIMA_ARENA_PRECISION``, else auto, as
+                      ``serving/precision.py`` decides); the figures above are in it
+  fp32                the batched three again with both models in fp32; auto_vs_fp32 = aggregate_tok_s["8"] /
+                      fp32's "8" (target >= 1.4 on a CPU with native bf16; where auto chose fp32 the fp32 run is
+                      the chosen one, so 1.0)
 
 Tokens are counted by the model's tokenizer on each answer. The pair: ``--pair DIR`` (a recipe folder with
 lima-1000 and lima-1030), else runs/quick-cpu when it was trained, else the tiny test pair (trained here).
@@ -112,6 +117,17 @@ def measure(sides: list[backends.LocalBackend], counts: list[int], turns: int, d
     }
 
 
+def loaded(paths: tuple[Path, Path], max_batch: int, precision: str | None) -> list[backends.LocalBackend]:
+    """Both models in process in this precision, warmed up (first calls are slow)."""
+    sides = [backends.LocalBackend(str(path), max_batch=max_batch, precision=precision) for path in paths]
+    for side in sides:
+        side.load()
+        if side.load_error:
+            raise cli.UserError(side.load_error)
+    asyncio.run(crowd(sides, 1, 1, backends.Decoding(max_new_tokens=4)))
+    return sides
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--raters", default="1,4,8", help="comma-separated crowd sizes (default 1,4,8)")
@@ -123,13 +139,14 @@ def main(argv: list[str] | None = None) -> dict:
     decoding = backends.Decoding(max_new_tokens=args.max_new_tokens)  # the paper's: 0.7, 0.9, penalty 1.2
     with tempfile.TemporaryDirectory(prefix="lima-crowd-") as tmp:
         zero, dialogue, which = find_pair(args.pair, Path(tmp))
-        sides = [backends.LocalBackend(str(path), max_batch=max(counts)) for path in (zero, dialogue)]
-        for side in sides:
-            side.load()
-            if side.load_error:
-                raise cli.UserError(side.load_error)
-        asyncio.run(crowd(sides, 1, 1, backends.Decoding(max_new_tokens=4)))  # warm-up: first calls are slow
-        batched = measure(sides, counts, args.turns, decoding)
+        sides = loaded((zero, dialogue), max(counts), "fp32")
+        fp32 = measure(sides, counts, args.turns, decoding)
+        chosen = loaded((zero, dialogue), max(counts), None)  # as the arena would: LIMA_ARENA_PRECISION, else auto
+        if chosen[0].precision != "fp32":  # else the fp32 run was the chosen one: the same models, measured
+            sides = chosen
+            batched = measure(sides, counts, args.turns, decoding)
+        else:
+            batched = fp32
         for side in sides:  # the same models, one answer at a time each
             side.batcher = Batcher(side.model, side.tokenizer, side.device, max_batch=1)
         unbatched = measure(sides, counts, args.turns, decoding)
@@ -140,10 +157,13 @@ def main(argv: list[str] | None = None) -> dict:
         **batched,
         "unbatched": unbatched,
         f"ratio_{top}": round(ratio, 2),
+        "precision": chosen[0].precision,
+        "fp32": fp32,
+        "auto_vs_fp32": round(batched["aggregate_tok_s"][top] / fp32["aggregate_tok_s"][top], 2),
         "pair": which,
         "max_new_tokens": args.max_new_tokens,
         "turns_per_rater": args.turns,
-        "targets": {f"ratio_{top}": 2.5, f"first_token_p95_s[{top}]": 5.0},
+        "targets": {f"ratio_{top}": 2.5, f"first_token_p95_s[{top}]": 5.0, "auto_vs_fp32": 1.4},
     }
     print(json.dumps(result))
     return result

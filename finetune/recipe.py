@@ -17,6 +17,7 @@ import yaml
 
 from common.cli import UserError
 from common.yamlfile import read_mapping
+from serving.precision import native_bf16  # one detection, shared with in-process serving
 
 RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
 
@@ -132,17 +133,6 @@ def _coerce(key: str, value: Any, where: str) -> Any:
         except ValueError:
             raise UserError(f"error: {where}: {key}: expected a number, got {value!r}") from None
     return value
-
-
-def native_bf16() -> bool:
-    """Whether this machine trains in bf16 at full speed: a CUDA GPU with bf16, else a CPU with AVX512-BF16 or
-    AMX. Elsewhere (an AVX2-only CPU) torch's bf16 backward falls to a single-threaded reference gemm."""
-    import torch
-
-    if torch.cuda.is_available():
-        return torch.cuda.is_bf16_supported()
-    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # torch.cpu's own probes (private)
-    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
 
 
 def _build(values: dict[str, Any], where: str) -> Recipe:

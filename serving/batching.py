@@ -13,9 +13,10 @@ request is cancelled (a per-row stopping criterion). Requests that arrive while 
 one: a full batch queues. With ``max_batch=1`` it is the one-at-a-time generation it replaces.
 
 Two costs that grow with the batch are cut where the model runs on a CPU: the paper's sampling is drawn by
-``serving.sampling`` (the same distribution, no 262k-wide sort and draw per row), and ``fast_cpu_head`` computes the
-output head in the layout MKL runs fastest for a few rows. A waiting reader is woken through ``deliver`` rather
-than blocking a thread.
+``serving.sampling`` (the same distribution, no 262k-wide sort and draw per row, in fp32 whatever the model
+computes in), and ``fast_cpu_head`` computes an fp32 output head in the layout MKL runs fastest for a few rows
+(a bf16 one is fastest as it is; ``serving/precision.py`` chooses between them). A waiting reader is woken
+through ``deliver`` rather than blocking a thread.
 
 Left padding with an attention mask gives the same greedy tokens as an unbatched call (tested on the tiny
 model in fp32). The repetition penalty also sees the pad token; that token is never generated, so it changes
@@ -55,11 +56,14 @@ def fast_cpu_head(model: Any) -> bool:
     """Compute a CPU model's output head as ``W @ hᵀ`` instead of ``h @ Wᵀ``: the same products, which MKL runs
     2.3x faster for 8 rows of Gemma's 262k-row head on this project's 2-core CPU (134 ms, 59 ms; 1 row: 54 ms
     either way, the weight's read). The head is most of a step's cost there, so this is what lets a batch pay.
-    Only a bias-free ``nn.Linear`` head on the CPU is changed; True when it was."""
+    In bf16 the plain layout is the faster one (oneDNN's bf16 kernel: 8 rows 140-175 ms against 165-210), so only
+    a bias-free fp32 ``nn.Linear`` head on the CPU is changed; True when it was."""
     import torch
 
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    if not isinstance(head, torch.nn.Linear) or head.bias is not None or head.weight.device.type != "cpu":
+    if not isinstance(head, torch.nn.Linear) or head.bias is not None:
+        return False
+    if head.weight.device.type != "cpu" or head.weight.dtype != torch.float32:
         return False
 
     def forward(hidden: Any) -> Any:

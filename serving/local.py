@@ -15,7 +15,7 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from serving import credentials
+from serving import credentials, precision
 from serving.decoding import PENALTY_SCOPE, TOTAL_TOKEN_BUDGET, BackendError, Decoding, Status, Waiting, decoding_record
 
 _IMPORT_LOCK = threading.Lock()
@@ -37,11 +37,20 @@ class LocalBackend:
 
     waiting_note_s = 1.0  # a request with no token for this long is told it waits in line
 
-    def __init__(self, source: str, name: str | None = None, device: str | None = None, max_batch: int = 8) -> None:
+    def __init__(
+        self,
+        source: str,
+        name: str | None = None,
+        device: str | None = None,
+        max_batch: int = 8,
+        precision: str | None = None,
+    ) -> None:
         self.source = source
         self.name = credentials.redact(name or _local_name(source))  # shown, stored and logged
         self.device = device
         self.max_batch = max_batch
+        self.asked = precision  # auto, bf16 or fp32; None: LIMA_ARENA_PRECISION, else auto (serving/precision.py)
+        self.precision: str | None = None  # what it serves in, once loaded
         self.batcher = None
         self._load_lock = threading.Lock()
         self.model = None
@@ -55,15 +64,16 @@ class LocalBackend:
                 return
             with _IMPORT_LOCK:  # transformers' lazy module is not thread-safe: two sides load at once at start
                 import torch
-                from transformers import AutoModelForCausalLM, AutoTokenizer
+                from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
             try:
+                asked = precision.requested(self.asked)
                 device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
-                # bf16 where the hardware computes in it; on CPU fp32 generates faster than bf16.
-                dtype = torch.bfloat16 if device.startswith("cuda") and torch.cuda.is_bf16_supported() else None
-                dtype = dtype or torch.float32
                 started = time.perf_counter()
                 tokenizer = AutoTokenizer.from_pretrained(self.source)
+                config = AutoConfig.from_pretrained(self.source)
+                chosen, why = precision.choose(config, device, self.max_batch, asked)
+                dtype = torch.bfloat16 if chosen == "bf16" else torch.float32
                 model = AutoModelForCausalLM.from_pretrained(self.source, dtype=dtype).to(device).eval()
             except Exception as err:
                 self.load_error = f"cannot load {self.source}: {str(err).splitlines()[0] if str(err) else err!r}"
@@ -81,8 +91,10 @@ class LocalBackend:
                 return
             if device == "cpu":
                 fast_cpu_head(model)
-            self.model, self.tokenizer, self.device = model, tokenizer, device
-            log.info("loaded %s on %s in %.1f s", self.source, device, time.perf_counter() - started)
+            self.model, self.tokenizer, self.device, self.precision = model, tokenizer, device, chosen
+            log.info(
+                "loaded %s on %s in %s (%s) in %.1f s", self.source, device, chosen, why, time.perf_counter() - started
+            )
 
     @property
     def settled(self) -> bool:
@@ -93,7 +105,7 @@ class LocalBackend:
         await asyncio.to_thread(self.load)
         if self.load_error:
             return Status(False, self.name, self.load_error)
-        return Status(True, self.name, f"in-process on {self.device}")
+        return Status(True, self.name, f"in-process on {self.device}, {self.precision}")
 
     @staticmethod
     def generate_kwargs(decoding: Decoding, room: int = TOTAL_TOKEN_BUDGET) -> dict:

@@ -13,6 +13,10 @@ against its warpers, flat rows included).
 ``NucleusSampler`` is a logits processor that draws the token itself and leaves only it possible, so it runs
 under greedy selection (``do_sample=False``); transformers applies the repetition penalty before custom
 processors, the same order as its own sampling path (penalty, temperature, top-p).
+
+A model served in bf16 (``serving/precision.py``) samples the same way: ``generate`` hands processors its logits
+in fp32 (the penalty is applied there), and ``nucleus`` computes in fp32 whatever it is given, so the nucleus and
+its probabilities are not cut to bf16's 8 bits of mantissa.
 """
 
 from __future__ import annotations

@@ -92,7 +92,7 @@ def local(trained: Path) -> LocalBackend:
     backend = LocalBackend(str(trained / "lima-1030" / "epoch-3"), device="cpu")  # fp32: the same on any machine
     status = asyncio.run(backend.probe())
     assert status.ok, status.detail
-    assert (status.model, status.detail) == ("test/lima-1030/epoch-3", "in-process on cpu")
+    assert (status.model, status.detail) == ("test/lima-1030/epoch-3", "in-process on cpu, fp32")  # tiny: fp32
     return backend
 
 

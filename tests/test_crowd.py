@@ -17,3 +17,7 @@ def test_arena_crowd_benchmark_prints_its_json_line(trained: Path):
         for key in ("aggregate_tok_s", "turn_p95_s", "first_token_p95_s"):
             assert set(figures[key]) == {"1", "2"} and all(v > 0 for v in figures[key].values()), key
     assert line["ratio_2"] > 0
+    # The tiny pair is too small to gain from bf16, so auto serves it in fp32: its fp32 run is the chosen one.
+    assert line["precision"] == "fp32" and line["auto_vs_fp32"] == 1.0
+    assert line["fp32"]["aggregate_tok_s"] == line["aggregate_tok_s"]
+    assert line["targets"]["auto_vs_fp32"] == 1.4
