@@ -5,11 +5,14 @@ Everything is written through the store's one write path (``Store._commit``: che
 transaction, the events mirrored and replayable); the tables are the study's own (``demo.studies.tables``).
 
 An item is what one rating is about: pairwise, a prompt's answers by the studied model and by one baseline; absolute
-and safety, one source's answer to a prompt. Its id is derived from (study, prompt, source), so the same item has
-the same id in every database. A person rates only an item handed to their session (``next_item``), which fixes its
-blind order: a reload shows the same order, and a choice of "A" or "B" maps back to model and baseline. Items are
-handed out so that each baseline (each source, for absolute and safety) gets a comparable count: the next one comes
-from a source shown least so far, its prompt drawn at random.
+and safety, one source's answer to a prompt. A pairwise study whose model is ``ALL_PAIRS`` compares every pair of
+its sources instead (the Checkpoints tab's epochs): an item is a prompt's answers by two sources, the one named first
+in the study's sources read as the "model", the other as the "baseline". Its id is derived from (study, prompt,
+source[, the pair's first source]), so the same item has the same id in every database. A person rates only an
+item handed to their session (``next_item``), which fixes its blind order: a reload shows the same order, and a
+choice of "A" or "B" maps back to model and baseline. Items are handed out so that each baseline (each pair of
+sources in an all-pairs study; each source, for absolute and safety) gets a comparable count: the next one comes
+from the one shown least so far, its prompt drawn at random.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ from demo.ratings import NotAllowed, Store, _event
 from demo.studies.records import OUTCOMES, STUDY_KINDS, AbsoluteRating, Answer, PairwiseJudgment, SafetyLabel, Study
 
 Record = Study | Answer | PairwiseJudgment | AbsoluteRating | SafetyLabel
+# A pairwise study's model when every pair of its sources is compared, none of them the studied one.
+ALL_PAIRS = "*"
 
 
 @dataclass(frozen=True)
@@ -42,9 +47,11 @@ class Shown:
     answers: tuple[str, ...]
 
 
-def item_id(study: str, prompt_id: str, source: str) -> str:
-    """The item of (study, prompt, source): pairwise, ``source`` is the baseline; else the source rated."""
-    return hashlib.sha256(json.dumps([study, prompt_id, source]).encode()).hexdigest()[:20]
+def item_id(study: str, prompt_id: str, source: str, first: str | None = None) -> str:
+    """The item of (study, prompt, source): pairwise, ``source`` is the baseline; else the source rated. In an
+    all-pairs study ``first`` is the pair's other source, named first in the study's sources."""
+    key = [study, prompt_id, source] if first is None else [study, prompt_id, first, source]
+    return hashlib.sha256(json.dumps(key).encode()).hexdigest()[:20]
 
 
 # -- the definition and the answers --------------------------------------------------------------------------------
@@ -53,7 +60,8 @@ def define(store: Store, study: Study, decoding: dict, prompts: str) -> None:
     would no longer be what it says)."""
     if study.kind not in STUDY_KINDS:
         raise ValueError(f"a study's kind is one of {', '.join(STUDY_KINDS)}, got {study.kind!r}")
-    if study.model not in study.sources or len(set(study.sources)) != len(study.sources):
+    all_pairs = study.kind == "pairwise" and study.model == ALL_PAIRS
+    if (study.model not in study.sources and not all_pairs) or len(set(study.sources)) != len(study.sources):
         raise ValueError(f"study {study.name}: its model must be one of its sources, each named once")
 
     def plan(db: sqlite3.Connection, now: float) -> list[dict]:
@@ -121,11 +129,12 @@ class Item:
     prompt_id: str
     source: str  # pairwise: the baseline
     answer_ids: tuple[str, ...]  # pairwise: the model's, then the baseline's
+    model: str | None = None  # pairwise: the studied model (all pairs: the pair's first source)
 
 
 def items(db: sqlite3.Connection, name: str) -> list[Item]:
     """Every item whose answers are all stored, by prompt and source."""
-    row = db.execute("SELECT kind, model FROM studies WHERE name = ?", (name,)).fetchone()
+    row = db.execute("SELECT kind, model, sources FROM studies WHERE name = ?", (name,)).fetchone()
     if row is None:
         return []
     answers = {
@@ -136,10 +145,20 @@ def items(db: sqlite3.Connection, name: str) -> list[Item]:
     for (prompt_id, source), answer in sorted(answers.items()):
         if row["kind"] != "pairwise":
             found.append(Item(item_id(name, prompt_id, source), prompt_id, source, (answer,)))
-        elif source != row["model"] and (prompt_id, row["model"]) in answers:
-            pair = (answers[(prompt_id, row["model"])], answer)
-            found.append(Item(item_id(name, prompt_id, source), prompt_id, source, pair))
+            continue
+        for model in _firsts(row["model"], json.loads(row["sources"]), source):
+            if (prompt_id, model) in answers:
+                key = item_id(name, prompt_id, source, model if row["model"] == ALL_PAIRS else None)
+                found.append(Item(key, prompt_id, source, (answers[(prompt_id, model)], answer), model))
     return found
+
+
+def _firsts(model: str, sources: list[str], source: str) -> list[str]:
+    """The sources a pairwise study compares ``source`` with as their "baseline": its model, or in an all-pairs
+    study every source named before it."""
+    if model != ALL_PAIRS:
+        return [] if source == model else [model]
+    return sources[: sources.index(source)] if source in sources else []
 
 
 def next_item(store: Store, name: str, session: str, rater: str, rng: random.Random | None = None) -> Shown | None:
@@ -173,17 +192,18 @@ def next_item(store: Store, name: str, session: str, rater: str, rng: random.Ran
 
 
 def _draw(db: sqlite3.Connection, name: str, session: str, rng: random.Random) -> Item | None:
-    """A new item for this session: from the source (pairwise: the baseline) people were shown least, at random."""
+    """A new item for this session: from the source (pairwise: the baseline; all pairs: the pair) people were
+    shown least, at random."""
     seen = {row[0] for row in db.execute("SELECT item_id FROM study_shown WHERE session = ?", (session,))}
     left = [item for item in items(db, name) if item.id not in seen]
     if not left:
         return None
     counts = dict(db.execute("SELECT item_id, COUNT(*) FROM study_shown WHERE study = ? GROUP BY item_id", (name,)))
-    by_source: dict[str, int] = {}
+    by_source: dict[tuple, int] = {}
     for item in items(db, name):
-        by_source[item.source] = by_source.get(item.source, 0) + counts.get(item.id, 0)
-    fewest = min(by_source[item.source] for item in left)
-    return rng.choice([item for item in left if by_source[item.source] == fewest])
+        by_source[item.model, item.source] = by_source.get((item.model, item.source), 0) + counts.get(item.id, 0)
+    fewest = min(by_source[item.model, item.source] for item in left)
+    return rng.choice([item for item in left if by_source[item.model, item.source] == fewest])
 
 
 def shown(store: Store, session: str, item: str) -> Shown:
@@ -220,10 +240,10 @@ def rate(store: Store, item: str, session: str, rater: str, value: str, declined
         answers = [answer for answer in (row["answer_a"], row["answer_b"]) if answer]
         fields = _checked(row["kind"], value, declined)
         if row["kind"] == "pairwise":
-            model_first = row["source"] == row["model"]
+            (pair,) = [one for one in items(db, row["study"]) if one.id == item]
+            model_first = answers[0] == pair.answer_ids[0]
             fields = {"value": _outcome(value, model_first), "choice": value}
-            baseline_answer = answers[1] if model_first else answers[0]
-            source = db.execute("SELECT source FROM study_answers WHERE id = ?", (baseline_answer,)).fetchone()[0]
+            source = pair.source
         else:
             source = row["source"]
         where = {"study": row["study"], "item_id": item, "prompt_id": row["prompt_id"], "source": source}
@@ -333,20 +353,36 @@ def records(store: Store, name: str | None = None) -> Iterator[Record]:
         yield from _ratings(store, one)
 
 
+def _pair_firsts(store: Store, one: Study) -> dict[str, tuple[str, int | None]]:
+    """An all-pairs study's items by id: the pair's first source (its "model") and that answer's length."""
+    if one.model != ALL_PAIRS:
+        return {}
+    rows = store._all("SELECT prompt_id, source, chars FROM study_answers WHERE study = ?", (one.name,))
+    chars = {(row[0], row[1]): row[2] for row in rows}
+    return {
+        item_id(one.name, prompt_id, source, first): (first, chars.get((prompt_id, first)))
+        for prompt_id, source in chars
+        for first in _firsts(ALL_PAIRS, list(one.sources), source)
+    }
+
+
 def _ratings(store: Store, one: Study) -> Iterator[Record]:
+    firsts = _pair_firsts(store, one)
     rows = store._all(
-        "SELECT r.prompt_id, r.source, r.rater, r.automatic, r.value, r.declined, a.chars, a.out_of_distribution,"
-        " a.malicious, m.chars AS model_chars FROM study_ratings r JOIN study_answers a ON a.study = r.study AND"
-        " a.prompt_id = r.prompt_id AND a.source = r.source LEFT JOIN study_answers m ON m.study = r.study AND"
-        " m.prompt_id = r.prompt_id AND m.source = ? WHERE r.study = ? ORDER BY r.first_at, r.item_id, r.session",
+        "SELECT r.item_id, r.prompt_id, r.source, r.rater, r.automatic, r.value, r.declined, a.chars,"
+        " a.out_of_distribution, a.malicious, m.chars AS model_chars FROM study_ratings r JOIN study_answers a"
+        " ON a.study = r.study AND a.prompt_id = r.prompt_id AND a.source = r.source LEFT JOIN study_answers m"
+        " ON m.study = r.study AND m.prompt_id = r.prompt_id AND m.source = ?"
+        " WHERE r.study = ? ORDER BY r.first_at, r.item_id, r.session",
         (one.model, one.name),
     )
     for row in rows:
         who = {"rater": row["rater"], "automatic": bool(row["automatic"])}
         if one.kind == "pairwise":
+            model, model_chars = firsts.get(row["item_id"], (one.model, row["model_chars"]))
             yield PairwiseJudgment(
-                one.name, row["prompt_id"], one.model, row["source"], row["value"], **who,
-                model_chars=row["model_chars"], baseline_chars=row["chars"],
+                one.name, row["prompt_id"], model, row["source"], row["value"], **who,
+                model_chars=model_chars, baseline_chars=row["chars"],
             )  # fmt: skip
         elif one.kind == "absolute":
             ood = bool(row["out_of_distribution"])
