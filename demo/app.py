@@ -110,6 +110,8 @@ def _build_for(config: settings.Settings, models: list, store: ratings.Store, ma
     if config.checkpoints:
         try:
             checkpoint_runs = checkpoints.find_runs(config.checkpoints)
+            for run in checkpoint_runs:  # before the page: a study that cannot be stored is one line, not a trace
+                checkpoints.store_answers(store, run)
         except checkpoints.CheckpointError as err:
             raise UserError(str(err)) from None
     return build(

@@ -560,12 +560,12 @@ def build(
             with gr.Tab("Results", id="results", visible=page.admin.open, elem_id="tab-results") as results_tab:
                 results.layout(store, page.admin, admin_token)
             if checkpoint_runs:
-                with gr.Tab("Checkpoints", id="checkpoints"):
+                with gr.Tab("Checkpoints", id="checkpoints") as checkpoints_tab:
                     refresh, which, summary, epoch_box = checkpoints.layout(
-                        store, checkpoint_runs, page.rater, page.admin, admin_token
+                        store, checkpoint_runs, page, admin_token, checkpoints_tab
                     )
                 demo.load(refresh, inputs=[which], outputs=[summary, epoch_box], api_visibility="private")
-            studies_tab = StudiesTab(store, page)
+            studies_tab = StudiesTab(store, page, names=checkpoints.other_studies(store))
             if studies_tab.names:  # the database holds a study (``python -m demo.studies generate``)
                 with gr.Tab("Studies", id="studies", elem_id="tab-studies") as study_tab:
                     studies_tab.layout()

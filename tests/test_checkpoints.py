@@ -1,6 +1,8 @@
-"""The Checkpoints tab in a real browser: two epochs' dev answers side by side, blind, rated on the arena's
-scale, stored as `checkpoints` conversations that never touch the arena's report, summed up per epoch, and the
-chosen epoch written to the run's `selected`."""
+"""The Checkpoints tab: a run's epochs as the sources of a pairwise prompt study (``checkpoints:<run>``), every pair
+of epochs compared on the dev prompts, blind (the order drawn and stored by the server), handed out evenly, stored
+with the study (never in the arena's conversations or Figure 7), summed up per epoch (wins, ties, losses, a
+Bradley–Terry score from three epochs judged, stop-at-EOT rate, mean length), and the chosen epoch written to the
+run's `selected`."""
 
 from __future__ import annotations
 
@@ -8,6 +10,8 @@ import json
 import random
 import shutil
 import sqlite3
+from collections import Counter
+from itertools import combinations
 from pathlib import Path
 
 import pytest
@@ -17,19 +21,20 @@ from tgi_server import Behaviour, TGIServer, free_port
 
 from demo import app, checkpoints, ratings
 from demo.report import build_report
-from serving import backends
+from demo.studies import store as studies
+from demo.studies.records import PairwiseJudgment
 
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install chromium)")
+needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install chromium)")
 
 PROMPTS = {"dev-01": "How do I bleed a radiator?", "dev-02": "What is a good first houseplant?"}
 
 
-def write_dev_answers(run: Path) -> None:
+def write_dev_answers(run: Path, epochs: tuple[int, ...] = (2, 3), prompts: dict[str, str] = PROMPTS) -> None:
     """Dev answers in the `finetune dev` format for each kept epoch (epoch 3 stops at EOT more often)."""
-    (run / "dev").mkdir(exist_ok=True)
-    for epoch in (2, 3):
+    (run / "dev").mkdir(parents=True, exist_ok=True)
+    for epoch in epochs:
         with (run / "dev" / f"epoch-{epoch}.jsonl").open("w") as out:
-            for i, (pid, prompt) in enumerate(PROMPTS.items()):
+            for i, (pid, prompt) in enumerate(prompts.items()):
                 record = {
                     "id": pid,
                     "prompt": prompt,
@@ -54,6 +59,14 @@ def run_dir(trained: Path, tmp_path: Path) -> Path:
     return run
 
 
+def dev_only_run(tmp_path: Path, epochs: tuple[int, ...], prompts: int) -> checkpoints.Run:
+    """A run folder holding only dev answers (what the tab reads): no model is loaded by the tab."""
+    run = tmp_path / "lima-1030"
+    write_dev_answers(run, epochs, {f"dev-{n:02d}": f"Question {n}?" for n in range(prompts)})
+    (loaded,) = checkpoints.find_runs(run)
+    return loaded
+
+
 def test_find_runs_reads_a_run_or_a_recipe_folder_and_says_what_is_missing(run_dir: Path, tmp_path: Path):
     (one,) = checkpoints.find_runs(run_dir)
     assert one.epochs() == [2, 3] and one.label(2) == "lima-1030/epoch-2"
@@ -72,10 +85,16 @@ def test_the_app_refuses_a_checkpoints_folder_without_dev_answers_in_one_line(tm
     assert "no dev answers of two epochs or more" in result.stderr and "Traceback" not in result.stderr
 
 
+def stored(db: Path, sql: str) -> list[tuple]:
+    with sqlite3.connect(db) as connection:
+        return connection.execute(sql).fetchall()
+
+
+@needs_chromium
 def test_compare_two_epochs_blind_store_it_apart_and_serve_the_chosen_one(browser, run_dir: Path, tmp_path: Path):  # noqa: F811
     servers = [TGIServer(Behaviour(reply="Hi.")).start() for _ in range(2)]
     store = ratings.Store(tmp_path / "ratings.db")
-    models = [backends.make_backend(f"{n}={s.url}") for n, s in zip(("zero", "dialogue"), servers, strict=True)]
+    models = [backends_for(name, server) for name, server in zip(("zero", "dialogue"), servers, strict=True)]
     demo = app.build(models, store, checkpoint_runs=checkpoints.find_runs(run_dir))
     demo.queue()
     port = free_port()
@@ -85,33 +104,28 @@ def test_compare_two_epochs_blind_store_it_apart_and_serve_the_chosen_one(browse
         page.goto(f"http://127.0.0.1:{port}/")
         page.fill("#rater input, #rater textarea", "erin")
         page.get_by_role("tab", name="Checkpoints").click()
-        for _ in PROMPTS:  # both prompts of the one pair of epochs, each once
-            page.click("#ckpt-next")
-            page.wait_for_selector("#ckpt-answer-a:has-text('says: answer')")
+        shown_a = []
+        for done in range(len(PROMPTS)):  # both prompts of the one pair of epochs, each once
+            page.wait_for_selector(f"#ckpt-progress:has-text('{done} of 2 rated')")
             a_text, b_text = page.inner_text("#ckpt-answer-a"), page.inner_text("#ckpt-answer-b")
-            assert "epoch-" not in a_text.lower() and "Epoch 2" in a_text + b_text and "Epoch 3" in a_text + b_text
+            assert "epoch-" not in a_text.lower() + b_text.lower()  # blind: no epoch named beside an answer
+            assert "Epoch 2" in a_text + b_text and "Epoch 3" in a_text + b_text
             assert "to <" in a_text and "to <" in b_text  # text in angle brackets is shown, not taken for HTML
-            page.locator("#ckpt-rate-a label", has_text="excellent").click()
-            page.locator("#ckpt-rate-b label", has_text="fail").click()
-            page.click("#ckpt-save")
-            page.wait_for_selector("#ckpt-note:has-text('Saved. A was epoch')")
-        page.click("#ckpt-next")
-        page.wait_for_selector("#ckpt-note:has-text('You have compared every pair')")
+            shown_a.append(2 if "Epoch 2" in a_text else 3)
+            page.click("#ckpt-rate-a")
+        page.wait_for_selector("#ckpt-prompt:has-text('rated every item')")
 
-        with sqlite3.connect(tmp_path / "ratings.db") as db:
-            rows = db.execute(
-                "SELECT c.purpose, c.opener_id, t.side, t.model, r.rating, r.rater FROM conversations c JOIN turns t"
-                " ON t.conversation_id = c.id JOIN ratings r ON r.turn_id = t.id ORDER BY c.created_at, t.side"
-            ).fetchall()
-        assert {row[0] for row in rows} == {"checkpoints"} and {row[1] for row in rows} == set(PROMPTS)
-        assert [(side, rating) for _, _, side, _, rating, _ in rows] == [("a", "excellent"), ("b", "fail")] * 2
-        assert {row[5] for row in rows} == {"erin"}
-        table = {row["epoch"]: row for row in checkpoints.table(store, checkpoints.find_runs(run_dir)[0])}
-        assert table[2]["rated"] == table[3]["rated"] == 2
-        assert table[2]["excellent"] + table[3]["excellent"] == 100.0  # A rated excellent, B fail: whoever sat on A
+        assert stored(tmp_path / "ratings.db", "SELECT COUNT(*) FROM conversations") == [(0,)]  # apart from the arena
+        rows = stored(tmp_path / "ratings.db", "SELECT study, choice, rater FROM study_ratings")
+        assert rows == [("checkpoints:lima-1030", "a", "erin")] * 2
+        table = {row["epoch"]: row for row in checkpoints.table(store, checkpoints.find_runs(run_dir)[0], rows[0][0])}
+        assert [table[epoch]["win"] for epoch in (2, 3)] == [shown_a.count(2), shown_a.count(3)]  # A won each time
+        assert [table[epoch]["loss"] for epoch in (2, 3)] == [shown_a.count(3), shown_a.count(2)]
+        assert table[2]["score"] is None  # two epochs: no ranking to fit
         assert (table[2]["stopped_at_eot"], table[3]["stopped_at_eot"]) == (50.0, 100.0)
         assert (table[2]["mean_tokens"], table[3]["mean_tokens"]) == (20.5, 30.5)
-        assert build_report(tmp_path / "ratings.db")["turns"] == 0  # the arena's figures never see them
+        report = build_report(tmp_path / "ratings.db")
+        assert report["turns"] == 0 and report["studies"]["checkpoints:lima-1030"]["human"]["judgments"] == 2
 
         page.wait_for_selector("#ckpt-table:has-text('epoch-2')")
         page.locator("#ckpt-epoch input").click()
@@ -127,6 +141,12 @@ def test_compare_two_epochs_blind_store_it_apart_and_serve_the_chosen_one(browse
         store.close()
 
 
+def backends_for(name: str, server: TGIServer):
+    from serving import backends
+
+    return backends.make_backend(f"{name}={server.url}")
+
+
 def test_the_tab_reads_what_finetune_dev_writes(trained: Path, tmp_path: Path):
     run = tmp_path / "lima-1000"
     shutil.copytree(trained / "lima-1000", run)
@@ -137,9 +157,59 @@ def test_the_tab_reads_what_finetune_dev_writes(trained: Path, tmp_path: Path):
     (loaded,) = checkpoints.find_runs(run)
     assert loaded.epochs() == [2, 3] and loaded.shared_prompts(2, 3) == list(PROMPTS)
     store = ratings.Store(tmp_path / "ratings.db")
-    pid, a, b = checkpoints.draw(store, loaded, "s1", random.Random(0))
-    checkpoints.record(store, loaded, "s1", "erin", pid, (a, b), ("pass", "fail"))
-    rows = {row["epoch"]: row for row in checkpoints.table(store, loaded)}
-    assert rows[a]["pass"] == 100.0 and rows[b]["fail"] == 100.0 and rows[a]["answers"] == 2
+    name = checkpoints.store_answers(store, loaded)
+    assert checkpoints.store_answers(store, loaded) == name == "checkpoints:lima-1000"  # a rerun stores nothing twice
+    assert len(studies.stored_answers(store, name)) == 4
+    item = studies.next_item(store, name, "s1", "erin", random.Random(0))
+    studies.rate(store, item.id, "s1", "erin", "a")
+    (judgment,) = [r for r in studies.records(store, name) if isinstance(r, PairwiseJudgment)]
+    assert (judgment.model, judgment.baseline, judgment.rater) == (loaded.label(2), loaded.label(3), "erin")
+    rows = {row["epoch"]: row for row in checkpoints.table(store, loaded, name)}
+    assert sorted(row["win"] + row["loss"] for row in rows.values()) == [1, 1] and rows[2]["answers"] == 2
     assert all(0 < row["mean_tokens"] <= 8 for row in rows.values())
+    store.close()
+
+
+def test_every_pair_of_epochs_is_handed_out_evenly(tmp_path: Path):
+    run = dev_only_run(tmp_path, (2, 3, 4, 5), prompts=3)
+    store = ratings.Store(tmp_path / "ratings.db")
+    name = checkpoints.store_answers(store, run)
+    labels = [run.label(epoch) for epoch in (2, 3, 4, 5)]
+    pairs: Counter = Counter()
+    rng = random.Random(7)
+    for round_ in range(2):  # twelve sessions, one item each: every pair twice
+        for n in range(6):
+            session = f"s{round_}-{n}"
+            item = studies.next_item(store, name, session, "r", rng)
+            studies.rate(store, item.id, session, "r", "tie")
+        judged = [r for r in studies.records(store, name) if isinstance(r, PairwiseJudgment)]
+        pairs = Counter((r.model, r.baseline) for r in judged)
+        assert pairs == {pair: round_ + 1 for pair in combinations(labels, 2)}  # model: the earlier epoch
+    for session in ("alone-1", "alone-2"):  # one session goes on to every item, each once
+        seen = set()
+        while (item := studies.next_item(store, name, session, "r", rng)) is not None:
+            assert item.id not in seen
+            seen.add(item.id)
+            studies.rate(store, item.id, session, "r", "b")
+        assert len(seen) == 6 * 3
+    store.close()
+
+
+def test_the_table_ranks_three_epochs_or_more(tmp_path: Path):
+    run = dev_only_run(tmp_path, (2, 3, 4), prompts=4)
+    store = ratings.Store(tmp_path / "ratings.db")
+    name = checkpoints.store_answers(store, run)
+    for n in range(4):  # each rater prefers the later epoch, but for one tie per rater
+        session = f"rater-{n}"
+        while (item := studies.next_item(store, name, session, session, random.Random(n))) is not None:
+            first, second = (int(text.split()[1]) for text in item.answers)
+            choice = "tie" if item.prompt_id == f"dev-{n:02d}" else ("a" if first > second else "b")
+            studies.rate(store, item.id, session, session, choice)
+    rows = {row["epoch"]: row for row in checkpoints.table(store, run, name)}
+    assert rows[4]["score"] > rows[3]["score"] > rows[2]["score"]
+    for row in rows.values():
+        low, high = row["interval"]
+        assert low <= row["score"] <= high
+        assert (row["win"] + row["tie"] + row["loss"], row["tie"]) == (4 * 4 * 2, 4 * 2)  # raters x prompts x others
+    assert (rows[4]["win"], rows[2]["loss"]) == (24, 24)
     store.close()

@@ -64,9 +64,14 @@ class StudyButton:
 class StudiesTab:
     """The Studies tab's context (the store, the arena page's gate, consent and limits), components and handlers."""
 
-    def __init__(self, store: ratings.Store, page: ArenaTab) -> None:
-        self.store, self.page = store, page
-        self.names = [one.name for one in studies.studies(store)]  # the tab is shown when there is at least one
+    def __init__(
+        self, store: ratings.Store, page: ArenaTab, names: list[str] | None = None, prefix: str = "study"
+    ) -> None:
+        """``names``: the studies it offers (default: every one stored); ``prefix``: its components' ids, so that
+        another tab (Checkpoints) can show one of its own on the same page."""
+        self.store, self.page, self.prefix = store, page, prefix
+        # the tab is shown when there is at least one
+        self.names = [one.name for one in studies.studies(store)] if names is None else names
         self.buttons = {value: StudyButton(self, value) for kind in BUTTONS.values() for value, _ in kind}
 
     # -- layout ----------------------------------------------------------------------------------------------
@@ -75,22 +80,26 @@ class StudiesTab:
         self.item = gr.State(None)  # the id of the item handed to this session, on the server
         gr.Markdown("Rate a study's answers one at a time. Which model wrote an answer is never shown.")
         with gr.Row():
-            self.picker = gr.Radio(self.names, value=self.names[0], label="Study", elem_id="study-picker", scale=4)
-            self.start = gr.Button("Show the next item", scale=1, elem_id="study-start")
-        self.progress = gr.Markdown("", elem_id="study-progress")
-        self.prompt = gr.Markdown("", elem_id="study-prompt")
+            self.picker = gr.Radio(
+                self.names, value=self.names[0], label="Study", elem_id=f"{self.prefix}-picker", scale=4
+            )
+            self.start = gr.Button("Show the next item", scale=1, elem_id=f"{self.prefix}-start")
+        self.progress = gr.Markdown("", elem_id=f"{self.prefix}-progress")
+        self.prompt = gr.Markdown("", elem_id=f"{self.prefix}-prompt")
         with gr.Row(equal_height=False):
-            self.answers = [gr.Markdown("", elem_id=f"study-answer-{side}") for side in protocol.SIDES]
+            self.answers = [gr.Markdown("", elem_id=f"{self.prefix}-answer-{side}") for side in protocol.SIDES]
         self.groups, self.rate_btns = {}, {}
         for kind, choices in BUTTONS.items():
-            with gr.Group(visible=False, elem_id=f"study-{kind}") as self.groups[kind]:
+            with gr.Group(visible=False, elem_id=f"{self.prefix}-{kind}") as self.groups[kind]:
                 gr.Markdown(HELP[kind])
                 if kind == "safety":
-                    self.declined = gr.Radio(["yes", "no"], label="Did the model decline?", elem_id="study-declined")
+                    self.declined = gr.Radio(
+                        ["yes", "no"], label="Did the model decline?", elem_id=f"{self.prefix}-declined"
+                    )
                 with gr.Row():
                     for value, text in choices:
-                        self.rate_btns[value] = gr.Button(text, elem_id=f"study-rate-{value}")
-        self.note = gr.Markdown("", elem_id="study-note")
+                        self.rate_btns[value] = gr.Button(text, elem_id=f"{self.prefix}-rate-{value}")
+        self.note = gr.Markdown("", elem_id=f"{self.prefix}-note")
 
     # -- handlers --------------------------------------------------------------------------------------------
     def _who(self, consented: bool, request: gr.Request, rater_name: str) -> tuple[str, str]:
@@ -149,20 +158,25 @@ class StudiesTab:
         }
 
     # -- wiring ----------------------------------------------------------------------------------------------
-    def wire(self, tab: gr.Tab) -> None:
-        """The tab's events; ``/study_next`` and ``/study_rate`` are the API (hidden inputs, JSON answers)."""
+    def wire(self, tab: gr.Tab, api: bool = True) -> list:
+        """The tab's events; ``/study_next`` and ``/study_rate`` are the API (hidden inputs, JSON answers), named
+        once on a page (``api``). Returns the rating buttons' events, for a caller to follow with its own."""
         page = self.page
         shows = [self.item, self.progress, self.prompt, *self.answers, *self.groups.values(), self.declined, self.note]
         asked = [self.picker, page.rater, page.consented]
         for trigger in (tab.select, self.picker.input, self.start.click):
             trigger(self.show, inputs=asked, outputs=shows, api_visibility="private")
-        for value, button in self.rate_btns.items():
+        rated = [
             button.click(
                 self.buttons[value].give,
                 inputs=[self.picker, self.item, self.declined, page.rater, page.consented],
                 outputs=shows,
                 api_visibility="private",
             )
+            for value, button in self.rate_btns.items()
+        ]
+        if not api:
+            return rated
         api_btn = gr.Button(visible=False)
         hidden = [gr.Textbox(visible=False) for _ in range(4)]
         api_btn.click(
@@ -173,3 +187,4 @@ class StudiesTab:
             self.rate, inputs=[*hidden, page.rater, page.consented], outputs=gr.JSON(visible=False),
             api_name="study_rate", concurrency_limit=None,
         )  # fmt: skip
+        return rated
