@@ -150,9 +150,9 @@ def store_answers(store: ratings.Store, run: Run) -> str:
     return name
 
 
-def other_studies(store: ratings.Store) -> list[str]:
-    """The stored studies that are no run's epochs: those the Studies tab offers (this tab offers the others)."""
-    return [one.name for one in studies.studies(store) if not one.name.startswith(STUDY_PREFIX)]
+def other_studies(store: ratings.Store) -> dict[str, str]:
+    """The stored studies that are no run's epochs, by name: those the Studies tab offers (this tab the others)."""
+    return {one.name: one.name for one in studies.studies(store) if not one.name.startswith(STUDY_PREFIX)}
 
 
 # -- what the store holds ---------------------------------------------------------------------------------------
@@ -238,12 +238,15 @@ class Tab:
     def __init__(self, store: ratings.Store, runs: list[Run], page: ArenaTab) -> None:
         self.store, self.admin = store, page.admin
         self.by_study = {store_answers(store, run): run for run in runs}
-        self.study = StudiesTab(store, page, names=list(self.by_study), prefix="ckpt")
+        # the picker shows each run's name, as the tab did before studies; its study is named by the handlers
+        self.study = StudiesTab(store, page, {run.name: name for name, run in self.by_study.items()}, prefix="ckpt")
 
-    def run(self, name: object) -> Run:
-        if not isinstance(name, str) or name not in self.by_study:
-            raise gr.Error("No such model in this tab.")
-        return self.by_study[name]
+    def find(self, name: object) -> tuple[str, Run]:
+        """The study and run named by the picker (a study's name) or, as before studies, by the run's name."""
+        for study, run in self.by_study.items():
+            if name in (study, run.name):
+                return study, run
+        raise gr.Error("No such model in this tab.")
 
     def layout(self, token_box: gr.Textbox | None = None) -> None:
         """The components, inside the caller's ``gr.Tab``: layout only."""
@@ -285,9 +288,9 @@ class Tab:
     # -- handlers --------------------------------------------------------------------------------------------
     def refresh(self, name: str) -> tuple:
         """The table and the epochs to serve (a positional pair: the page's load event uses it too)."""
-        run = self.run(name)
+        study, run = self.find(name)
         epochs = [f"epoch-{e}" for e in run.epochs()]
-        rows = [_cell(row) for row in table(self.store, run, name)]
+        rows = [_cell(row) for row in table(self.store, run, study)]
         return rows, gr.update(choices=epochs, value=run.selected() if run.selected() in epochs else None)
 
     def serve(self, name: str, epoch: str | None, token: str | None, request: gr.Request) -> tuple:
@@ -297,7 +300,7 @@ class Tab:
 
         if self.admin.gate.is_public(request) and not self.admin.allows(token, request):
             raise gr.Error("Serving another epoch needs the admin token.")
-        run = self.run(name)
+        _, run = self.find(name)
         if not epoch:
             raise gr.Error("Choose an epoch first.")
         if not isinstance(epoch, str) or not re.fullmatch(r"epoch-\d{1,4}", epoch):

@@ -9,6 +9,7 @@ call the same checks and show the next item.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 import gradio as gr
@@ -55,7 +56,9 @@ class StudyButton:
         try:
             if not item:
                 raise clients.refusal("Choose a study first.")
-            shown = self.tab.rate(name, item, self.value, declined or "", rater_name, consented, request)
+            shown = self.tab.rate(
+                self.tab.study_of.get(name, name), item, self.value, declined or "", rater_name, consented, request
+            )
         except gr.Error as err:
             return {self.tab.note: err.message}
         return self.tab.view(shown, "Saved.")
@@ -65,13 +68,13 @@ class StudiesTab:
     """The Studies tab's context (the store, the arena page's gate, consent and limits), components and handlers."""
 
     def __init__(
-        self, store: ratings.Store, page: ArenaTab, names: list[str] | None = None, prefix: str = "study"
+        self, store: ratings.Store, page: ArenaTab, names: Mapping[str, str] | None = None, prefix: str = "study"
     ) -> None:
-        """``names``: the studies it offers (default: every one stored); ``prefix``: its components' ids, so that
-        another tab (Checkpoints) can show one of its own on the same page."""
+        """``names``: the studies it offers, by the name its picker shows (default: every one stored, by its own
+        name); ``prefix``: its components' ids, so that another tab (Checkpoints) can show one on the same page."""
         self.store, self.page, self.prefix = store, page, prefix
-        # the tab is shown when there is at least one
-        self.names = [one.name for one in studies.studies(store)] if names is None else names
+        self.study_of = dict(names) if names is not None else {one.name: one.name for one in studies.studies(store)}
+        self.names = list(self.study_of)  # the tab is shown when there is at least one
         self.buttons = {value: StudyButton(self, value) for kind in BUTTONS.values() for value, _ in kind}
 
     # -- layout ----------------------------------------------------------------------------------------------
@@ -133,7 +136,7 @@ class StudiesTab:
     def show(self, name: str, rater_name: str, consented: bool, request: gr.Request) -> dict:
         """The page's study picker, tab and button: the next item, or why there is none."""
         try:
-            shown = self.next_item(name, rater_name, consented, request)
+            shown = self.next_item(self.study_of.get(name, name), rater_name, consented, request)
         except gr.Error as err:
             return {self.note: err.message}
         return self.view(shown, "")
