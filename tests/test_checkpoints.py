@@ -213,3 +213,30 @@ def test_the_table_ranks_three_epochs_or_more(tmp_path: Path):
         assert (row["win"] + row["tie"] + row["loss"], row["tie"]) == (4 * 4 * 2, 4 * 2)  # raters x prompts x others
     assert (rows[4]["win"], rows[2]["loss"]) == (24, 24)
     store.close()
+
+
+def later_epoch_wins(messages: list[dict]) -> str:
+    """A judge that prefers the answer of the later epoch, whichever side it is read on."""
+    asked = messages[-1]["content"]
+    epochs = [int(asked.split(f"<<<answer {side}>>>", 1)[1].split()[1]) for side in "AB"]
+    return "Compared.\nVerdict: " + ("A" if epochs[0] > epochs[1] else "B")
+
+
+def test_the_judge_judges_the_checkpoints_study_in_both_orders(tmp_path: Path):
+    run = dev_only_run(tmp_path, (2, 3, 4), prompts=2)
+    store = ratings.Store(tmp_path / "ratings.db")
+    name = checkpoints.store_answers(store, run)
+    store.close()
+    with TGIServer(Behaviour(reply_for=later_epoch_wins)) as server:
+        result = run_cli("-m", "demo.judge", "study", "--db", str(tmp_path / "ratings.db"), "--judge", server.url,
+                         "--study", name)  # fmt: skip
+        asked = len(server.requests)
+    assert result.returncode == 0, result.stderr
+    assert "rated 6 items, 0 unparsable" in result.stdout and asked == 6 * 2  # three pairs, two prompts, both orders
+    store = ratings.Store(tmp_path / "ratings.db")
+    judged = [r for r in studies.records(store, name) if isinstance(r, PairwiseJudgment)]
+    assert {(r.model, r.baseline, r.outcome, r.automatic) for r in judged} == {
+        (run.label(a), run.label(b), "loss", True) for a, b in combinations((2, 3, 4), 2)
+    }  # the earlier epoch, the pair's "model", loses each time
+    assert all(row["win"] + row["loss"] == 0 for row in checkpoints.table(store, run, name))  # people's only
+    store.close()
