@@ -83,15 +83,3 @@ def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path = REPO) -> 
     """Run ``python ARGS`` as a user would, in a fresh interpreter."""
     full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
     return subprocess.run([sys.executable, *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=600)
-
-
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Tests that use a module-scoped fixture (a browser, a server, a run) go to one xdist group per module
-    (`--dist loadgroup`), so one worker builds that fixture once; every other test goes to whichever worker is
-    free."""
-    for item in items:
-        fixturedefs = getattr(item, "_fixtureinfo", None)
-        definitions = fixturedefs.name2fixturedefs.values() if fixturedefs else ()
-        if any(d.scope == "module" for defs in definitions for d in defs):
-            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
