@@ -1,4 +1,9 @@
-"""Shared fixtures: a tiny real tokenizer, a scratch copy of dialogues/, and a way to run our CLIs."""
+"""Shared fixtures: a tiny real tokenizer, a scratch copy of dialogues/, the tiny trained pair, and a way to run our
+CLIs.
+
+`python -m pytest` runs the suite in pytest-xdist workers (pyproject's addopts; `-n 0` runs it in one process).
+What is expensive to build is built once per run, whichever worker asks first: `once_per_run` builds it under a
+file lock in the folder all of this run's workers share."""
 
 from __future__ import annotations
 
@@ -6,9 +11,11 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 
 REPO = Path(__file__).resolve().parents[1]
 DIALOGUES = REPO / "dialogues"
@@ -18,12 +25,36 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
 
 
-@pytest.fixture(scope="session")
-def tiny_tokenizer_dir() -> Path:
-    """A real byte-level BPE tokenizer trained on our dialogues: the tiny test model's (finetune.base_models)."""
+def run_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The folder every worker of this run shares: the run's base temporary folder (under xdist each worker's
+    basetemp is a child of it), this process's own when the run has no workers."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+def once_per_run(tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], None]) -> Path:
+    """`run_folder/name`, filled by `build` once for the whole run; a worker that asks while another builds
+    waits for it. A failed build leaves no mark, so the next worker to ask builds again (and fails on its own)."""
+    folder, done = run_folder(tmp_path_factory) / name, run_folder(tmp_path_factory) / f"{name}.done"
+    with FileLock(run_folder(tmp_path_factory) / f"{name}.lock"):
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            build(folder)
+            done.touch()
+    return folder
+
+
+@pytest.fixture(scope="session", autouse=True)
+def tiny_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real byte-level BPE tokenizer trained on our dialogues: the tiny test model's (finetune.base_models).
+
+    Autouse, and built under the run's lock: the model cache is shared by every process on the machine, and two
+    workers (or their CLIs) building it at once would replace each other's copy while the other reads it."""
     from finetune.base_models import tiny_model_dir
 
-    return tiny_model_dir()
+    with FileLock(run_folder(tmp_path_factory) / "tiny-model.lock"):
+        return tiny_model_dir()
 
 
 @pytest.fixture
@@ -37,12 +68,15 @@ def dialogues_copy(tmp_path: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def trained(tmp_path_factory) -> Path:
-    """Both tiny models (runs/test/lima-1000 and lima-1030), trained once by the real command."""
-    out = tmp_path_factory.mktemp("runs")
-    result = run_cli("-m", "finetune", "train", "--recipe", "test", "--output", str(out))
-    assert result.returncode == 0, result.stderr[-3000:]
-    return out / "test"
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Both tiny models (runs/test/lima-1000 and lima-1030), trained once per run by the real command; tests
+    read them, and copy what they change."""
+
+    def train(out: Path) -> None:
+        result = run_cli("-m", "finetune", "train", "--recipe", "test", "--output", str(out))
+        assert result.returncode == 0, result.stderr[-3000:]
+
+    return once_per_run(tmp_path_factory, "runs", train) / "test"
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path = REPO) -> subprocess.CompletedProcess:

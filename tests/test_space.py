@@ -21,6 +21,8 @@ from gradio_client import Client
 from test_app import wait_until_up
 from tgi_server import Behaviour, TGIServer, free_port
 
+from finetune.base_models import tiny_model_dir
+
 ADMIN_TOKEN = "admin-secret-4f9c"
 HF_TOKEN = "hf_secret_never_in_the_page"
 
@@ -32,14 +34,24 @@ def dockerfile() -> list[tuple[str, str]]:
     return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1]) for line in lines]
 
 
-def dockerfile_env() -> dict[str, str]:
+def dockerfile_env(home: Path = Path("/home/user")) -> dict[str, str]:
+    """The image's ENV lines, the user's home moved to `home`."""
     env: dict[str, str] = {}
     for instruction, args in dockerfile():
         if instruction == "ENV":
             for pair in shlex.split(args):
                 key, _, value = pair.partition("=")
-                env[key] = value.replace("$PATH", os.environ["PATH"]).replace("/home/user", "/tmp/space-home")
+                env[key] = value.replace("$PATH", os.environ["PATH"]).replace("/home/user", str(home))
     return env
+
+
+def space_home(tmp_path: Path) -> Path:
+    """A home of the Space's user for one test, its model cache holding the tiny model the run already built
+    (a build in it would make the same one again)."""
+    cache = tmp_path / "home" / ".cache" / "lima-arena"
+    cache.mkdir(parents=True)
+    (cache / "tiny").symlink_to(tiny_model_dir().parent, target_is_directory=True)
+    return tmp_path / "home"
 
 
 def test_dockerfile_runs_the_arena_as_user_1000_on_port_7860_and_copies_only_what_exists():
@@ -80,7 +92,7 @@ def space(tmp_path: Path):
     port = free_port()
     env = {
         **os.environ,
-        **dockerfile_env(),
+        **dockerfile_env(space_home(tmp_path)),
         "SPACE_ID": "someone/lima-arena",
         "LIMA_ARENA_LEFT": f"lima-1000={servers[0].url}",
         "LIMA_ARENA_RIGHT": f"lima-1030={servers[1].url}",
@@ -185,7 +197,7 @@ def test_the_image_build_trains_the_embedded_pair_and_the_start_serves_it_withou
     }
     assert build_args == {"LIMA_ARENA_LEFT": "", "LIMA_ARENA_RIGHT": "", "LIMA_ARENA_FIRST_LAUNCH_RECIPE": "quick-cpu"}
     runs = tmp_path / "runs"
-    env = {**os.environ, **dockerfile_env(), "LIMA_ARENA_RUNS": str(runs), "PYTHONPATH": str(REPO)}
+    env = {**os.environ, **dockerfile_env(space_home(tmp_path)), "LIMA_ARENA_RUNS": str(runs), "PYTHONPATH": str(REPO)}
     build = step.replace("python -m finetune", f"{shlex.quote(sys.executable)} -m finetune")
 
     with_urls = {**env, "LIMA_ARENA_LEFT": "a=http://x", "LIMA_ARENA_RIGHT": "b=http://y"}
