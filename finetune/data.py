@@ -228,6 +228,16 @@ def fetch_lima(token: str | None = None, filename: str = "train.jsonl") -> Path:
         return Path(hf_hub_download(LIMA_REPO, filename, repo_type="dataset", token=token))
 
 
+def _lima_test_from_hub() -> Path | None:
+    """LIMA's test.jsonl from the Hub, beside its train.jsonl. The prompt studies want it, training does not: a
+    copy that cannot be fetched is a warning (the studies then use ours), never the end of a training run."""
+    try:
+        return fetch_lima(filename=LIMA_TEST_FILE)
+    except UserError as err:
+        log.warning("LIMA's %s was not downloaded (%s); studies can use dialogues/test.jsonl", LIMA_TEST_FILE, err)
+        return find_lima_test()
+
+
 # --------------------------------------------------------------------------------------------- the sets
 
 
@@ -308,7 +318,7 @@ def load_data(lima: str = "sample", dialogues: str | Path = DIALOGUES_DIR) -> Ch
         lima_test_path = find_lima_test()
     else:
         lima_path = fetch_lima() if lima == "hub" else Path(lima)
-        lima_test_path = fetch_lima(filename=LIMA_TEST_FILE) if lima == "hub" else find_lima_test(lima_path)
+        lima_test_path = _lima_test_from_hub() if lima == "hub" else find_lima_test(lima_path)
         rows, found = load_examples(lima_path)
         errors += found
         single = [e for e in rows if e.user_turns == 1]

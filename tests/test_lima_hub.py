@@ -31,6 +31,7 @@ def hub():
         servers.append(server)
         return server.url
 
+    start.servers = servers  # a test may put more files on the server it started
     yield start
     for server in servers:
         server.stop()
@@ -93,3 +94,15 @@ def test_offline_mode(tmp_path):
     )
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().startswith("error: GAIR/lima (Hub): cannot reach the Hub")
+
+
+def test_lima_s_test_prompts_come_with_it_and_their_absence_stops_nothing(tmp_path, hub):
+    url = hub("ok")
+    env = {"HF_ENDPOINT": url, "HF_HOME": str(tmp_path / "hf"), "HF_TOKEN": "hf_test", "HF_HUB_DISABLE_XET": "1"}
+    without = run_cli("-m", "finetune", "data", "--check", "--lima", "hub", env=env)
+    assert without.returncode == 0, without.stderr
+    assert "LIMA test.jsonl" not in without.stdout and "was not downloaded" in without.stderr
+    hub.servers[-1].put("GAIR/lima", "test.jsonl", (FIXTURES / "lima" / "test.jsonl").read_bytes())
+    with_it = run_cli("-m", "finetune", "data", "--check", "--lima", "hub", env=env)
+    assert with_it.returncode == 0, with_it.stderr
+    assert "LIMA test.jsonl" in with_it.stdout  # its prompts checked beside ours, overlap included
