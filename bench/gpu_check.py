@@ -238,7 +238,8 @@ def serve_leg(model_dir: Path, device: str, new_tokens: int = 32) -> dict:
         return answers, time.perf_counter() - begun
 
     asyncio.run(crowd(1))  # warm-up
-    result: dict = {"dtype": str(backend.model.dtype), "empty_answers": 0}
+    # the precision serving chose for this machine (serving/precision.py: bf16 on a GPU that has it)
+    result: dict = {"dtype": str(backend.model.dtype), "precision": backend.precision, "empty_answers": 0}
     for n in (1, 8):
         answers, seconds = asyncio.run(crowd(n))
         tokens = sum(len(backend.tokenizer(a, add_special_tokens=False)["input_ids"]) for a in answers)

@@ -80,7 +80,12 @@ def test_a_new_conversation_mid_stream_leaves_the_new_one_clean(browser, arena_f
         timeout=15_000,
     )
     page.click("#new-conversation")
-    time.sleep(1.0)  # were the old streams still running, they would write into the new panes now
+    # the new conversation and its redraw reach the page (seconds on a loaded machine), then nothing of the old
+    # one comes back: were its streams still running, they would write into the new panes within this second
+    page.wait_for_function(
+        "() => !document.querySelector('#chat-a .message.bot, #chat-b .message.bot')", timeout=15_000
+    )
+    time.sleep(1.0)
     assert last_answer(page, "a") == "" and last_answer(page, "b") == ""
     for server in arena.servers:
         server.behaviour = Behaviour(reply="A fresh answer.")

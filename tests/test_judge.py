@@ -16,6 +16,7 @@ import hashlib
 import itertools
 import json
 import sqlite3
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -203,11 +204,17 @@ def test_a_run_cut_short_and_run_again_stores_every_judgment_once(tmp_path: Path
             return stored
 
         stored = asyncio.run(cut_short())
+        # the server finishes the answers nobody reads any more (TGI holds each permit to its answer's end); a
+        # rerun meanwhile would meet 429s and ask again, which is not what is counted here
+        deadline = time.monotonic() + 10
+        while server.in_flight and time.monotonic() < deadline:
+            time.sleep(0.01)
         asked_first = len(server.requests)
         again = run_judge(db, server.url)
     assert again.returncode == 0, again.stderr
     assert 5 <= stored < 23 and asked_first > stored  # some requests were in flight when it stopped
     assert len(server.requests) - asked_first == 23 - stored  # the second run asked only what was missing
+    assert server.overloaded == 0  # and nothing was refused: the pool kept to what /info said the server takes
     same = {"judgments": 'SELECT subject_kind, judge, "order", prompt, raw_answer, parsed FROM judgments'
             ' ORDER BY prompt, "order"', "events": STORED["events"]}  # fmt: skip
     for table, sql in same.items():  # the ids of this scenario's turns are its own: compare by content
@@ -243,7 +250,9 @@ def test_an_unparsable_answer_is_stored_and_counted_never_guessed(tmp_path: Path
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == f"{JUDGE}: rated 1 turns, 3 unparsable, 0 verdicts, of which 0 position-swap ties"
     assert again.stdout.strip().startswith(f"{JUDGE}: rated 0 turns, 0 unparsable") and asked == 4
-    stored = rows(db, 'SELECT subject_kind, "order", parsed, raw_answer FROM judgments ORDER BY rowid')
+    # asked at once, stored as answered: read in a fixed order (turns, the rated one first; then both orders)
+    order = 'subject_kind DESC, "order", parsed IS NULL'
+    stored = rows(db, f'SELECT subject_kind, "order", parsed, raw_answer FROM judgments ORDER BY {order}')
     assert [(kind, order, parsed) for kind, order, parsed, _ in stored] == [
         ("turn", None, "excellent"), ("turn", None, None), ("conversation", "ab", None), ("conversation", "ba", None)
     ]  # fmt: skip
