@@ -246,7 +246,7 @@ def serve_leg(model_dir: Path, device: str, new_tokens: int = 32) -> dict:
         result[f"tok_s_{n}"] = round(tokens / seconds, 1)
         result["empty_answers"] += sum(not a.strip() for a in answers)
         result["sample"] = answers[0][:80]
-    result["batch_sizes"] = backend.batcher.batch_sizes
+    result["batch_sizes"] = list(backend.batcher.batch_sizes)
     backend.model.to("cpu")  # the batcher's idle thread keeps the model: off the GPU, before throughput's peaks
     result["ok"] = result["empty_answers"] == 0 and 8 in result["batch_sizes"]
     result["seconds"] = round(time.time() - started, 1)

@@ -39,6 +39,7 @@ from serving.sampling import sampled_generate_kwargs
 log = logging.getLogger(__name__)
 
 DONE = object()  # the end of a request's tokens
+HISTORY = 1000  # batch runs remembered for tests and benchmarks
 
 
 def pad_token(model: Any, tokenizer: Any) -> tuple[int, set[int]]:
@@ -105,7 +106,10 @@ class Batcher:
         self.model, self.tokenizer, self.device = model, tokenizer, device
         self.max_batch, self.gather_s = max(1, max_batch), gather_s
         self.pad, self.eos = pad_token(model, tokenizer)
-        self.batch_sizes: list[int] = []  # every batch run, in order (what tests and benchmarks observe)
+        # The latest batch runs, in order (what tests and benchmarks observe; bounded, as the server runs for days):
+        # each one's size, and the tokens each of its rows generated (the end token too).
+        self.batch_sizes: deque[int] = deque(maxlen=HISTORY)
+        self.row_tokens: deque[list[int]] = deque(maxlen=HISTORY)
         self.running = 0  # rows in the batch being generated now
         self._pending: deque[Request] = deque()
         self._ready = threading.Condition()
@@ -227,3 +231,4 @@ class Batcher:
                 stopping_criteria=StoppingCriteriaList([PerRow()]),
                 **kwargs,
             )
+        self.row_tokens.append(counts)

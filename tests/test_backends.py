@@ -489,7 +489,7 @@ def test_concurrent_requests_are_answered_in_batches_each_its_own_answer(trained
     greedy = Decoding(temperature=GREEDY, max_new_tokens=12)
     alone = LocalBackend(source, max_batch=1)
     expected = [collect(alone, messages, greedy) for messages in prompts]
-    assert all(error is None for _, error in expected) and alone.batcher.batch_sizes == [1, 1, 1, 1]
+    assert all(error is None for _, error in expected) and list(alone.batcher.batch_sizes) == [1, 1, 1, 1]
 
     together = LocalBackend(source, max_batch=8)
     together.load()
@@ -498,7 +498,7 @@ def test_concurrent_requests_are_answered_in_batches_each_its_own_answer(trained
         return await asyncio.gather(*(_collect(together, messages, greedy) for messages in prompts))
 
     answers = asyncio.run(crowd())
-    assert together.batcher.batch_sizes == [4]  # observable in the backend: one generate call for all four
+    assert list(together.batcher.batch_sizes) == [4]  # observable in the backend: one generate call for all four
     assert ["".join(chunks) for chunks, _ in answers] == ["".join(chunks) for chunks, _ in expected]
     assert all(len(chunks) > 1 for chunks, _ in answers)  # streamed token by token, not at the end
 
@@ -509,7 +509,7 @@ def test_concurrent_requests_are_answered_in_batches_each_its_own_answer(trained
         return await asyncio.gather(_collect(together, prompts[0], greedy), _collect(together, prompts[1], sampled))
 
     asyncio.run(mixed())
-    assert sorted(together.batcher.batch_sizes[1:]) == [1, 1]
+    assert sorted(list(together.batcher.batch_sizes)[1:]) == [1, 1]
 
 
 def test_the_fast_cpu_head_gives_the_heads_own_logits(trained):
@@ -546,7 +546,7 @@ def test_waiting_answers_hold_no_thread_of_the_event_loops_pool(trained):
         return await asyncio.gather(*(_collect(backend, HISTORY, greedy) for _ in range(8)))
 
     answers = asyncio.run(crowd())
-    assert all(error is None and chunks for chunks, error in answers) and backend.batcher.batch_sizes == [1] * 8
+    assert all(error is None and chunks for chunks, error in answers) and list(backend.batcher.batch_sizes) == [1] * 8
     assert len(pool._threads) == 0
 
 

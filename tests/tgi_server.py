@@ -255,11 +255,20 @@ class _Handler(BaseHTTPRequestHandler):
                 tgi.overloaded += 1
             self._send_error(429, *behaviour.error(429))
             return
+        self._permit = True
         try:
             route(body, behaviour)
         finally:
-            with tgi._lock:
-                tgi.in_flight -= 1
+            self._release()
+
+    def _release(self) -> None:
+        """Give back this request's permit (once) before the answer's last bytes go out: TGI drops it when the
+        generation ends, so a client that waits for the end and then asks again never finds its own previous
+        request still counted."""
+        if getattr(self, "_permit", False):
+            self._permit = False
+            with self.server.tgi._lock:
+                self.server.tgi.in_flight -= 1
 
     # Generation routes
 
@@ -365,6 +374,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(payload)))
         self.end_headers()
+        self._release()
         self.wfile.write(payload)
 
     def _send_json(self, status: int, payload: Any) -> None:
@@ -384,9 +394,12 @@ class _Handler(BaseHTTPRequestHandler):
     def _event(self, data: Any) -> None:
         text = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"))
         payload = f"data: {text}\n\n".encode()
+        if text == "[DONE]":
+            self._release()
         self.wfile.write(b"%X\r\n%s\r\n" % (len(payload), payload))
 
     def _end_stream(self) -> None:
+        self._release()
         self.wfile.write(b"0\r\n\r\n")
 
     def _drop(self) -> None:
