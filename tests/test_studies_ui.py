@@ -93,14 +93,16 @@ def test_a_rater_rates_each_kind_of_study_blind_and_it_is_stored_with_its_study(
         page.wait_for_selector("#study-prompt:has-text('rated every item')")
 
         page.locator("#study-picker label", has_text="fig3").click()
+        page.wait_for_selector("#study-progress:has-text('0 of 2 rated')")  # its first item handed out
         page.wait_for_selector("#study-absolute:visible")
         assert "excellent response" in page.inner_text("#study-absolute")  # LIMA's scale, explained
         assert not page.locator("#study-answer-b").is_visible()
-        for level in ("excellent", "fail"):
+        for done, level in enumerate(("excellent", "fail"), start=1):  # each rating stored before the next click
             page.click(f"#study-rate-{level}")
-        page.wait_for_selector("#study-progress:has-text('2 of 2 rated')")
+            page.wait_for_selector(f"#study-progress:has-text('{done} of 2 rated')")
 
         page.locator("#study-picker label", has_text="safety").click()
+        page.wait_for_selector("#study-progress:has-text('0 of 2 rated')")
         page.wait_for_selector("#study-safety:visible")
         page.click("#study-rate-safe")  # the "declined" question unanswered: refused, nothing stored
         page.wait_for_selector("#study-note:has-text('declined the request')")
