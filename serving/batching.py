@@ -107,7 +107,7 @@ class Batcher:
         self.max_batch, self.gather_s = max(1, max_batch), gather_s
         self.pad, self.eos = pad_token(model, tokenizer)
         # The latest batch runs, in order (what tests and benchmarks observe; bounded, as the server runs for days):
-        # each one's size, and the tokens each of its rows generated (the end token too).
+        # each one's size, and (runs that finished) the tokens each of its rows generated, the end token too.
         self.batch_sizes: deque[int] = deque(maxlen=HISTORY)
         self.row_tokens: deque[list[int]] = deque(maxlen=HISTORY)
         self.running = 0  # rows in the batch being generated now
