@@ -158,6 +158,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def setup(self) -> None:
         super().setup()
+        self._permit = False  # whether the request being answered holds a concurrency permit
         self.server.tgi._track(self.connection, add=True)
 
     def finish(self) -> None:
@@ -265,7 +266,7 @@ class _Handler(BaseHTTPRequestHandler):
         """Give back this request's permit (once) before the answer's last bytes go out: TGI drops it when the
         generation ends, so a client that waits for the end and then asks again never finds its own previous
         request still counted."""
-        if getattr(self, "_permit", False):
+        if self._permit:
             self._permit = False
             with self.server.tgi._lock:
                 self.server.tgi.in_flight -= 1
