@@ -48,7 +48,7 @@ wrote a 15 GB resume checkpoint per leg (fp32 weights + Adam), and read the base
 Needs the wheels in bench/gpu_wheels.txt where the machine lacks them (TRL, datasets, minijinja, transformers
 5.24). `--smoke` rehearses all of it on CPU: the same legs and files, the same 128,256 embedding rows under a
 tiny hidden size, less and shorter data (the FSDP leg is launched as shipped, but accelerate applies FSDP on
-accelerators only, so it trains without it there); tests/test_finetune.py runs it (26 s on 2 quiet cores).
+accelerators only, so it trains without it there); tests/test_finetune.py runs it (37 s on 2 quiet AVX2 cores).
 """
 
 from __future__ import annotations

@@ -2,7 +2,10 @@
 
 Same base, same data (a fixed random draw from the single-turn sample + our 30 dialogues, so LIMA-shaped
 lengths: mostly a few hundred tokens, some dialogues near 2,048), same effective batch, same precision and
-optimiser. Each measures real (non-padding) tokens per second over its optimiser steps after the first.
+optimiser. The precision is the one training's `precision: auto` takes on this machine (bf16 autocast where it
+computes bf16 natively: a GPU, a CPU with AVX512-BF16 or AMX; fp32 elsewhere, where bf16 autocast is emulated
+and 17x slower), reported as `precision`. Each measures real (non-padding) tokens per second over its optimiser
+steps after the first.
 
   ours         LIMA's trainer (finetune/train.py): micro-batches of 1 on CPUs (no padding at all) or length
                grouping on GPUs, gradient accumulation to the batch, the plain LM head on CPUs
@@ -45,6 +48,7 @@ from finetune.base_models import resolve_base
 from finetune.data import load_training_sets
 from finetune.recipe import Recipe
 from finetune.train import TokenCounter, build_trainer, encode, load_for_training, peak_memory_mb, training_args
+from serving.precision import native_bf16
 
 PEAK_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0}  # dense bf16, the vendors' figures
 
@@ -99,8 +103,14 @@ def flops_per_token(model, rows) -> float:
     return 6 * matmul + 6 * config.num_hidden_layers * config.hidden_size * squares / tokens
 
 
+def machine_precision() -> str:
+    """What `precision: auto` trains in here (finetune/recipe.py): one rule for every method measured."""
+    return "bf16" if native_bf16() else "fp32"
+
+
 def rows_for(base: str, batch: int, steps: int, max_length: int = 2048, seed: int = 0):
-    recipe = Recipe(base=base, lima="sample", residual_dropout=0.2, precision="bf16", gradient_checkpointing=False)
+    precision = machine_precision()
+    recipe = Recipe(base=base, lima="sample", residual_dropout=0.2, precision=precision, gradient_checkpointing=False)
     recipe.max_length = max_length
     sets = load_training_sets("sample")
     model, tokenizer, eot = load_for_training(recipe, resolve_base(base))
@@ -144,7 +154,7 @@ def run_trl_default(loaded: tuple, batch: int, steps: int, workdir: Path) -> dic
         gradient_accumulation_steps=max(batch // 8, 1),
         max_steps=steps,
         max_length=recipe.max_length,  # ours, not TRL's 1,024: both sides train the same tokens
-        bf16=True,
+        bf16=recipe.precision == "bf16",
         use_cpu=not on_cuda,
         save_strategy="no",
         report_to="none",
@@ -175,7 +185,7 @@ def run_naive(base: str, batch: int, steps: int) -> float:
             ids = torch.tensor([row["input_ids"] + [pad] * (2048 - n)], device=device)
             labels = torch.tensor([row["labels"] + [-100] * (2048 - n)], device=device)
             mask = torch.tensor([[1] * n + [0] * (2048 - n)], device=device)
-            with torch.autocast(device, dtype=torch.bfloat16):
+            with torch.autocast(device, dtype=torch.bfloat16, enabled=machine_precision() == "bf16"):
                 loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss / batch
             loss.backward()
             real += n
@@ -217,6 +227,7 @@ def measure(
         "per_device_batch": per_device,
         "steps": steps,
         "max_length": max_length,
+        "precision": machine_precision(),
         "ours_tok_s": round(ours["tok_s"], 1),
         "trl_default_tok_s": round(trl["tok_s"], 1),
         "naive_tok_s": round(naive_tok_s, 1) if naive_tok_s is not None else None,

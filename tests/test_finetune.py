@@ -29,6 +29,7 @@ from finetune.residual_dropout import add_residual_dropout, installed_rates, res
 from finetune.servable import check_files, check_servable
 from finetune.train import encode, lima_schedule
 from serving.folder import select
+from serving.precision import native_bf16
 
 TRAIN_TEST = ("-m", "finetune", "train", "--recipe", "test")  # the test recipe's training, as a user types it
 DIALOGUE = [
@@ -535,6 +536,8 @@ def test_throughput_benchmark_prints_its_json_line():
     assert keys <= set(line)
     assert all(line[key] > 0 for key in keys)
     assert line["ours_real_token_fraction"] == 1.0  # micro-batches of one on a CPU: no padding at all
+    # measured as training's precision: auto would train here (emulated bf16 would measure the emulation)
+    assert line["precision"] == ("bf16" if native_bf16() else "fp32")
     assert 0 < line["trl_default_real_token_fraction"] < 1.0
 
 
