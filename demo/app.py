@@ -25,7 +25,20 @@ from starlette.middleware import Middleware
 
 from common import cli, prompts
 from common.cli import UserError
-from demo import checkpoints, clients, limits, mirror, protocol, queue_guard, ratings, results, settings, timings, ui
+from demo import (
+    checkpoints,
+    clients,
+    direct_calls,
+    limits,
+    mirror,
+    protocol,
+    queue_guard,
+    ratings,
+    results,
+    settings,
+    timings,
+    ui,
+)
 from serving import backends
 
 log = logging.getLogger("demo.app")
@@ -86,7 +99,7 @@ def _run(argv: list[str] | None) -> int:
             server_port=config.port,
             share=config.share,
             footer_links=["api"],
-            app_kwargs=app_kwargs(demo, queue_guard.QueueGuard(gate_for(config))),
+            app_kwargs=app_kwargs(demo, store, queue_guard.QueueGuard(gate_for(config))),
             state_session_capacity=STATE_SESSIONS,
         )
     except OSError as err:  # the port is taken, or the address is not this machine's
@@ -145,13 +158,17 @@ def caps_pair(config: settings.Settings, public: bool) -> dict[str, limits.Limit
     return {"caps": caps, "public_caps": public_caps}
 
 
-def app_kwargs(demo: gr.Blocks, guard: queue_guard.QueueGuard | None = None) -> dict:
+def app_kwargs(demo: gr.Blocks, store: ratings.Store, guard: queue_guard.QueueGuard | None = None) -> dict:
     """The server's own latency per direct API route, at GET /lima-arena/timings (bench/ratings_load.py): one
-    histogram per route of this page, one for every other name; and ``guard`` on Gradio's queue (joins capped
-    per client and in all, unread events dropped: ``demo.queue_guard``)."""
+    histogram per route of this page, one for every other name; direct calls only from sessions Gradio holds or
+    the store knows (``demo.direct_calls``); and ``guard`` on Gradio's queue (joins capped per client and in all,
+    unread events dropped: ``demo.queue_guard``)."""
     names = {fn.api_name for fn in demo.fns.values() if isinstance(getattr(fn, "api_name", None), str)}
     registry = timings.Registry(known=[timings.TIMED + name for name in names])
-    middleware = [Middleware(timings.Timings, registry=registry)]
+    middleware = [
+        Middleware(timings.Timings, registry=registry),
+        Middleware(direct_calls.DirectCalls, blocks=demo, store=store),
+    ]
     if guard is not None:
         middleware.append(Middleware(queue_guard.Guarded, guard=guard))
     return {"middleware": middleware}

@@ -135,7 +135,11 @@ class NoSession(ValueError):
 
 def session_of(request: object) -> str:
     """Who owns what in the store: the server's name for the browser's (or API client's) Gradio session."""
-    raw = getattr(request, "session_hash", None)
+    return server_session(getattr(request, "session_hash", None))
+
+
+def server_session(raw: object) -> str:
+    """The server's name for a Gradio ``session_hash`` (a keyed hash: a client cannot choose another's)."""
     if not isinstance(raw, str) or not raw or len(raw) > MAX_SESSION_HASH_CHARS:
         raise NoSession("this request carries no session: reload the page (API clients: send a session_hash)")
     return "s" + hmac.new(_SESSION_KEY, raw.encode(), hashlib.sha256).hexdigest()[:32]

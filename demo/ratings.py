@@ -55,6 +55,7 @@ CREATE TABLE IF NOT EXISTS conversations (
     verdict     TEXT CHECK (verdict IN ('a', 'b', 'tie')),
     verdict_at  REAL
 );
+CREATE INDEX IF NOT EXISTS conversations_by_session ON conversations (session);
 CREATE TABLE IF NOT EXISTS turns (
     id             TEXT PRIMARY KEY,
     conversation_id TEXT NOT NULL REFERENCES conversations(id),
@@ -597,6 +598,16 @@ class Store:
         """The sides with a turn their owner rated."""
         with self._lock:
             return _rated_sides_in(self._db, conversation_id)
+
+    def knows_session(self, session: str) -> bool:
+        """Whether this session started a conversation here or was granted one for review (``demo.direct_calls``)."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT EXISTS (SELECT 1 FROM conversations WHERE session = ?)"
+                " OR EXISTS (SELECT 1 FROM review_grants WHERE session = ?)",
+                (session, session),
+            ).fetchone()
+        return bool(row[0])
 
     def unrated(self, conversation_id: str) -> list[tuple[str, int]]:
         """(side, turn index) of every answer shown now (the latest attempt of each turn, if it completed) that

@@ -586,4 +586,7 @@ def build(
         page.wire_api()
         if studies_tab.names:
             studies_tab.wire(study_tab)
+    # Direct REST calls (``/gradio_api/run/<name>``) reach only the events made direct (``/rate``): the others go
+    # through the queue and its guard (demo.queue_guard), everywhere. Gradio opens them except on a Space.
+    demo.api_open = False
     return demo

@@ -105,7 +105,7 @@ def arena_for(sides, tmp_path: Path, monkeypatch):
         config = settings.parse(["--db", str(db), "--no-blind", *argv], environ={})
         store = ratings.Store(db)
         demo = app._build_for(config, sides, store, 64)
-        url, port = start(demo, app_kwargs=app.app_kwargs(demo, queue_guard.QueueGuard(app.gate_for(config))))
+        url, port = start(demo, app_kwargs=app.app_kwargs(demo, store, queue_guard.QueueGuard(app.gate_for(config))))
         opened.append((demo, store))
         return url, port, db
 
@@ -225,10 +225,13 @@ def test_a_forged_session_cannot_rate_as_the_judge_and_no_session_is_refused(are
     store.judge_turn(turn_a, "judge:m", "prompt", "excellent", "excellent")
     store.close()
 
+    new, _ = fn_index(url, "new_conversation")
     for session in ("judge:m", "review:ann", "JUDGE:m"):
-        answer = httpx.post(
-            url + "gradio_api/run/rate", json={"data": [turn_a, "fail", "mallory"], "session_hash": session}
-        )
+        body = {"data": [turn_a, "fail", "mallory"], "session_hash": session}
+        answer = httpx.post(url + "gradio_api/run/rate", json=body)  # a session that never opened the page
+        assert answer.status_code == 403 and "has not started from the page" in answer.text
+        assert call(url, new, [], session)["success"]  # opened through the queue, under the name it chose
+        answer = httpx.post(url + "gradio_api/run/rate", json=body)
         assert answer.status_code != 200 and "does not belong to your session" in answer.text
     nobody = httpx.post(url + "gradio_api/run/rate", json={"data": [turn_a, "fail", "mallory"]})
     assert nobody.status_code != 200 and "carries no session" in nobody.text
@@ -353,20 +356,26 @@ def test_inputs_out_of_range_are_refused_and_store_nothing(arena_for):
 
 def test_ten_thousand_hostile_requests_leave_memory_and_the_timings_bounded(sides, tmp_path: Path):
     """Random route names, random sessions and addresses, oversized and NaN inputs (``tests/hostile.py``, from a
-    process of its own), in two rounds: the second grows the server's memory no more than noise, the limiter
+    process of its own; half of the ratings from a session the server holds, so their inputs reach the handler and
+    the limiter sees thousands of addresses), in two rounds: the second grows the server's memory no more than noise, the limiter
     keeps at most its keys, the timings one histogram per route of the page plus one for every other name."""
     store = ratings.Store(tmp_path / "ratings.db")
     caps = limits.Limits(turns_per_hour=5, ratings_per_minute=5, max_keys=300)
     demo = app.build(sides, store, caps=caps, admin=results.Admin(token="t", public=True))
-    kwargs = app.app_kwargs(demo)
+    kwargs = app.app_kwargs(demo, store)
     url, _ = start(demo, app_kwargs=kwargs, state_session_capacity=500)  # app.STATE_SESSIONS, smaller
     registry = kwargs["middleware"][0].kwargs["registry"]
+    new, _ = fn_index(url, "new_conversation")
+    assert call(url, new, [], "mallory-session")["success"]  # half the ratings come from a session the server holds
     sizes, started = [], time.perf_counter()
     for seed in (1, 2):
-        result = run_cli(str(Path(__file__).with_name("hostile.py")), url, str(HOSTILE // 2), str(seed))
+        hostile = str(Path(__file__).with_name("hostile.py"))
+        result = run_cli(hostile, url, str(HOSTILE // 2), str(seed), "--session", "mallory-session")
         assert result.returncode == 0, result.stderr[-2000:]
         statuses = json.loads(result.stdout)
         assert "200" not in statuses and sum(statuses.values()) == HOSTILE // 2  # nothing hostile was accepted
+        # made-up routes (404), made-up sessions (403), and inputs that reached the handler and were refused
+        assert {"404", "403"} < set(statuses) and sum(statuses.values()) - statuses["404"] - statuses["403"] > 0
         sizes.append((_rss_mb(), len(caps.ratings), len(registry.routes)))
     elapsed = time.perf_counter() - started
     (rss_1, _, routes_1), (rss_2, keys_2, routes_2) = sizes
@@ -430,3 +439,46 @@ def _rss_mb() -> float:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
     return 0.0
+
+
+def test_direct_calls_from_made_up_sessions_do_not_push_a_rater_out_of_the_server(sides, tmp_path: Path):
+    """A direct call (``POST /gradio_api/run/rate``) with a ``session_hash`` the server had never seen made Gradio
+    build that session a whole page's state before the handler refused it, in a holder of bounded size: on main,
+    three times its capacity of such calls pushed a live rater's session out ("Start a new conversation first.").
+    Here a session Gradio does not hold and the store does not know is refused before Gradio builds anything; a
+    rater's own direct rating still goes through, also once Gradio has dropped the session (as after a restart);
+    and events made for the queue cannot be called directly, on a Space or not."""
+    store = ratings.Store(tmp_path / "ratings.db")
+    demo = app.build(sides, store)
+    capacity = 40
+    url, _ = start(demo, app_kwargs=app.app_kwargs(demo, store), state_session_capacity=capacity)
+    holder = demo.state_holder
+    ann = Client(url, verbose=False)
+    ann.predict(api_name="/new_conversation")
+    send(ann, "a", "hello")
+    routes = ("run/rate", "api/rate", "run/new_conversation", "component_server")
+    made_up = [
+        httpx.post(
+            f"{url}gradio_api/{routes[n % 4]}", json={"data": ["t", "pass", "x"], "session_hash": f"made-up-{n}"}
+        )
+        for n in range(3 * capacity)
+    ]
+    assert {a.status_code for a in made_up} == {403}, {a.status_code for a in made_up}
+    assert made_up[0].json()["error"].startswith("this session has not started from the page")
+    assert not any(session.startswith("made-up-") for session in holder.session_data)
+    assert "Answer from" in str(send(ann, "a", "again")[-1]["content"])  # the rater's conversation goes on
+    (turn, again) = (t["turn_id"] for t in ann.predict(api_name="/conversation")["turns"])
+
+    def rate(turn_id: str) -> httpx.Response:
+        return httpx.post(
+            url + "gradio_api/run/rate", json={"data": [turn_id, "pass", "ann"], "session_hash": ann.session_hash}
+        )
+
+    assert rate(turn).json().get("data") == ["saved"], rate(turn).text
+    holder.delete_state(ann.session_hash)  # dropped by Gradio, as by a restart: the store still knows the session
+    assert rate(again).json()["data"] == ["saved"]
+    for route in ("run/new_conversation", "api/send_a"):  # queued events: through the queue and its guard only
+        direct = httpx.post(f"{url}gradio_api/{route}", json={"data": [], "session_hash": ann.session_hash})
+        assert direct.status_code == 404 and "does not accept direct HTTP POST" in direct.text, (route, direct.text)
+    demo.close()
+    store.close()
