@@ -357,8 +357,9 @@ def test_inputs_out_of_range_are_refused_and_store_nothing(arena_for):
 def test_ten_thousand_hostile_requests_leave_memory_and_the_timings_bounded(sides, tmp_path: Path):
     """Random route names, random sessions and addresses, oversized and NaN inputs (``tests/hostile.py``, from a
     process of its own; half of the ratings from a session the server holds, so their inputs reach the handler and
-    the limiter sees thousands of addresses), in two rounds: the second grows the server's memory no more than noise, the limiter
-    keeps at most its keys, the timings one histogram per route of the page plus one for every other name."""
+    the limiter sees thousands of addresses), in two rounds: the second grows the server's memory no more than
+    noise, the limiter keeps at most its keys, the timings one histogram per route of the page plus one for every
+    other name."""
     store = ratings.Store(tmp_path / "ratings.db")
     caps = limits.Limits(turns_per_hour=5, ratings_per_minute=5, max_keys=300)
     demo = app.build(sides, store, caps=caps, admin=results.Admin(token="t", public=True))
