@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Sequence
 
 import gradio as gr
 
-from demo import arena, checkpoints, clients, limits, mirror, protocol, ratings, results, review
+from demo import arena, checkpoints, checkpoints_tab, clients, limits, mirror, protocol, ratings, results, review
 from demo.studies.ui import StudiesTab
 from serving import backends
 
@@ -560,9 +560,9 @@ def build(
             with gr.Tab("Results", id="results", visible=page.admin.open, elem_id="tab-results") as results_tab:
                 results.layout(store, page.admin, admin_token)
             if checkpoint_runs:
-                with gr.Tab("Checkpoints", id="checkpoints") as checkpoints_tab:
-                    refresh, which, summary, epoch_box = checkpoints.layout(
-                        store, checkpoint_runs, page, admin_token, checkpoints_tab
+                with gr.Tab("Checkpoints", id="checkpoints") as ckpt_tab:
+                    refresh, which, summary, epoch_box = checkpoints_tab.layout(
+                        store, checkpoint_runs, page, admin_token, ckpt_tab
                     )
                 demo.load(refresh, inputs=[which], outputs=[summary, epoch_box], api_visibility="private")
             studies_tab = StudiesTab(store, page, names=checkpoints.other_studies(store))
