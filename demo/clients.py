@@ -19,10 +19,12 @@ from __future__ import annotations
 import ipaddress
 import os
 from collections.abc import Iterable
-
-import gradio as gr
+from typing import TYPE_CHECKING
 
 from demo import arena
+
+if TYPE_CHECKING:
+    import gradio as gr
 
 LOOPBACK = ("127.0.0.0/8", "::1/128")
 # Where a Space's platform proxies live: its peer is always one; the hops it adds before it are private.
@@ -142,6 +144,8 @@ class Gate:
 
 def refusal(text: str) -> gr.Error:
     """A client's request refused: said to the client, and no traceback in the log (a script can send many)."""
+    import gradio as gr  # here: the app's settings are checked before Gradio's import (seconds) is paid
+
     return gr.Error(text, print_exception=False)
 
 
