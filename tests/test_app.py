@@ -130,11 +130,11 @@ def test_arena_latency_benchmark_prints_its_json_line():
 # ----------------------------------------------------------------------------- python demo/app.py itself
 
 
-def launch(env: dict[str, str], log: Path) -> subprocess.Popen:
+def launch(env: dict[str, str], log: Path, cwd: Path = REPO) -> subprocess.Popen:
     full = {**os.environ, **env, "PYTHONPATH": str(REPO)}
     with log.open("w") as out:
         return subprocess.Popen(
-            [sys.executable, "demo/app.py"], cwd=REPO, env=full, stdout=out, stderr=subprocess.STDOUT
+            [sys.executable, str(REPO / "demo" / "app.py")], cwd=cwd, env=full, stdout=out, stderr=subprocess.STDOUT
         )
 
 
@@ -152,9 +152,11 @@ def wait_until_up(url: str, process: subprocess.Popen, log: Path, timeout: float
 
 
 def test_with_no_models_the_app_trains_the_first_launch_pair_then_opens_and_answers(tmp_path):
+    """The real first launch, started from a folder that is not the repository, with a relative runs/: it trains
+    the pair once, serves each model's selected epoch, and the next launch serves them without training."""
     runs, port = tmp_path / "runs", free_port()
     env = {
-        "LIMA_ARENA_RUNS": str(runs),
+        "LIMA_ARENA_RUNS": "runs",  # relative: to the folder the app is started from
         "LIMA_ARENA_FIRST_LAUNCH_RECIPE": "test",
         "LIMA_ARENA_PORT": str(port),
         "LIMA_ARENA_DB": str(tmp_path / "ratings.db"),
@@ -162,7 +164,7 @@ def test_with_no_models_the_app_trains_the_first_launch_pair_then_opens_and_answ
     url = f"http://127.0.0.1:{port}/"
     for launch_no in (1, 2):
         log = tmp_path / f"launch{launch_no}.log"
-        process = launch(env, log)
+        process = launch(env, log, cwd=tmp_path)
         try:
             wait_until_up(url, process, log, timeout=240)
             client = Client(url, verbose=False)
@@ -177,7 +179,10 @@ def test_with_no_models_the_app_trains_the_first_launch_pair_then_opens_and_answ
             process.wait(timeout=30)
         trained_now = "training the test pair first" in log.read_text()
         assert trained_now == (launch_no == 1), log.read_text()[-2000:]
-        assert (runs / "test" / "lima-1000" / "selected").is_file()
+        for model in ("lima-1000", "lima-1030"):  # each side is the run's selected epoch, a whole servable folder
+            run_dir = runs / "test" / model
+            side = run_dir / (run_dir / "selected").read_text().strip()
+            assert (side / "config.json").is_file() and (side / "tokenizer.json").is_file()
 
 
 @pytest.mark.parametrize("how", ["SIGTERM", "SIGINT while started with SIGINT ignored"])

@@ -137,15 +137,8 @@ def test_explicit_sides_are_returned_untouched(tmp_path):
     assert resolve_sides(Settings(left="org/model", runs=str(runs))) == ("org/model", str(pair[1]))
 
 
-def test_a_first_launch_trains_the_pair_then_serves_it(tmp_path, monkeypatch):
-    """The real first launch, from a folder that is not the repository, with a relative runs/ (~10 s)."""
-    monkeypatch.chdir(tmp_path)
-    left, right = resolve_sides(Settings(runs="runs", first_launch_recipe="test"))
-    for side, model in ((left, "lima-1000"), (right, "lima-1030")):
-        run_dir = Path("runs/test") / model
-        assert side == str(run_dir / (run_dir / "selected").read_text().strip())
-        assert (Path(side) / "config.json").is_file() and (Path(side) / "tokenizer.json").is_file()
-    assert resolve_sides(Settings(runs="runs", first_launch_recipe="no-such-recipe")) == (left, right)  # once
+# The real first launch (training the pair once, from another folder, with a relative runs/) is
+# tests/test_app.py's test_with_no_models_the_app_trains_the_first_launch_pair_then_opens_and_answers.
 
 
 def test_a_failed_first_launch_says_what_to_run(tmp_path):
